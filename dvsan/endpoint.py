@@ -1,0 +1,191 @@
+"""A reliable, authenticated endpoint of the configuration protocol over one asyncio UDP socket.
+
+Both the station and the unit agent use it: `send()` retransmits with exponential backoff until
+the peer's ACK arrives; received messages go to one async handler whose return value is carried
+back in the ACK. Duplicates (retransmissions) are answered from a cache, not handled twice.
+Anything that fails to decode, authenticate or pass the replay guard is dropped and counted.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dvsan.errors import DvsanError, ProtocolError, Unavailable
+from dvsan.protocol import Message, MsgType, Reassembler, ReplayGuard, decode, encode
+
+log = logging.getLogger(__name__)
+
+Peer = tuple[str, int]
+Handler = Callable[[Message, Peer], Awaitable[dict[str, Any] | None]]
+
+
+def _peer(addr: Any) -> Peer:
+    return (str(addr[0]), int(addr[1]))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """One UDP socket speaking the dvsan protocol. Create with `await Endpoint.open(...)`."""
+
+    def __init__(self, key: bytes, handler: Handler, name: str = "endpoint"):
+        self.key = key
+        self.handler = handler
+        self.name = name
+        self.stats: Counter[str] = Counter()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._seq = int.from_bytes(os.urandom(3), "big")
+        self._pending: dict[tuple[Peer, int], asyncio.Future[dict[str, Any]]] = {}
+        self._replay = ReplayGuard()
+        self._reasm = Reassembler()
+        self._done: OrderedDict[tuple[Peer, int, int], dict[str, Any] | None] = OrderedDict()
+        self._logged: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, key: bytes, handler: Handler, host: str, port: int,
+                   name: str = "endpoint", rcvbuf: int = 4 << 20) -> "Endpoint":
+        loop = asyncio.get_running_loop()
+        ep = cls(key, handler, name)
+        transport, _ = await loop.create_datagram_endpoint(lambda: ep, local_addr=(host, port))
+        sock = transport.get_extra_info("socket")
+        try:
+            import socket
+            # NOTE: the default ~208 KiB receive buffer drops bursts of announcements.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        except OSError:
+            pass
+        return ep
+
+    @property
+    def address(self) -> Peer:
+        assert self._transport is not None
+        return _peer(self._transport.get_extra_info("sockname"))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for f in self._pending.values():
+            if not f.done():
+                f.set_exception(Unavailable(f"{self.name} closed"))
+        if self._transport:
+            self._transport.close()
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    # --- sending -------------------------------------------------------------------------
+    def _sendto(self, datagrams: list[bytes], peer: Peer) -> None:
+        assert self._transport is not None
+        for d in datagrams:
+            self._transport.sendto(d, peer)
+        self.stats["datagrams_sent"] += len(datagrams)
+
+    async def send(self, peer: Peer, mtype: MsgType, body: dict[str, Any], *,
+                   timeout: float | None = 10.0, rto: float = 0.25, max_rto: float = 2.0) -> dict[str, Any]:
+        """Send a message and wait for its ACK; returns the ACK's body. Raises Unavailable on timeout."""
+        peer = _peer(peer)
+        seq = self.next_seq()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[(peer, seq)] = fut
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            attempt = 0
+            while True:
+                # A retransmission is re-signed: fresh timestamp and nonce, same seq.
+                self._sendto(encode(self.key, mtype, seq, body), peer)
+                if attempt:
+                    self.stats["retransmits"] += 1
+                attempt += 1
+                wait = rto if deadline is None else min(rto, max(0.0, deadline - time.monotonic()))
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                except asyncio.TimeoutError:
+                    pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stats["send_timeouts"] += 1
+                    raise Unavailable(f"no acknowledgement of {mtype.name} from {peer[0]}:{peer[1]} "
+                                      f"after {attempt} attempts in {timeout:.0f} s")
+                rto = min(max_rto, rto * 2) * random.uniform(0.9, 1.1)
+        finally:
+            self._pending.pop((peer, seq), None)
+
+    # --- receiving -----------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        peer = _peer(addr)
+        self.stats["datagrams_received"] += 1
+        now = _now_ms()
+        try:
+            frag = decode(self.key, data)
+            self._replay.check(peer, frag, now)
+            if frag.type == MsgType.ACK:
+                msg = self._reasm.add(peer, frag, now)
+                if msg is not None:
+                    fut = self._pending.get((peer, msg.ack))
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.body)
+                    else:
+                        self.stats["acks_unmatched"] += 1
+                return
+            msg = self._reasm.add(peer, frag, now)
+        except ProtocolError as e:
+            self._drop(e, peer)
+            return
+        if msg is None:
+            return
+        self.stats[f"received_{msg.type.name.lower()}"] += 1
+        key = (peer, int(msg.type), msg.seq)
+        if key in self._done:
+            self.stats["duplicates"] += 1
+            cached = self._done[key]
+            if cached is not None and msg.wants_ack:
+                self._sendto(encode(self.key, MsgType.ACK, self.next_seq(), cached, ack=msg.seq,
+                                    wants_ack=False), peer)
+            return
+        self._done[key] = None            # in progress: duplicates are ignored until answered
+        while len(self._done) > 50_000:
+            self._done.popitem(last=False)
+        task = asyncio.ensure_future(self._handle(msg, peer, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Message, peer: Peer, key: tuple[Peer, int, int]) -> None:
+        try:
+            result = await self.handler(msg, peer)
+            reply: dict[str, Any] = {"status": "ok", **(result or {})}
+        except DvsanError as e:
+            self.stats["handler_errors"] += 1
+            log.warning("%s: %s from %s:%d refused: %s", self.name, msg.type.name, peer[0], peer[1], e)
+            reply = {"status": "error", "error": str(e)}
+        except Exception as e:  # a bug must not kill the listener; the peer hears about it
+            self.stats["handler_crashes"] += 1
+            log.exception("%s: handler for %s failed", self.name, msg.type.name)
+            reply = {"status": "error", "error": f"internal error: {type(e).__name__}"}
+        self._done[key] = reply
+        if msg.wants_ack:
+            self._sendto(encode(self.key, MsgType.ACK, self.next_seq(), reply, ack=msg.seq,
+                                wants_ack=False), peer)
+            self.stats["acks_sent"] += 1
+
+    def _drop(self, e: ProtocolError, peer: Peer) -> None:
+        self.stats["dropped"] += 1
+        self.stats[f"dropped_{e.reason}"] += 1
+        tag = f"{e.reason}@{peer[0]}"
+        if tag not in self._logged and len(self._logged) < 10_000:
+            self._logged.add(tag)
+            log.warning("%s: dropped datagram from %s:%d (%s); further ones of this kind are only counted",
+                        self.name, peer[0], peer[1], e)
+
+    def error_received(self, exc: Exception) -> None:
+        self.stats["socket_errors"] += 1

@@ -1,0 +1,51 @@
+"""The one exception hierarchy of dvsan; the station maps it to HTTP status codes in one place."""
+
+
+class DvsanError(Exception):
+    """Base of every error dvsan raises on purpose."""
+
+
+class InvalidInput(DvsanError):
+    """A user or a peer sent something malformed (HTTP 422)."""
+
+
+class NotFound(DvsanError):
+    """The named object does not exist (HTTP 404)."""
+
+
+class Conflict(DvsanError):
+    """The request cannot be met in the current state (HTTP 409)."""
+
+
+class InsufficientCapacity(Conflict):
+    """No free, online volume is large enough for a request."""
+
+    def __init__(self, requested: int, largest_free: int | None, where: str | None = None):
+        from dvsan.sizes import format_size
+
+        self.requested = requested
+        self.largest_free = largest_free
+        if largest_free is None:
+            msg = f"no free volume in the pool for a request of {format_size(requested)}: the pool has no free online volume"
+        else:
+            msg = (
+                f"no free volume of at least {format_size(requested)}: "
+                f"the largest free volume is {format_size(largest_free)} ({where})"
+            )
+        super().__init__(msg)
+
+
+class Unavailable(DvsanError):
+    """A peer that must take part did not answer in time (HTTP 503)."""
+
+
+class ProtocolError(DvsanError):
+    """A datagram failed to decode or authenticate; it is dropped and counted."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class AdapterError(DvsanError):
+    """A kernel-facing adapter (LIO, iscsiadm, sysfs) failed."""

@@ -1,0 +1,195 @@
+"""The virtual SAN automatic configuration protocol: datagram codec, fragments, replay guard. Pure.
+
+Layout of one datagram (all integers big-endian; see docs/protocol.md):
+
+    0   4  magic        b"DVSN"
+    4   1  version      1
+    5   1  type         MsgType
+    6   2  flags        bit 0: the sender wants an ACK
+    8   4  seq          sender's message sequence number (all fragments of a message share it)
+    12  4  ack          for ACK: the seq acknowledged; else 0
+    16  8  timestamp    sender's clock, milliseconds since the epoch
+    24  8  nonce        random per datagram (a retransmission gets a fresh one)
+    32  2  frag_index   0-based
+    34  2  frag_count   >= 1
+    36  4  payload_len  bytes of payload that follow
+    40  n  payload      a fragment of a UTF-8 JSON object
+    40+n 32 HMAC-SHA256(cluster key, bytes 0 .. 40+n)
+"""
+
+import enum
+import hmac
+import json
+import os
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any
+
+from dvsan.errors import ProtocolError
+
+MAGIC = b"DVSN"
+VERSION = 1
+HEADER = struct.Struct(">4sBBHIIQQHHI")
+MAC_LEN = 32
+MAX_DATAGRAM = 1400                      # stays inside a 1500-byte Ethernet MTU with IP/UDP headers
+MAX_PAYLOAD = MAX_DATAGRAM - HEADER.size - MAC_LEN
+MAX_FRAGMENTS = 4096                     # ~5 MiB of JSON: far above any unit's inventory
+FLAG_ACK_REQUESTED = 0x1
+REPLAY_WINDOW_MS = 60_000                # a datagram older or newer than this is refused
+MIN_KEY_LEN = 16
+
+
+class MsgType(enum.IntEnum):
+    STARTUP = 1              # unit -> station: I am up (name, addresses)
+    NEED_STORAGE_INFO = 2    # station -> unit: send me your partitions
+    STORAGE_INFO = 3         # unit -> station: my partitions (may span several fragments)
+    SHUTDOWN = 4             # unit -> station: I am going down
+    ACK = 5                  # either way: message `ack` received (payload: status, error)
+    EXPORTS = 6              # station -> unit: the complete set of exports you must hold
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One decoded, authenticated datagram."""
+
+    type: MsgType
+    flags: int
+    seq: int
+    ack: int
+    timestamp_ms: int
+    nonce: bytes
+    frag_index: int
+    frag_count: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole message: all fragments joined and the JSON parsed."""
+
+    type: MsgType
+    seq: int
+    ack: int
+    body: dict[str, Any]
+    wants_ack: bool
+
+
+def check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_LEN:
+        raise ValueError(f"the cluster key must be at least {MIN_KEY_LEN} bytes")
+    return key
+
+
+def encode(
+    key: bytes, mtype: MsgType, seq: int, body: dict[str, Any], *,
+    ack: int = 0, wants_ack: bool = True, now_ms: int | None = None,
+) -> list[bytes]:
+    """The datagrams that carry one message, each signed with the cluster key."""
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    chunks = [payload[i:i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)] or [b""]
+    if len(chunks) > MAX_FRAGMENTS:
+        raise ValueError(f"message of {len(payload)} bytes needs more than {MAX_FRAGMENTS} fragments")
+    ts = int(time.time() * 1000) if now_ms is None else now_ms
+    flags = FLAG_ACK_REQUESTED if wants_ack else 0
+    out = []
+    for i, chunk in enumerate(chunks):
+        head = HEADER.pack(MAGIC, VERSION, int(mtype), flags, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                           ts, int.from_bytes(os.urandom(8), "big"), i, len(chunks), len(chunk))
+        data = head + chunk
+        out.append(data + hmac.new(key, data, sha256).digest())
+    return out
+
+
+def decode(key: bytes, datagram: bytes) -> Fragment:
+    """Check and parse one datagram; raise ProtocolError(reason) for anything not well-formed and signed."""
+    n = len(datagram)
+    if n > MAX_DATAGRAM:
+        raise ProtocolError("oversized", f"{n} bytes > {MAX_DATAGRAM}")
+    if n < HEADER.size + MAC_LEN:
+        raise ProtocolError("truncated", f"{n} bytes")
+    (magic, version, mtype, flags, seq, ack, ts, nonce, fidx, fcount, plen) = HEADER.unpack_from(datagram)
+    if magic != MAGIC:
+        raise ProtocolError("bad-magic", repr(magic))
+    if HEADER.size + plen + MAC_LEN != n:
+        raise ProtocolError("truncated", f"payload length {plen} does not match datagram of {n} bytes")
+    body = datagram[: n - MAC_LEN]
+    if not hmac.compare_digest(hmac.new(key, body, sha256).digest(), datagram[n - MAC_LEN:]):
+        raise ProtocolError("bad-signature")
+    if version != VERSION:
+        raise ProtocolError("bad-version", str(version))
+    try:
+        mt = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError("bad-type", str(mtype)) from None
+    if fcount < 1 or fcount > MAX_FRAGMENTS or fidx >= fcount:
+        raise ProtocolError("bad-fragment", f"{fidx}/{fcount}")
+    return Fragment(mt, flags, seq, ack, ts, nonce.to_bytes(8, "big"), fidx, fcount,
+                    datagram[HEADER.size: n - MAC_LEN])
+
+
+class ReplayGuard:
+    """Refuses datagrams outside the time window and any (peer, nonce) seen within it."""
+
+    def __init__(self, window_ms: int = REPLAY_WINDOW_MS, max_entries: int = 200_000):
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[Any, bytes], int] = OrderedDict()
+
+    def check(self, peer: Any, frag: Fragment, now_ms: int) -> None:
+        if abs(now_ms - frag.timestamp_ms) > self.window_ms:
+            raise ProtocolError("stale", f"timestamp {frag.timestamp_ms - now_ms:+d} ms off")
+        while self._seen:
+            k, expiry = next(iter(self._seen.items()))
+            if expiry > now_ms and len(self._seen) < self.max_entries:
+                break
+            self._seen.popitem(last=False)
+        key = (peer, frag.nonce)
+        if key in self._seen:
+            raise ProtocolError("replayed", f"nonce {frag.nonce.hex()}")
+        self._seen[key] = now_ms + 2 * self.window_ms
+
+
+class Reassembler:
+    """Joins fragments into messages, keyed by (peer, type, seq); drops partial messages after a timeout."""
+
+    def __init__(self, timeout_ms: int = 30_000, max_pending: int = 1024):
+        self.timeout_ms = timeout_ms
+        self.max_pending = max_pending
+        self._pending: OrderedDict[tuple[Any, int, int], tuple[int, list[bytes | None]]] = OrderedDict()
+
+    def add(self, peer: Any, frag: Fragment, now_ms: int) -> Message | None:
+        """The whole message once its last fragment arrives, else None."""
+        if frag.frag_count == 1:
+            return _parse(frag, frag.payload)
+        for k in [k for k, (t0, _) in self._pending.items() if now_ms - t0 > self.timeout_ms]:
+            del self._pending[k]
+        key = (peer, int(frag.type), frag.seq)
+        started, parts = self._pending.get(key, (now_ms, [None] * frag.frag_count))
+        if len(parts) != frag.frag_count:
+            del self._pending[key]
+            raise ProtocolError("bad-fragment", "fragment count changed within one message")
+        parts[frag.frag_index] = frag.payload
+        self._pending[key] = (started, parts)
+        while len(self._pending) > self.max_pending:
+            self._pending.popitem(last=False)
+        if any(p is None for p in parts):
+            return None
+        del self._pending[key]
+        return _parse(frag, b"".join(p for p in parts if p is not None))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def _parse(frag: Fragment, payload: bytes) -> Message:
+    try:
+        body = json.loads(payload.decode("utf-8")) if payload else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError("bad-payload", str(e)) from e
+    if not isinstance(body, dict):
+        raise ProtocolError("bad-payload", "payload is not a JSON object")
+    return Message(frag.type, frag.seq, frag.ack, body, bool(frag.flags & FLAG_ACK_REQUESTED))
