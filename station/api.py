@@ -1,0 +1,128 @@
+"""REST routes of the station: thin, delegating to the pool and assignment services."""
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from dvsan.errors import DvsanError, Unavailable
+from station import assignments, pool
+from station.autoconf import AutoconfServer
+from station.db import Database
+from station.schemas import (AssignmentCreate, AssignmentPublic, ReleasePublic, UnitPublic,
+                             VolumePublic)
+from station.tables import AssignmentRow
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1")
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def get_autoconf(request: Request) -> AutoconfServer:
+    return request.app.state.autoconf  # type: ignore[no-any-return]
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+AutoconfDep = Annotated[AutoconfServer, Depends(get_autoconf)]
+
+
+def assignment_public(a: AssignmentRow) -> AssignmentPublic:
+    v = a.volume
+    u = v.unit
+    return AssignmentPublic(
+        id=a.id, host=a.host_name, initiator_iqn=a.initiator_iqn, host_address=a.host_address,
+        requested_bytes=a.requested_bytes, volume_id=v.id, unit=u.name, unit_address=u.portal_address,
+        unit_dns_name=u.dns_name, portal_port=u.portal_port, target_iqn=a.target_iqn, lun=a.lun,
+        device=v.device, size_bytes=v.size_bytes, start_lba=v.start_lba, end_lba=v.end_lba,
+        block_size=v.block_size, volume_state=v.state, created_at=a.created_at)
+
+
+@router.get("/units", response_model=list[UnitPublic])
+def list_units(db: DbDep) -> list[UnitPublic]:
+    with db.session() as s:
+        return [UnitPublic.model_validate(u) for u in pool.list_units(s)]
+
+
+@router.get("/units/{name}", response_model=UnitPublic)
+def get_unit(name: str, db: DbDep) -> UnitPublic:
+    with db.session() as s:
+        return UnitPublic.model_validate(pool.get_unit(s, name))
+
+
+@router.get("/volumes", response_model=list[VolumePublic])
+def list_volumes(db: DbDep, unit: str | None = None,
+                 state: Annotated[str | None, Query(pattern="^(online|offline|missing)$")] = None
+                 ) -> list[VolumePublic]:
+    """The virtual storage pool: every volume the units reported, with where it is assigned."""
+    with db.session() as s:
+        out = []
+        for v in pool.list_volumes(s, unit, state):
+            vp = VolumePublic.model_validate(v)
+            vp.assigned_to = v.assignment.host_name if v.assignment else None
+            out.append(vp)
+        return out
+
+
+@router.get("/assignments", response_model=list[AssignmentPublic])
+def list_assignments(db: DbDep, host: str | None = None) -> list[AssignmentPublic]:
+    with db.session() as s:
+        return [assignment_public(a) for a in assignments.list_all(s, host)]
+
+
+@router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
+def get_assignment(assignment_id: int, db: DbDep) -> AssignmentPublic:
+    with db.session() as s:
+        return assignment_public(assignments.get(s, assignment_id))
+
+
+@router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
+async def create_assignment(body: AssignmentCreate, db: DbDep, autoconf: AutoconfDep) -> AssignmentPublic:
+    """Give a host the smallest free volume that fits; answers once the unit exports it to the host."""
+    aid = await run_in_threadpool(assignments.allocate, db, body.host, body.initiator_iqn,
+                                  body.host_address, body.size_bytes)
+
+    def load() -> AssignmentPublic:
+        with db.session() as s:
+            return assignment_public(assignments.get(s, aid))
+
+    out = await run_in_threadpool(load)
+    try:
+        await autoconf.push_exports(out.unit)
+    except DvsanError as e:
+        # The unit never confirmed: take the assignment back so the volume is not lost to the pool.
+        def undo() -> None:
+            with db.session() as s:
+                assignments.delete(s, aid)
+        await run_in_threadpool(undo)
+        raise Unavailable(f"unit {out.unit} did not confirm the export of {out.device}: {e}; "
+                          "the volume was returned to the pool") from e
+    log.info("assigned %s:%s (%d bytes) to host %s (%s)", out.unit, out.device, out.size_bytes,
+             out.host, out.initiator_iqn)
+    return out
+
+
+@router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
+async def delete_assignment(assignment_id: int, db: DbDep, autoconf: AutoconfDep) -> ReleasePublic:
+    """Release a volume: the assignment goes, the unit drops the export, the volume is free again."""
+    def remove() -> str:
+        with db.session() as s:
+            return assignments.delete(s, assignment_id)
+
+    unit = await run_in_threadpool(remove)
+    try:
+        await autoconf.push_exports(unit)
+        return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=True,
+                             detail="released; the unit removed the export")
+    except DvsanError as e:
+        return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=False,
+                             detail=f"released; the unit will drop the export when it next reconciles ({e})")
+
+
+@router.get("/protocol/stats")
+def protocol_stats(autoconf: AutoconfDep) -> dict[str, int]:
+    """Counters of the auto-configuration listener (received, dropped by reason, retransmits...)."""
+    return autoconf.stats

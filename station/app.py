@@ -1,0 +1,54 @@
+"""The station's FastAPI application factory: database, protocol listener, routes, error mapping."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from dvsan import __version__
+from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
+from station.api import router
+from station.autoconf import AutoconfServer
+from station.db import Database
+from station.settings import StationSettings
+
+log = logging.getLogger(__name__)
+
+_STATUS = [(NotFound, 404), (Conflict, 409), (InvalidInput, 422), (Unavailable, 503)]
+
+
+def create_app(settings: StationSettings) -> FastAPI:
+    """Build the station app; nothing is opened until the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        key = settings.load_cluster_key()
+        db = Database(settings.db_url)
+        db.migrate()
+        autoconf = AutoconfServer(db, key, settings.export_timeout)
+        await autoconf.start(settings.udp_host, settings.udp_port)
+        app.state.db, app.state.autoconf = db, autoconf
+        try:
+            yield
+        finally:
+            await autoconf.stop()
+            db.dispose()
+
+    app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
+                  description="Control management station of the dvsan virtual SAN.")
+    app.include_router(router)
+
+    @app.exception_handler(DvsanError)
+    async def _dvsan_error(request: Request, exc: DvsanError) -> JSONResponse:
+        code = next((c for t, c in _STATUS if isinstance(exc, t)), 500)
+        if code == 500:
+            log.error("unmapped error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,152 @@
+"""The station's side of the automatic configuration protocol: listener, handlers, export pushes.
+
+Sequence: unit STARTUP -> station stores unit, ACKs, sends NEED_STORAGE_INFO -> unit sends
+STORAGE_INFO -> station updates the pool, ACKs, sends EXPORTS (the unit's desired state).
+SHUTDOWN -> the unit's volumes go offline. Database work runs in worker threads.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from dvsan import __version__
+from dvsan.endpoint import Endpoint, Peer
+from dvsan.errors import Conflict, InvalidInput, NotFound
+from dvsan.model import Partition
+from dvsan.naming import check_unit_name
+from dvsan.protocol import Message, MsgType
+from station import pool
+from station.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def _str(body: dict[str, Any], key: str, required: bool = True) -> str | None:
+    v = body.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v:
+        raise InvalidInput(f"field {key!r} must be a non-empty string")
+    return v
+
+
+def _port(body: dict[str, Any], key: str, default: int) -> int:
+    v = body.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+        raise InvalidInput(f"field {key!r} must be a port number")
+    return v
+
+
+class AutoconfServer:
+    """Owns the station's UDP endpoint and one lock per unit for export pushes."""
+
+    def __init__(self, db: Database, key: bytes, export_timeout: float = 15.0):
+        self.db = db
+        self.key = key
+        self.export_timeout = export_timeout
+        self.endpoint: Endpoint | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name="station")
+        log.info("auto-configuration protocol listening on udp %s:%d", *self.endpoint.address)
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.endpoint:
+            self.endpoint.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self.endpoint.stats) if self.endpoint else {}
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, msg: Message, peer: Peer) -> dict[str, Any] | None:
+        unit = check_unit_name(_str(msg.body, "unit") or "")
+        if msg.type == MsgType.STARTUP:
+            return await self._startup(unit, msg.body, peer)
+        if msg.type == MsgType.STORAGE_INFO:
+            return await self._storage_info(unit, msg.body)
+        if msg.type == MsgType.SHUTDOWN:
+            n = await run_in_threadpool(self._in_tx, pool.record_shutdown, unit)
+            log.info("unit %s shut down: %d volumes offline", unit, n)
+            return {"offline": n}
+        raise InvalidInput(f"the station does not take {msg.type.name} messages")
+
+    def _in_tx(self, fn: Any, *args: Any) -> Any:
+        with self.db.session() as s:
+            return fn(s, *args)
+
+    async def _startup(self, unit: str, body: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        portal = _str(body, "portal_address") or ""
+        portal_port = _port(body, "portal_port", 3260)
+        dns_name = _str(body, "dns_name", required=False)
+        version = str(body.get("agent_version", ""))[:32]
+        await run_in_threadpool(self._in_tx, pool.record_startup, unit, peer, portal, portal_port,
+                                dns_name, version)
+        log.info("unit %s started (control %s:%d, portal %s:%d); asking for its storage info",
+                 unit, peer[0], peer[1], portal, portal_port)
+        self._background(self._ask_storage_info(unit, peer))
+        return {"station_version": __version__}
+
+    async def _ask_storage_info(self, unit: str, peer: Peer) -> None:
+        assert self.endpoint is not None
+        try:
+            await self.endpoint.send(peer, MsgType.NEED_STORAGE_INFO, {"unit": unit}, timeout=30)
+        except Exception as e:
+            log.warning("unit %s did not take NEED_STORAGE_INFO: %s", unit, e)
+
+    async def _storage_info(self, unit: str, body: dict[str, Any]) -> dict[str, Any]:
+        raw = body.get("partitions")
+        if not isinstance(raw, list):
+            raise InvalidInput("field 'partitions' must be a list")
+        parts = [Partition.from_wire(p) for p in raw]
+        if len({p.device for p in parts}) != len(parts):
+            raise InvalidInput("storage info lists a device twice")
+        change = await run_in_threadpool(self._in_tx, pool.record_storage_info, unit, parts)
+        log.info("pool updated from unit %s: %d online (%d new), %d missing",
+                 unit, change.online, change.added, change.missing)
+        self._background(self._push_quietly(unit))
+        return {"online": change.online, "added": change.added, "missing": change.missing}
+
+    async def _push_quietly(self, unit: str) -> None:
+        try:
+            await self.push_exports(unit)
+        except Exception as e:
+            log.warning("could not push exports to unit %s: %s", unit, e)
+
+    async def push_exports(self, unit: str) -> dict[str, Any]:
+        """Send a unit its complete desired exports and wait until it has applied them.
+
+        Serialised per unit: the desired state is read inside the lock, so a later push always
+        carries a state at least as new as an earlier one.
+        """
+        assert self.endpoint is not None
+        lock = self._locks.setdefault(unit, asyncio.Lock())
+        async with lock:
+            def read() -> tuple[tuple[str, int], str, list[dict[str, Any]]]:
+                with self.db.session() as s:
+                    u = pool.get_unit(s, unit)
+                    if u.state != "online":
+                        raise Conflict(f"unit {unit} is {u.state}")
+                    exports = [e.to_wire() for e in pool.desired_exports(s, unit)]
+                    return (u.control_host, u.control_port), u.portal_address, exports
+
+            control, portal, exports = await run_in_threadpool(read)
+            ack = await self.endpoint.send(control, MsgType.EXPORTS,
+                                           {"unit": unit, "portal_address": portal, "exports": exports},
+                                           timeout=self.export_timeout)
+            if ack.get("status") != "ok":
+                raise Conflict(f"unit {unit} could not apply its exports: {ack.get('error', 'unknown error')}")
+            return ack
+
+
+__all__ = ["AutoconfServer", "NotFound"]

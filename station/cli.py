@@ -1,0 +1,49 @@
+"""`dvsan-station`: run the control management station (REST API + auto-configuration listener)."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from dvsan.errors import DvsanError
+from station.app import create_app
+from station.settings import StationSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dvsan-station", description=__doc__)
+    p.add_argument("--data-dir", type=Path, help="where the SQLite database and cluster key live "
+                   "(default /var/lib/dvsan; env DVSAN_DATA_DIR)")
+    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://... (default: SQLite in data dir)")
+    p.add_argument("--api-host", help="REST listen address (default 0.0.0.0)")
+    p.add_argument("--api-port", type=int, help="REST port (default 7480)")
+    p.add_argument("--udp-host", help="protocol listen address (default 0.0.0.0)")
+    p.add_argument("--udp-port", type=int, help="protocol UDP port (default 7479)")
+    p.add_argument("--cluster-key-file", type=Path, help="file holding the key shared with units")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = StationSettings(**overrides)
+        settings.load_cluster_key()   # fail before binding anything
+    except ValidationError as e:
+        print(f"dvsan-station: bad setting: {e}", file=sys.stderr)
+        return 2
+    except DvsanError as e:
+        print(f"dvsan-station: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    key_path = settings.cluster_key_file or settings.data_dir / "cluster.key"
+    if settings.cluster_key is None:
+        logging.getLogger("station").info("cluster key: %s (units need the same key)", key_path)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""REST schemas of the station (pydantic): what clients send and what they get back."""
+
+from datetime import datetime
+from ipaddress import ip_address
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dvsan.errors import InvalidInput
+from dvsan.naming import check_iqn, check_unit_name
+from dvsan.sizes import parse_size
+
+
+class UnitPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    state: str
+    portal_address: str
+    portal_port: int
+    dns_name: str | None
+    control_host: str
+    control_port: int
+    agent_version: str
+    last_seen: datetime
+
+
+class VolumePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    unit_name: str
+    device: str
+    disk: str
+    number: int
+    start_lba: int
+    length_blocks: int
+    end_lba: int
+    block_size: int
+    size_bytes: int
+    state: str
+    assigned_to: str | None = None
+
+
+class AssignmentCreate(BaseModel):
+    """A host asks for storage: who it is, where it is, and how much it needs."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(description="the host's name (lower-case letters, digits, '-', '.')")
+    initiator_iqn: str = Field(description="the host's iSCSI initiator name")
+    host_address: str = Field(description="the host's IP address on the storage network")
+    size: str | int = Field(description="bytes, or e.g. '1GiB', '80 GB', '512M'")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            return check_unit_name(v)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("initiator_iqn")
+    @classmethod
+    def _iqn(cls, v: str) -> str:
+        try:
+            return check_iqn(v)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("host_address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        try:
+            return str(ip_address(v))
+        except ValueError as e:
+            raise ValueError(f"not an IP address: {v!r}") from e
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | int) -> str | int:
+        try:
+            parse_size(v)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from e
+        return v
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+
+class AssignmentPublic(BaseModel):
+    """Everything a host needs to reach its volume directly, without the station."""
+
+    id: int
+    host: str
+    initiator_iqn: str
+    host_address: str
+    requested_bytes: int
+    volume_id: int
+    unit: str
+    unit_address: str
+    unit_dns_name: str | None
+    portal_port: int
+    target_iqn: str
+    lun: int
+    device: str
+    size_bytes: int
+    start_lba: int
+    end_lba: int
+    block_size: int
+    volume_state: str
+    created_at: datetime
+
+
+class ReleasePublic(BaseModel):
+    id: int
+    unit: str
+    unit_confirmed: bool
+    detail: str

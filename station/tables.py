@@ -1,0 +1,66 @@
+"""The station's database tables (SQLAlchemy 2 ORM): the single source of truth of the pool."""
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UnitRow(Base):
+    __tablename__ = "units"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    control_host: Mapped[str] = mapped_column(String(64))
+    control_port: Mapped[int] = mapped_column(Integer)
+    portal_address: Mapped[str] = mapped_column(String(64))
+    portal_port: Mapped[int] = mapped_column(Integer, default=3260)
+    dns_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    state: Mapped[str] = mapped_column(String(16), default="online")   # online | offline
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    volumes: Mapped[list["VolumeRow"]] = relationship(back_populates="unit")
+
+
+class VolumeRow(Base):
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("unit_name", "device", name="uq_volume_unit_device"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    unit_name: Mapped[str] = mapped_column(ForeignKey("units.name"), index=True)
+    device: Mapped[str] = mapped_column(String(32))
+    disk: Mapped[str] = mapped_column(String(32))
+    number: Mapped[int] = mapped_column(Integer)
+    start_lba: Mapped[int] = mapped_column(BigInteger)
+    length_blocks: Mapped[int] = mapped_column(BigInteger)
+    end_lba: Mapped[int] = mapped_column(BigInteger)
+    block_size: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, index=True)
+    # online: offered by a running unit; offline: its unit is down; missing: no longer reported
+    state: Mapped[str] = mapped_column(String(16), default="online")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    unit: Mapped[UnitRow] = relationship(back_populates="volumes")
+    assignment: Mapped["AssignmentRow | None"] = relationship(back_populates="volume")
+
+
+class AssignmentRow(Base):
+    __tablename__ = "assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # unique: the database itself refuses to give one volume to two hosts
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id"), unique=True)
+    host_name: Mapped[str] = mapped_column(String(63), index=True)
+    initiator_iqn: Mapped[str] = mapped_column(String(223))
+    host_address: Mapped[str] = mapped_column(String(64))
+    requested_bytes: Mapped[int] = mapped_column(BigInteger)
+    target_iqn: Mapped[str] = mapped_column(String(223))
+    lun: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    volume: Mapped[VolumeRow] = relationship(back_populates="assignment")
