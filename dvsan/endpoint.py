@@ -111,7 +111,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 wait = rto if deadline is None else min(rto, max(0.0, deadline - time.monotonic()))
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stats["send_timeouts"] += 1

@@ -86,6 +86,8 @@ class Export:
         check_iqn(self.target_iqn)
         for i in self.initiators:
             check_iqn(i)
+        if not isinstance(self.lun, int) or isinstance(self.lun, bool) or not 0 <= self.lun <= 255:
+            raise InvalidInput(f"export {self.target_iqn}: LUN must be an integer 0-255, got {self.lun!r}")
 
     def to_wire(self) -> dict[str, Any]:
         return {"device": self.device, "target_iqn": self.target_iqn,
@@ -97,9 +99,9 @@ class Export:
             raise InvalidInput("an export must be an object")
         try:
             inits = d["initiators"]
-            if not isinstance(inits, list):
-                raise InvalidInput("export initiators must be a list")
+            if not isinstance(inits, list) or not all(isinstance(i, str) for i in inits):
+                raise InvalidInput("export initiators must be a list of iSCSI names")
             return cls(device=d["device"], target_iqn=d["target_iqn"],
-                       initiators=tuple(sorted(inits)), lun=int(d.get("lun", 0)))
+                       initiators=tuple(sorted(inits)), lun=d.get("lun", 0))
         except KeyError as e:
             raise InvalidInput(f"export is missing field {e.args[0]!r}") from e

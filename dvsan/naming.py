@@ -20,7 +20,7 @@ _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9a-f]{1
 
 def check_unit_name(name: str) -> str:
     """A unit or host name: lower-case letters, digits, '-' and '.', 1-63 characters."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits, '-' or '.', starting with a letter or digit"
         )
@@ -29,14 +29,14 @@ def check_unit_name(name: str) -> str:
 
 def check_device(device: str) -> str:
     """A kernel block device name such as 'vda2' or 'sdb1' (no path)."""
-    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
         raise InvalidInput(f"invalid block device name {device!r}")
     return device
 
 
 def check_iqn(iqn: str) -> str:
     """An iSCSI qualified name (iqn.YYYY-MM.reversed.domain[:suffix] or eui.<16 hex>)."""
-    if not isinstance(iqn, str) or len(iqn) > 223 or not _IQN_RE.match(iqn):
+    if not isinstance(iqn, str) or len(iqn) > 223 or not _IQN_RE.fullmatch(iqn):
         raise InvalidInput(f"invalid iSCSI name {iqn!r}: expected iqn.YYYY-MM.domain[:id] in lower case")
     return iqn
 

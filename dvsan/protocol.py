@@ -142,8 +142,8 @@ class ReplayGuard:
         if abs(now_ms - frag.timestamp_ms) > self.window_ms:
             raise ProtocolError("stale", f"timestamp {frag.timestamp_ms - now_ms:+d} ms off")
         while self._seen:
-            k, expiry = next(iter(self._seen.items()))
-            if expiry > now_ms and len(self._seen) < self.max_entries:
+            _k, expiry = next(iter(self._seen.items()))
+            if expiry >= now_ms and len(self._seen) < self.max_entries:
                 break
             self._seen.popitem(last=False)
         key = (peer, frag.nonce)
@@ -188,8 +188,10 @@ class Reassembler:
 def _parse(frag: Fragment, payload: bytes) -> Message:
     try:
         body = json.loads(payload.decode("utf-8")) if payload else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError("bad-payload", str(e)) from e
+    # NOTE: ValueError covers JSONDecodeError, UnicodeDecodeError and the int digit limit (> 4300
+    # digits); RecursionError comes from deeply nested arrays. A peer must not get past with either.
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError("bad-payload", str(e)[:200]) from e
     if not isinstance(body, dict):
         raise ProtocolError("bad-payload", "payload is not a JSON object")
     return Message(frag.type, frag.seq, frag.ack, body, bool(frag.flags & FLAG_ACK_REQUESTED))

@@ -1,6 +1,7 @@
 """Parsing and formatting of storage sizes ("1GiB", "80 GB", "512M", "1073741824")."""
 
 import re
+from fractions import Fraction
 
 from dvsan.errors import InvalidInput
 
@@ -20,13 +21,16 @@ def parse_size(text: str | int) -> int:
         raise InvalidInput(f"not a size: {text!r}")
     if isinstance(text, int):
         value = text
+    elif not isinstance(text, str):
+        raise InvalidInput(f"not a size: {text!r} (expected a string such as '80GiB' or a whole number of bytes)")
     else:
-        m = _SIZE_RE.match(text)
+        m = _SIZE_RE.fullmatch(text)
         if not m or m.group(2).lower() not in _UNITS:
             raise InvalidInput(
                 f"not a size: {text!r} (use bytes or a number with K, M, G, T, KiB..TiB or KB..TB)"
             )
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        # NOTE: Fraction, not float: float overflows on long inputs and rounds byte counts above 2**53.
+        value = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0:
         raise InvalidInput(f"a size must be positive, got {text!r}")
     return value

@@ -10,8 +10,13 @@ from dvsan.errors import DvsanError, Unavailable
 from station import assignments, pool
 from station.autoconf import AutoconfServer
 from station.db import Database
-from station.schemas import (AssignmentCreate, AssignmentPublic, ReleasePublic, UnitPublic,
-                             VolumePublic)
+from station.schemas import (
+    AssignmentCreate,
+    AssignmentPublic,
+    ReleasePublic,
+    UnitPublic,
+    VolumePublic,
+)
 from station.tables import AssignmentRow
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dvsan import __version__
 from dvsan.endpoint import Endpoint, Peer
-from dvsan.errors import Conflict, InvalidInput, NotFound
+from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound
 from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
@@ -101,7 +101,7 @@ class AutoconfServer:
         assert self.endpoint is not None
         try:
             await self.endpoint.send(peer, MsgType.NEED_STORAGE_INFO, {"unit": unit}, timeout=30)
-        except Exception as e:
+        except DvsanError as e:
             log.warning("unit %s did not take NEED_STORAGE_INFO: %s", unit, e)
 
     async def _storage_info(self, unit: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +120,7 @@ class AutoconfServer:
     async def _push_quietly(self, unit: str) -> None:
         try:
             await self.push_exports(unit)
-        except Exception as e:
+        except DvsanError as e:
             log.warning("could not push exports to unit %s: %s", unit, e)
 
     async def push_exports(self, unit: str) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+#!/bin/bash
+# dvsan lab guest init: the vng --exec command of every guest; prepares LIO/open-iscsi, then serves exec.
+# Usage (inside the guest, as root): init.sh NAME IP PREFIXLEN PORT INITIATOR_IQN HOSTS_FILE
+set -u
+NAME=$1 IP=$2 PREFIXLEN=$3 PORT=$4 IQN=$5 HOSTS_FILE=$6
+HERE=$(dirname "$(readlink -f "$0")")
+
+# NOTE: the guest inherits vng's environment; give commands run over exec a normal root PATH and a
+# writable HOME (/root is read-only in the guest), and keep Python from trying to write .pyc files
+# into the read-only checkout.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp/home PYTHONDONTWRITEBYTECODE=1 LC_ALL=C.UTF-8
+mkdir -p "$HOME"
+
+log() { echo "[$NAME +$(cut -d' ' -f1 /proc/uptime)s] $*"; }
+log "init start"
+
+hostname "$NAME"
+echo "$NAME" > /etc/hostname
+# vng passes "-net none" and we add exactly one virtio-net NIC, so the first non-lo link is ours.
+IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+ip link set lo up
+ip link set "$IF" up
+ip addr add "$IP/$PREFIXLEN" dev "$IF"
+[ -r "$HOSTS_FILE" ] && cat "$HOSTS_FILE" >> /etc/hosts
+
+modprobe -a virtio_blk target_core_mod iscsi_target_mod target_core_iblock target_core_file iscsi_tcp \
+  || log "WARNING: modprobe failed"
+mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+# NOTE: pip's rtslib-fb 2.2.4 refuses its dbroot unless /etc/target exists.
+mkdir -p /etc/target /etc/iscsi /run/lock/iscsi
+echo "InitiatorName=$IQN" > /etc/iscsi/initiatorname.iscsi
+# NOTE: targetcli-fb needs a system bus; cheap to have for debugging by hand.
+if command -v dbus-daemon >/dev/null; then
+  mkdir -p /run/dbus && dbus-daemon --system --fork >/dev/null 2>&1 || log "WARNING: no dbus"
+fi
+export TARGETCLI_HOME=/tmp/targetcli-home
+# NOTE: iscsid.conf's iscsid.startup uses systemctl, which the guest does not have: start it here.
+iscsid || log "WARNING: iscsid did not start"
+command -v udevadm >/dev/null && udevadm settle --timeout=10 2>/dev/null
+
+log "ready if=$IF ip=$IP/$PREFIXLEN iqn=$IQN"
+exec /usr/bin/python3 "$HERE/gexec.py" serve "$IP" "$PORT"

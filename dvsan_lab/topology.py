@@ -1,0 +1,85 @@
+"""The lab's shape as plain data: guests, addresses, disks, and the dvsan-specific device names."""
+
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A raw sparse disk image, GPT-partitioned on the machine before the guest boots."""
+
+    size: int
+    partitions: tuple[int, ...]  # sizes in bytes, in order
+
+    def sfdisk_script(self) -> str:
+        """The sfdisk input that lays out the partitions (sfdisk aligns them to 1 MiB)."""
+        lines = ["label: gpt"]
+        lines += [f"size={p // MiB}MiB" for p in self.partitions]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """One guest: its name (also its hostname), last address octet, memory and optional disk."""
+
+    name: str
+    octet: int
+    memory: str = "1G"
+    disk: DiskSpec | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything `up` creates; the names are dvsan-specific so `down` can never hit someone else's."""
+
+    guests: tuple[GuestSpec, ...]
+    subnet: str = "10.213.77"  # a /24, given as its first three octets
+    prefixlen: int = 24
+    host_octet: int = 254
+    netns: str = "dvsanlab"
+    veth: str = "dvsanlab0"  # machine side, carries host_ip
+    veth_peer: str = "dvsanlab0p"  # inside the netns, enslaved to the bridge
+    bridge: str = "dvsanbr0"
+    tap_prefix: str = "dvsantap"
+    exec_port: int = 7000
+    iqn_prefix: str = "iqn.2026-11.org.dvsan.lab"
+    vm_prefix: str = "dvsanlab-"  # qemu -name; also how our processes are recognised
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host_ip(self) -> str:
+        return f"{self.subnet}.{self.host_octet}"
+
+    def ip(self, guest: GuestSpec) -> str:
+        return f"{self.subnet}.{guest.octet}"
+
+    def tap(self, index: int) -> str:
+        return f"{self.tap_prefix}{index}"
+
+    def mac(self, guest: GuestSpec) -> str:
+        return f"52:54:00:77:00:{guest.octet:02x}"
+
+    def vm_name(self, guest: GuestSpec) -> str:
+        return f"{self.vm_prefix}{guest.name}"
+
+    def initiator_name(self, guest: GuestSpec) -> str:
+        return f"{self.iqn_prefix}:{guest.name}"
+
+    def hosts_file(self) -> str:
+        """/etc/hosts lines so guests can use names (the machine side is `station`)."""
+        lines = [f"{self.host_ip} station"]
+        lines += [f"{self.ip(g)} {g.name}" for g in self.guests]
+        return "\n".join(lines) + "\n"
+
+
+UNIT_DISK = DiskSpec(size=4 * GiB, partitions=(512 * MiB, 1280 * MiB, 2 * GiB))
+
+DEFAULT_TOPOLOGY = Topology(
+    guests=(
+        GuestSpec("unit-a", 11, disk=UNIT_DISK),
+        GuestSpec("host-b", 12),
+        GuestSpec("host-c", 13),
+    )
+)

@@ -1,0 +1,122 @@
+"""`dvsan-host-agent`: ask the station for a volume, log in to it with open-iscsi, release it."""
+
+import argparse
+import json
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dvsan.addresses import local_address_towards
+from dvsan.errors import DvsanError, InvalidInput
+from dvsan.sizes import format_size, parse_size
+from host_agent.client import StationClient
+from host_agent.state import HostState
+
+log = logging.getLogger("host_agent")
+INITIATOR_FILE = Path("/etc/iscsi/initiatorname.iscsi")
+
+
+def read_initiator_name(path: Path = INITIATOR_FILE) -> str:
+    """The host's initiator name from open-iscsi's file ('InitiatorName=iqn....')."""
+    try:
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("InitiatorName="):
+                return line.split("=", 1)[1].strip()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}; is open-iscsi installed?") from e
+    raise InvalidInput(f"{path} has no InitiatorName= line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvsan-host-agent", description=__doc__)
+    p.add_argument("--station", required=True, help="the station's REST URL, e.g. http://station:7480")
+    p.add_argument("--name", default=socket.gethostname().split(".")[0].lower(), help="this host's name")
+    p.add_argument("--state-file", type=Path, default=Path("/var/lib/dvsan-host/assignments.json"))
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("request", help="get a volume of at least SIZE, log in, print its block device")
+    r.add_argument("size", help="e.g. 1GiB, 80GB, 512M")
+    r.add_argument("--initiator-name", help="default: from /etc/iscsi/initiatorname.iscsi")
+    r.add_argument("--host-address", help="this host's storage address (default: the one facing the station)")
+    r.add_argument("--device-timeout", type=float, default=60.0)
+    rel = sub.add_parser("release", help="log out of a volume and give it back to the pool")
+    rel.add_argument("assignment", type=int)
+    sub.add_parser("status", help="volumes this host holds, with their sessions")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except DvsanError as e:
+        print(f"dvsan-host-agent: {e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from host_agent.iscsiadm import Iscsiadm
+
+    client = StationClient(args.station)
+    state = HostState(args.state_file)
+    iscsi = Iscsiadm()
+    if args.cmd == "request":
+        return _request(args, client, state, iscsi)
+    if args.cmd == "release":
+        return _release(args, client, state, iscsi)
+    held = state.load()
+    sessions = {(s.target_iqn, s.portal_ip) for s in iscsi.sessions()}
+    out = [{**a, "logged_in": (a["target_iqn"], a["unit_address"]) in sessions} for a in held.values()]
+    print(json.dumps(out, indent=2) if args.json else
+          "\n".join(f"{a['id']}: {a['target_iqn']} @ {a['unit_address']} "
+                    f"{format_size(a['size_bytes'])} {a.get('device_path', '?')} "
+                    f"{'logged in' if a['logged_in'] else 'NOT logged in'}" for a in out) or "no volumes")
+    return 0
+
+
+def _request(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any) -> int:
+    parse_size(args.size)  # refuse a bad size before bothering the station
+    initiator = args.initiator_name or read_initiator_name()
+    address = args.host_address or local_address_towards(urlsplit(args.station).hostname or "127.0.0.1")
+    t0 = time.monotonic()
+    a = client.request_storage(args.name, initiator, address, args.size)
+    t_assigned = time.monotonic()
+    state.put(a)   # recorded before login, so a failed login can still be released
+    portal = a["unit_address"]
+    iscsi.discover(portal, a["portal_port"])
+    iscsi.login(a["target_iqn"], portal, a["portal_port"])
+    dev = iscsi.wait_for_device(a["target_iqn"], portal, a["lun"], timeout=args.device_timeout)
+    t_dev = time.monotonic()
+    a = {**a, "device_path": dev}
+    state.put(a)
+    if args.json:
+        print(json.dumps({**a, "seconds_to_assignment": round(t_assigned - t0, 3),
+                          "seconds_to_device": round(t_dev - t0, 3)}))
+    else:
+        print(f"volume {a['unit']}:{a['device']} ({format_size(a['size_bytes'])}, LBA {a['start_lba']}-"
+              f"{a['end_lba']}) as {a['target_iqn']} lun {a['lun']} via {portal}:{a['portal_port']}")
+        print(f"assignment {a['id']}: block device {dev} ready in {t_dev - t0:.2f} s")
+    return 0
+
+
+def _release(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any) -> int:
+    held = state.load().get(str(args.assignment))
+    if held is None:
+        raise InvalidInput(f"this host holds no assignment {args.assignment} (see 'status')")
+    iscsi.logout(held["target_iqn"], held["unit_address"], held["portal_port"])
+    iscsi.delete_node(held["target_iqn"], held["unit_address"], held["portal_port"])
+    res = client.release(args.assignment)
+    state.remove(args.assignment)
+    print(json.dumps(res) if args.json else f"released assignment {args.assignment}: {res['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

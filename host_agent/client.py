@@ -1,0 +1,46 @@
+"""The host agent's REST client of the station (httpx)."""
+
+from typing import Any
+
+import httpx
+
+from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
+
+_BY_STATUS: dict[int, type[DvsanError]] = {404: NotFound, 409: Conflict, 422: InvalidInput, 503: Unavailable}
+
+
+class StationClient:
+    """Talks to one station's REST API; maps its errors back to dvsan exceptions."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"station {self.base_url} unreachable: {e}") from e
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text
+            if isinstance(detail, list):  # FastAPI validation errors
+                detail = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}"
+                                   for d in detail)
+            raise _BY_STATUS.get(r.status_code, DvsanError)(f"station said {r.status_code}: {detail}")
+        return r.json()
+
+    def request_storage(self, host: str, initiator_iqn: str, host_address: str, size: str) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/assignments", json={
+            "host": host, "initiator_iqn": initiator_iqn, "host_address": host_address, "size": size})
+
+    def release(self, assignment_id: int) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v1/assignments/{assignment_id}")
+
+    def assignments(self, host: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/assignments", params={"host": host} if host else None)

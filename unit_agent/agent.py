@@ -1,0 +1,127 @@
+"""The unit agent's protocol loop: announce, answer storage-info requests, apply desired exports."""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from dvsan import __version__
+from dvsan.endpoint import Endpoint, Peer
+from dvsan.errors import AdapterError, Conflict, InvalidInput, Unavailable
+from dvsan.model import Export, Partition
+from dvsan.naming import target_iqn
+from dvsan.protocol import Message, MsgType
+from dvsan.reconcile import Action, plan
+
+log = logging.getLogger(__name__)
+
+
+class LioPort(Protocol):
+    """What the agent needs from the LIO adapter (unit_agent.lio.Lio)."""
+
+    def actual_exports(self) -> list[Export]: ...
+    def apply(self, actions: Sequence[Action]) -> None: ...
+
+
+class UnitAgent:
+    """One unit's agent: owns its UDP endpoint and, through `lio`, the unit's LIO configuration."""
+
+    def __init__(self, name: str, key: bytes, station: Peer, portal_address: str, portal_port: int,
+                 lio: LioPort, inventory: Callable[[], list[Partition]], dns_name: str | None = None):
+        self.name = name
+        self.key = key
+        self.station = station
+        self.portal_address = portal_address
+        self.portal_port = portal_port
+        self.dns_name = dns_name
+        self.lio = lio
+        self.inventory = inventory
+        self.endpoint: Endpoint | None = None
+        self.announced = asyncio.Event()
+        self.exports_applied = 0
+        self._apply_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def open(self, host: str, port: int) -> None:
+        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name=f"unit {self.name}")
+
+    def _identity(self) -> dict[str, Any]:
+        return {"unit": self.name, "portal_address": self.portal_address, "portal_port": self.portal_port,
+                "dns_name": self.dns_name, "agent_version": __version__}
+
+    async def announce(self) -> None:
+        """Send STARTUP until the station acknowledges it (the station may come up later)."""
+        assert self.endpoint is not None
+        while True:
+            try:
+                ack = await self.endpoint.send(self.station, MsgType.STARTUP, self._identity(),
+                                               timeout=30, max_rto=5.0)
+            except Unavailable as e:
+                log.warning("station %s:%d does not answer yet (%s); still trying", *self.station, e)
+                continue
+            if ack.get("status") == "ok":
+                log.info("station %s:%d acknowledged our startup", *self.station)
+                self.announced.set()
+                return
+            log.error("station refused our startup: %s; retrying in 10 s", ack.get("error"))
+            await asyncio.sleep(10)
+
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        """Tell the station we are going down; True if it acknowledged in time."""
+        assert self.endpoint is not None
+        try:
+            ack = await self.endpoint.send(self.station, MsgType.SHUTDOWN, {"unit": self.name},
+                                           timeout=timeout)
+            return ack.get("status") == "ok"
+        except Unavailable as e:
+            log.warning("station did not acknowledge our shutdown: %s", e)
+            return False
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+            self.endpoint.close()
+
+    async def handle(self, msg: Message, peer: Peer) -> dict[str, Any] | None:
+        if msg.type == MsgType.NEED_STORAGE_INFO:
+            task = asyncio.ensure_future(self.send_storage_info(peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return {}
+        if msg.type == MsgType.EXPORTS:
+            return await self.apply_exports(msg.body)
+        raise InvalidInput(f"a unit does not take {msg.type.name} messages")
+
+    async def send_storage_info(self, peer: Peer) -> None:
+        assert self.endpoint is not None
+        parts = await asyncio.to_thread(self.inventory)
+        body = {"unit": self.name, "partitions": [p.to_wire() for p in parts]}
+        try:
+            ack = await self.endpoint.send(peer, MsgType.STORAGE_INFO, body, timeout=30)
+            log.info("storage info (%d partitions) taken by the station: %s", len(parts), ack)
+        except Unavailable as e:
+            log.warning("station did not take our storage info: %s", e)
+
+    async def apply_exports(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Make LIO hold exactly the exports the station sent: idempotent, only our own targets."""
+        if body.get("unit") != self.name:
+            raise Conflict(f"exports for unit {body.get('unit')!r} sent to unit {self.name!r}")
+        raw = body.get("exports")
+        if not isinstance(raw, list):
+            raise InvalidInput("field 'exports' must be a list")
+        desired = [Export.from_wire(e) for e in raw]
+        offered = {p.device for p in await asyncio.to_thread(self.inventory)}
+        for e in desired:
+            if e.target_iqn != target_iqn(self.name, e.device):
+                raise InvalidInput(f"target {e.target_iqn} does not follow this unit's naming")
+            if e.device not in offered:
+                raise Conflict(f"device {e.device} is not offered by this unit (in use, mounted or gone)")
+        async with self._apply_lock:
+            actions = plan(desired, await asyncio.to_thread(self.lio.actual_exports))
+            if actions:
+                try:
+                    await asyncio.to_thread(self.lio.apply, actions)
+                except ExceptionGroup as eg:
+                    raise AdapterError("; ".join(str(e) for e in eg.exceptions)) from eg
+                log.info("applied %d change(s); %d export(s) now held", len(actions), len(desired))
+            self.exports_applied += 1
+        return {"exports": len(desired), "changes": len(actions)}

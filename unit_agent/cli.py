@@ -1,0 +1,96 @@
+"""`dvsan-unit-agent`: run on a storage server; offers its partitions to the station and exports them."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from dvsan.addresses import local_address_towards, parse_hostport
+from dvsan.errors import DvsanError
+from dvsan.naming import check_unit_name
+from unit_agent.agent import UnitAgent
+from unit_agent.settings import UnitSettings
+
+log = logging.getLogger("unit_agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvsan-unit-agent", description=__doc__)
+    p.add_argument("--station", help="the station's protocol address HOST[:PORT] (port 7479 by default)")
+    p.add_argument("--name", help="this unit's name (default: the short host name)")
+    p.add_argument("--cluster-key-file", type=Path, help="the key shared with the station")
+    p.add_argument("--listen-host", help="local protocol address (default 0.0.0.0)")
+    p.add_argument("--listen-port", type=int, help="local protocol port (default 7478)")
+    p.add_argument("--portal-address", help="iSCSI portal address (default: the address facing the station)")
+    p.add_argument("--portal-port", type=int, help="iSCSI portal port (default 3260)")
+    p.add_argument("--dns-name", help="a DNS name hosts may use for this unit")
+    p.add_argument("--disk", dest="disks", action="append", help="offer only partitions of this disk (repeat)")
+    p.add_argument("--inventory", action="store_true", help="print the partitions this unit would offer and exit")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "inventory"}
+    try:
+        settings = UnitSettings(**overrides)
+        check_unit_name(settings.name)
+    except (ValidationError, DvsanError) as e:
+        print(f"dvsan-unit-agent: bad setting: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from unit_agent.inventory import scan
+
+    def inventory() -> list:  # type: ignore[type-arg]
+        return scan(settings.sysfs_root, settings.disks or None).offered
+
+    if args.inventory:
+        inv = scan(settings.sysfs_root, settings.disks or None)
+        for p in inv.offered:
+            print(f"offer {p.device:10} start {p.start_lba:>12} length {p.length_blocks:>12} "
+                  f"end {p.end_lba:>12} block {p.block_size} size {p.size_bytes}")
+        for dev, why in sorted(inv.excluded.items()):
+            print(f"skip  {dev:10} {why}")
+        return 0
+    try:
+        if not settings.station:
+            raise DvsanError("no station given: use --station HOST[:PORT] or DVSAN_UNIT_STATION")
+        key = settings.load_cluster_key()
+        station = parse_hostport(settings.station, 7479)
+        portal = settings.portal_address or local_address_towards(station[0], station[1])
+    except DvsanError as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
+    from unit_agent.lio import Lio
+
+    lio = Lio(settings.name, portal, settings.portal_port)
+    agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
+                      settings.dns_name)
+    return asyncio.run(_run(agent, settings))
+
+
+async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.open(settings.listen_host, settings.listen_port)
+    log.info("unit %s: portal %s:%d, announcing to station %s:%d", agent.name, agent.portal_address,
+             agent.portal_port, *agent.station)
+    announcing = asyncio.ensure_future(agent.announce())
+    await stop.wait()
+    announcing.cancel()
+    log.info("unit %s: stopping; telling the station (exports stay in the kernel)", agent.name)
+    acked = await agent.shutdown()
+    log.info("unit %s: stopped (station %s)", agent.name, "acknowledged" if acked else "did not answer")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
