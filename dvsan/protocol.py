@@ -131,12 +131,16 @@ def decode(key: bytes, datagram: bytes) -> Fragment:
 
 
 class ReplayGuard:
-    """Refuses datagrams outside the time window and any (peer, nonce) seen within it."""
+    """Refuses datagrams outside the time window and any nonce seen within it.
+
+    NOTE: the nonce alone is the key, not (peer, nonce): a replay from another source port or
+    address must be refused too. `peer` is kept in the signature for logging by callers.
+    """
 
     def __init__(self, window_ms: int = REPLAY_WINDOW_MS, max_entries: int = 200_000):
         self.window_ms = window_ms
         self.max_entries = max_entries
-        self._seen: OrderedDict[tuple[Any, bytes], int] = OrderedDict()
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
 
     def check(self, peer: Any, frag: Fragment, now_ms: int) -> None:
         if abs(now_ms - frag.timestamp_ms) > self.window_ms:
@@ -146,7 +150,7 @@ class ReplayGuard:
             if expiry >= now_ms and len(self._seen) < self.max_entries:
                 break
             self._seen.popitem(last=False)
-        key = (peer, frag.nonce)
+        key = frag.nonce
         if key in self._seen:
             raise ProtocolError("replayed", f"nonce {frag.nonce.hex()}")
         self._seen[key] = now_ms + 2 * self.window_ms
@@ -191,7 +195,7 @@ def _parse(frag: Fragment, payload: bytes) -> Message:
     # NOTE: ValueError covers JSONDecodeError, UnicodeDecodeError and the int digit limit (> 4300
     # digits); RecursionError comes from deeply nested arrays. A peer must not get past with either.
     except (ValueError, RecursionError) as e:
-        raise ProtocolError("bad-payload", str(e)[:200]) from e
+        raise ProtocolError("bad-payload", str(e)) from e
     if not isinstance(body, dict):
         raise ProtocolError("bad-payload", "payload is not a JSON object")
     return Message(frag.type, frag.seq, frag.ack, body, bool(frag.flags & FLAG_ACK_REQUESTED))

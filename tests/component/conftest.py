@@ -1,0 +1,77 @@
+"""Component fixtures: a real station process on loopback with a real SQLite file."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class StationProc:
+    data_dir: Path
+    api_port: int
+    udp_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def key(self) -> bytes:
+        return (self.data_dir / "cluster.key").read_text().strip().encode()
+
+    def start(self) -> None:
+        self.log = self.data_dir / "station.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
+             "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
+             "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"station exited: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("station did not come up in 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10)
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[StationProc]:
+    st = StationProc(tmp_path / "station", free_port(), free_port(socket.SOCK_DGRAM))
+    st.data_dir.mkdir()
+    st.start()
+    yield st
+    st.stop()
