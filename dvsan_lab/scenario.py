@@ -1,0 +1,200 @@
+"""The end-to-end flow on a booted lab: a real station on the bridge, agents in guests, host I/O.
+
+Shared by `dvsan-lab demo` (prints what happened and the timings) and tests/lab/test_e2e.py
+(asserts each step). Nothing here talks to anything but the lab's own addresses.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dvsan_lab.errors import LabError
+
+API_PORT = 7480
+UDP_PORT = 7479
+UNIT_PORT = 7478
+
+
+def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `pred` until it returns something truthy; raise LabError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except (httpx.HTTPError, LabError) as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Station:
+    """A real `dvsan-station` process on the machine, bound to the lab bridge address."""
+
+    repo: Path
+    data_dir: Path
+    host: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "station.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{API_PORT}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "cluster.key"
+
+    def start(self) -> float:
+        """Start the station and wait for /healthz; returns seconds taken."""
+        t0 = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        exe = Path(sys.executable).with_name("dvsan-station")
+        self.proc = subprocess.Popen(
+            [str(exe), "--data-dir", str(self.data_dir), "--api-host", self.host, "--api-port",
+             str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT)],
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LabError(f"station exited with {self.proc.returncode}; see {self.log_path}")
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+
+        wait_for(healthy, 60, "the station's /healthz")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(self.url + path, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def volumes(self, unit: str | None = None) -> list[dict[str, Any]]:
+        return [v for v in self.get("/api/v1/volumes") if unit is None or v["unit_name"] == unit]
+
+
+class Flow:
+    """Drives agents in the guests of a booted lab against one station."""
+
+    def __init__(self, lab: Any, station: Station):
+        self.lab = lab
+        self.station = station
+        self.venv_bin = Path(sys.executable).parent
+        self.unit_pids: dict[str, int] = {}
+
+    # --- unit agent ------------------------------------------------------------------------
+    def start_unit(self, guest: str, disk: str = "vda") -> int:
+        cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
+               f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
+               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info")
+        pid = self.lab.spawn(guest, cmd, f"/tmp/dvsan-unit-agent-{guest}.log")
+        self.unit_pids[guest] = pid
+        return pid
+
+    def stop_unit(self, guest: str, timeout: float = 30) -> None:
+        pid = self.unit_pids.pop(guest)
+        self.lab.exec(guest, f"kill -TERM {pid}; for i in $(seq 1 {int(timeout * 5)}); do "
+                             f"kill -0 {pid} 2>/dev/null || exit 0; sleep 0.2; done; exit 1", check=True)
+
+    def unit_log(self, guest: str) -> str:
+        return str(self.lab.exec(guest, f"cat /tmp/dvsan-unit-agent-{guest}.log").out)
+
+    def wait_pool(self, unit: str, n: int, state: str = "online", timeout: float = 90) -> list[dict[str, Any]]:
+        def ready() -> list[dict[str, Any]] | None:
+            vols = self.station.volumes(unit)
+            return vols if len(vols) == n and all(v["state"] == state for v in vols) else None
+        return wait_for(ready, timeout, f"{n} {state} volumes of {unit} in the pool")  # type: ignore[no-any-return]
+
+    def sfdisk(self, guest: str, disk: str = "vda") -> dict[str, Any]:
+        r = self.lab.exec(guest, f"sfdisk --json /dev/{disk}", check=True)
+        return json.loads(r.out)["partitiontable"]  # type: ignore[no-any-return]
+
+    # --- host agent ------------------------------------------------------------------------
+    def host_agent(self, guest: str, args: str, timeout: float = 180) -> Any:
+        return self.lab.exec(guest, f"{self.venv_bin}/dvsan-host-agent --station {self.station.url} "
+                                    f"--state-file /var/lib/dvsan-host/assignments.json {args}",
+                             timeout=timeout)
+
+    def request(self, guest: str, size: str) -> dict[str, Any]:
+        r = self.host_agent(guest, f"--json request {size}")
+        if r.rc != 0:
+            raise LabError(f"host agent in {guest} failed (rc {r.rc}): {r.err.strip()}")
+        return json.loads(r.out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    def release(self, guest: str, assignment_id: int) -> Any:
+        return self.host_agent(guest, f"--json release {assignment_id}")
+
+    # --- I/O in guests -----------------------------------------------------------------------
+    def write_pattern(self, guest: str, dev: str, mib: int, tag: str) -> str:
+        """Write `mib` MiB of random bytes at the start of `dev` (direct I/O); their sha256."""
+        r = self.lab.exec(guest, f"head -c {mib}M /dev/urandom > /tmp/{tag}.bin && "
+                                 f"dd if=/tmp/{tag}.bin of={dev} bs=1M oflag=direct status=none && "
+                                 f"sync && sha256sum < /tmp/{tag}.bin", timeout=300, check=True)
+        return str(r.out.split()[0])
+
+    def read_sha(self, guest: str, dev: str, mib: int) -> str:
+        r = self.lab.exec(guest, f"dd if={dev} bs=1M count={mib} iflag=direct status=none | sha256sum",
+                          timeout=300, check=True)
+        return str(r.out.split()[0])
+
+    def iscsiadm(self, guest: str, args: str, timeout: float = 120) -> Any:
+        return self.lab.exec(guest, f"iscsiadm {args}", timeout=timeout)
+
+    def relogin(self, guest: str, a: dict[str, Any]) -> str:
+        """Log out of and back in to an assignment's target; the new block device's path."""
+        node = f"-m node -T {a['target_iqn']} -p {a['unit_address']}:{a['portal_port']}"
+        self.lab.exec(guest, f"iscsiadm {node} --logout", check=True, timeout=120)
+        self.lab.exec(guest, f"iscsiadm {node} --login", check=True, timeout=120)
+        return self.device_of(guest, a["target_iqn"])
+
+    def device_of(self, guest: str, target_iqn: str, timeout: float = 60) -> str:
+        """The block device of a logged-in target, found through sysfs."""
+        script = (f"for s in /sys/class/iscsi_session/session*; do "
+                  f"[ \"$(cat $s/targetname)\" = {target_iqn} ] || continue; "
+                  f"for b in $s/device/target*/*/block/*; do [ -e \"$b\" ] && echo /dev/$(basename $b); done; done")
+
+        def found() -> str | None:
+            lines = self.lab.exec(guest, script).out.split()
+            return lines[0] if lines else None
+
+        return wait_for(found, timeout, f"block device of {target_iqn} in {guest}")  # type: ignore[no-any-return]
+
+    def fio(self, guest: str, dev: str, rw: str, size_mib: int = 256, runtime: int = 20) -> float:
+        """fio sequential 1 MiB, iodepth 8, direct; MiB/s."""
+        dev_real = self.lab.exec(guest, f"readlink -f {dev}", check=True).out.strip()
+        r = self.lab.exec(guest, f"fio --name=seq{rw} --filename={dev_real} --rw={rw} --bs=1M --iodepth=8 "
+                                 f"--ioengine=libaio --direct=1 --size={size_mib}M --runtime={runtime} "
+                                 f"--output-format=json", timeout=runtime + 120, check=True)
+        job = json.loads(r.out[r.out.index("{"):])["jobs"][0]
+        return float(job["read" if rw == "read" else "write"]["bw"]) / 1024.0
+
+
+def reset_host(lab: Any, guest: str) -> None:
+    """Forget every iSCSI session, node record and dvsan state a host guest has (for a clean run)."""
+    lab.exec(guest, "iscsiadm -m node --logoutall=all >/dev/null 2>&1; "
+                    "iscsiadm -m node -o delete >/dev/null 2>&1; rm -rf /var/lib/dvsan-host; true",
+             timeout=120)
