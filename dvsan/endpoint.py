@@ -7,6 +7,7 @@ Anything that fails to decode, authenticate or pass the replay guard is dropped 
 """
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -116,7 +117,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stats["send_timeouts"] += 1
                     raise Unavailable(f"no acknowledgement of {mtype.name} from {peer[0]}:{peer[1]} "
-                                      f"after {attempt} attempts in {timeout:.0f} s")
+                                      f"after {attempt} attempts in {timeout:g} s")
                 rto = min(max_rto, rto * 2) * random.uniform(0.9, 1.1)
         finally:
             self._pending.pop((peer, seq), None)
@@ -164,6 +165,9 @@ class Endpoint(asyncio.DatagramProtocol):
         try:
             result = await self.handler(msg, peer)
             reply: dict[str, Any] = {"status": "ok", **(result or {})}
+            # NOTE: fail here, inside the try, so that the peer hears of a reply that is not JSON;
+            # failing in encode() below would leave the message "in progress" forever.
+            json.dumps(reply)
         except DvsanError as e:
             self.stats["handler_errors"] += 1
             log.warning("%s: %s from %s:%d refused: %s", self.name, msg.type.name, peer[0], peer[1], e)

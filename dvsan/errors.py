@@ -28,9 +28,12 @@ class InsufficientCapacity(Conflict):
         if largest_free is None:
             msg = f"no free volume in the pool for a request of {format_size(requested)}: the pool has no free online volume"
         else:
+            want, have = format_size(requested), format_size(largest_free)
+            if want == have:  # rounding would hide the difference: say the bytes
+                want, have = f"{want} ({requested} bytes)", f"{have} ({largest_free} bytes)"
             msg = (
-                f"no free volume of at least {format_size(requested)}: "
-                f"the largest free volume is {format_size(largest_free)} ({where})"
+                f"no free volume of at least {want}: "
+                f"the largest free volume is {have} ({where})"
             )
         super().__init__(msg)
 

@@ -86,8 +86,8 @@ class Export:
         check_iqn(self.target_iqn)
         for i in self.initiators:
             check_iqn(i)
-        if not isinstance(self.lun, int) or isinstance(self.lun, bool) or not 0 <= self.lun <= 255:
-            raise InvalidInput(f"export {self.target_iqn}: LUN must be an integer 0-255, got {self.lun!r}")
+        if not isinstance(self.lun, int) or isinstance(self.lun, bool) or self.lun < 0:
+            raise InvalidInput(f"export {self.target_iqn}: LUN must be a non-negative integer, got {self.lun!r}")
 
     def to_wire(self) -> dict[str, Any]:
         return {"device": self.device, "target_iqn": self.target_iqn,
