@@ -1,6 +1,6 @@
 """The lab's shape as plain data: guests, addresses, disks, and the dvsan-specific device names."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -46,7 +46,6 @@ class Topology:
     exec_port: int = 7000
     iqn_prefix: str = "iqn.2026-11.org.dvsan.lab"
     vm_prefix: str = "dvsanlab-"  # qemu -name; also how our processes are recognised
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def host_ip(self) -> str:

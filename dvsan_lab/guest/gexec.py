@@ -127,7 +127,7 @@ class Handler(socketserver.StreamRequestHandler):
                 threading.Thread(target=self.server.shutdown, daemon=True).start()
             else:
                 raise ValueError(f"unknown op {op!r}")
-        except Exception as e:  # the client must always get an answer it can report
+        except Exception as e:  # noqa: BLE001 - the client must always get an answer it can report
             res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         self.wfile.write((json.dumps(res) + "\n").encode())
 
