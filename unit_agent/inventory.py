@@ -1,0 +1,280 @@
+"""The partitions a unit can offer, read from the kernel through sysfs and /proc."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dvsan.errors import AdapterError, DvsanError
+from dvsan.model import VALID_BLOCK_SIZES, Partition
+
+log = logging.getLogger(__name__)
+
+# Kernel name prefixes of block devices that are never storage a unit should re-export:
+# virtual (loop, ram, zram, nbd, rbd), optical/floppy (sr, fd), stacked (dm, md, drbd) and zvols.
+SKIP_PREFIXES: tuple[str, ...] = ("loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd", "rbd",
+                                  "drbd", "zd")
+# A disk holding any of these mount points (or active swap) is the system disk: never offered.
+SYSTEM_MOUNTPOINTS: frozenset[str] = frozenset({"/", "/boot", "/boot/efi", "/efi", "/usr"})
+# NOTE: the kernel shows an MBR extended partition as 1-2 sectors long (a guard against mkfs on
+# it) while sfdisk reports its full span; anything this small is a container, not a volume.
+MIN_PARTITION_BYTES = 1024 * 1024
+SYSFS_SECTOR = 512  # sysfs start/size are always in 512-byte units, whatever the disk's block size
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What a scan found: partitions to offer, and every device left out with the reason why."""
+
+    offered: list[Partition] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+def read_partitions(root: str = "/", include: list[str] | None = None) -> list[Partition]:
+    """The partitions this unit may offer, sorted by disk and partition number.
+
+    `root` is prepended to /sys and /proc (a test builds a fake tree there); `include`
+    restricts the scan to these disk names (e.g. ["vda"]).
+    """
+    return scan(root, include).offered
+
+
+def scan(root: str = "/", include: list[str] | None = None) -> Inventory:
+    """Scan every block disk under `root`/sys/block; see `read_partitions` for the arguments."""
+    base = Path(root)
+    sys_block = base / "sys" / "block"
+    try:
+        disk_names = sorted(os.listdir(sys_block))
+    except OSError as e:
+        raise AdapterError(f"cannot list block devices in {sys_block}: {e}") from e
+
+    # Every block device (disk or partition) by kernel name, its sysfs dir, and its parent disk.
+    devdirs: dict[str, Path] = {}
+    parent: dict[str, str] = {}
+    parts_of: dict[str, list[str]] = {}
+    for disk in disk_names:
+        ddir = sys_block / disk
+        devdirs[disk] = ddir
+        parts_of[disk] = []
+        try:
+            children = sorted(os.listdir(ddir))
+        except OSError:
+            continue
+        for child in children:
+            if (ddir / child / "partition").is_file():
+                devdirs[child] = ddir / child
+                parent[child] = disk
+                parts_of[disk].append(child)
+    by_devnum = {num: name for name, d in devdirs.items() if (num := _read(d / "dev"))}
+
+    mounts = _mounted_devices(base, by_devnum, devdirs)
+    swaps = _swap_devices(base, devdirs)
+    # A disk is the system disk if anything on it (directly, or beneath dm/md) is a system mount.
+    roles: dict[str, set[str]] = {}
+    for dev, mountpoints in mounts.items():
+        for mp in mountpoints & SYSTEM_MOUNTPOINTS:
+            for under in _underlying(dev, devdirs):
+                roles.setdefault(parent.get(under, under), set()).add(mp)
+    for dev in swaps:
+        for under in _underlying(dev, devdirs):
+            roles.setdefault(parent.get(under, under), set()).add("swap")
+    system_disks = {d: "system disk: holds " + ", ".join(sorted(r)) for d, r in roles.items()}
+
+    inv = Inventory()
+    wanted = set(include) if include is not None else None
+    for missing in sorted((wanted or set()) - set(disk_names)):
+        inv.excluded[missing] = "no such disk"
+    for disk in disk_names:
+        if wanted is not None and disk not in wanted:
+            continue
+        reason = _disk_exclusion(disk, devdirs[disk], parts_of[disk], mounts, swaps, system_disks)
+        if reason is not None:
+            inv.excluded[disk] = reason
+            for part in parts_of[disk]:
+                inv.excluded[part] = f"on excluded disk {disk} ({reason})"
+            continue
+        block_size = _read_int(devdirs[disk] / "queue" / "logical_block_size")
+        for part in sorted(parts_of[disk], key=lambda p: _read_int(devdirs[p] / "partition") or 0):
+            preason = _partition_exclusion(part, devdirs[part], mounts, swaps)
+            if preason is None:
+                p_or_reason = _partition(part, disk, devdirs[part], block_size)
+                if isinstance(p_or_reason, Partition):
+                    inv.offered.append(p_or_reason)
+                    continue
+                preason = p_or_reason
+            inv.excluded[part] = preason
+    for dev, why in inv.excluded.items():
+        log.debug("inventory: not offering %s: %s", dev, why)
+    return inv
+
+
+def _disk_exclusion(disk: str, ddir: Path, parts: list[str], mounts: dict[str, set[str]],
+                    swaps: set[str], system_disks: dict[str, str]) -> str | None:
+    """Why a whole disk is never offered, or None."""
+    if disk.startswith(SKIP_PREFIXES):
+        return "virtual, optical or stacked device type"
+    if disk in system_disks:
+        return system_disks[disk]
+    if _read(ddir / "removable") == "1":
+        return "removable device"
+    if _read(ddir / "ro") == "1":
+        return "read-only device"
+    if _read(ddir / "hidden") == "1":
+        # NOTE: hidden disks are e.g. the per-path nodes of NVMe multipath: not usable directly.
+        return "hidden device"
+    if disk in mounts:
+        return f"mounted whole disk ({', '.join(sorted(mounts[disk]))})"
+    if disk in swaps:
+        return "whole disk used as swap"
+    holders = _list(ddir / "holders")
+    if holders:
+        return f"in use by {', '.join(holders)} (holders: dm, md or LVM)"
+    if _read_int(ddir / "queue" / "logical_block_size") not in VALID_BLOCK_SIZES:
+        return "unsupported or unreadable logical block size"
+    if not parts:
+        return "no partitions"
+    return None
+
+
+def _partition_exclusion(part: str, pdir: Path, mounts: dict[str, set[str]],
+                         swaps: set[str]) -> str | None:
+    """Why one partition of an acceptable disk is not offered, or None."""
+    if part in mounts:
+        return f"mounted on {', '.join(sorted(mounts[part]))}"
+    if part in swaps:
+        return "used as swap"
+    holders = _list(pdir / "holders")
+    if holders:
+        return f"in use by {', '.join(holders)} (holders: dm, md or LVM)"
+    if _read(pdir / "ro") == "1":
+        return "read-only partition"
+    return None
+
+
+def _partition(part: str, disk: str, pdir: Path, block_size: int | None) -> Partition | str:
+    """The Partition for a sysfs partition dir, or the reason it cannot be offered."""
+    number = _read_int(pdir / "partition")
+    start = _read_int(pdir / "start")
+    size = _read_int(pdir / "size")
+    if number is None or start is None or size is None or block_size is None:
+        return "unreadable partition, start or size in sysfs"
+    if size * SYSFS_SECTOR < MIN_PARTITION_BYTES:
+        return f"smaller than {MIN_PARTITION_BYTES} bytes (an extended partition container?)"
+    per_block = block_size // SYSFS_SECTOR
+    if start % per_block or size % per_block:
+        return f"not aligned to the {block_size}-byte logical block size"
+    start_lba, length = start // per_block, size // per_block
+    try:
+        return Partition(device=part, disk=disk, number=number, start_lba=start_lba,
+                         length_blocks=length, end_lba=start_lba + length - 1,
+                         block_size=block_size, size_bytes=length * block_size)
+    except DvsanError as e:
+        return f"not representable: {e}"
+
+
+def _mounted_devices(base: Path, by_devnum: dict[str, str],
+                     devdirs: dict[str, Path]) -> dict[str, set[str]]:
+    """Block device name -> its mount points, from /proc/self/mountinfo.
+
+    Sample line (id parent major:minor root mountpoint options [optional] - fstype source super):
+        36 25 254:1 / /boot rw,relatime shared:12 - ext4 /dev/vda1 rw
+    """
+    out: dict[str, set[str]] = {}
+    text = _read(base / "proc" / "self" / "mountinfo") or ""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        mountpoint = _unescape(fields[4])
+        names = set()
+        if fields[2] in by_devnum:
+            names.add(by_devnum[fields[2]])
+        # NOTE: btrfs subvolumes report an anonymous 0:N device number; the source names the device.
+        if "-" in fields[6:]:
+            after = fields[fields.index("-", 6) + 1:]
+            if len(after) >= 2:
+                src = _device_name(base, _unescape(after[1]), devdirs)
+                if src:
+                    names.add(src)
+        for name in names:
+            out.setdefault(name, set()).add(mountpoint)
+    return out
+
+
+def _swap_devices(base: Path, devdirs: dict[str, Path]) -> set[str]:
+    """Block devices in use as swap, from /proc/swaps.
+
+    Sample:
+        Filename              Type            Size            Used            Priority
+        /dev/vda3             partition       1048572         0               -2
+    """
+    out: set[str] = set()
+    text = _read(base / "proc" / "swaps") or ""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if fields:
+            name = _device_name(base, _unescape(fields[0]), devdirs)
+            if name:
+                out.add(name)
+    return out
+
+
+def _device_name(base: Path, path: str, devdirs: dict[str, Path]) -> str | None:
+    """The kernel name of a /dev path (following /dev/mapper and by-* links), if a known one."""
+    if not path.startswith("/dev/"):
+        return None
+    name = os.path.basename(path)
+    if name in devdirs:
+        return name
+    try:
+        real = os.path.basename(os.path.realpath(base / path.lstrip("/")))
+    except OSError:
+        return None
+    return real if real in devdirs else None
+
+
+def _underlying(dev: str, devdirs: dict[str, Path], depth: int = 0) -> set[str]:
+    """The bottom devices beneath a stacked device (dm, md), following sysfs `slaves/`."""
+    if dev not in devdirs or depth > 16:
+        return {dev}
+    slaves = _list(devdirs[dev] / "slaves")
+    if not slaves:
+        return {dev}
+    out: set[str] = set()
+    for s in slaves:
+        out |= _underlying(s, devdirs, depth + 1)
+    return out
+
+
+def _unescape(s: str) -> str:
+    """Undo the kernel's octal escapes (\\040 for a space) in mountinfo and /proc/swaps."""
+    if "\\" not in s:
+        return s
+    try:
+        return s.encode("latin-1").decode("unicode_escape")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return s
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_int(p: Path) -> int | None:
+    v = _read(p)
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _list(p: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(p))
+    except OSError:
+        return []

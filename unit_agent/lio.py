@@ -1,0 +1,441 @@
+"""LIO through rtslib-fb: the one module on a unit that reads and writes the target's configfs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rtslib_fb import (
+    LUN,
+    TPG,
+    BlockStorageObject,
+    FabricModule,
+    MappedLUN,
+    NetworkPortal,
+    NodeACL,
+    RTSLibError,
+    RTSLibNotInCFSError,
+    RTSRoot,
+    Target,
+)
+from rtslib_fb import tcm as _rtslib_tcm
+
+from dvsan.errors import AdapterError, DvsanError
+from dvsan.model import Export
+from dvsan.naming import BACKSTORE_PREFIX, backstore_name, check_unit_name, unit_target_prefix
+from dvsan.reconcile import Action, CreateExport, DeleteExport, SetInitiators
+
+log = logging.getLogger(__name__)
+
+CONFIGFS_TARGET = "/sys/kernel/config/target"
+# NOTE: pip's rtslib-fb 2.2 refuses to set LIO's dbroot unless this directory exists. We never
+# write a config file there: the station's database is the record of what a unit exports.
+DBROOT = "/etc/target"
+TPG_TAG = 1
+# Set explicitly on every TPG we make. The kernel's default for `authentication` is 1 (CHAP
+# required), and `generate_node_acls` 1 would be demo mode: any initiator gets every LUN.
+TPG_ATTRIBUTES: dict[str, str] = {
+    "authentication": "0",
+    "generate_node_acls": "0",
+    "demo_mode_write_protect": "1",
+}
+# Exceptions that rtslib (and pyudev under it) raise for a failed configfs or device operation.
+_LIO_ERRORS = (RTSLibError, OSError, ValueError, LookupError)
+
+
+class _Incomplete(Exception):
+    """A target under our prefix that is not a whole export (a leftover of a failed attempt)."""
+
+
+def _adapter_error(message: str, cause: BaseException) -> AdapterError:
+    """An AdapterError chained to its cause, ready to be collected into an ExceptionGroup."""
+    try:
+        raise AdapterError(f"{message}: {cause}") from cause
+    except AdapterError as err:
+        return err
+
+
+def _portal_dirname(ip: str, port: int) -> str:
+    """The configfs directory name of a network portal ('10.0.0.1:3260', '[fe80::1]:3260')."""
+    host = f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+    return f"{host}:{port}"
+
+
+class Lio:
+    """The exports of one unit in the kernel's LIO target; one instance per unit agent process.
+
+    Reads configfs once at start and keeps what it found in memory, updated by every `apply`
+    (rescanning the whole tree per operation does not scale, see PERFORMANCE.md). Only targets
+    whose IQN starts with this unit's prefix are ever read or changed.
+    """
+
+    def __init__(self, unit: str, portal_ip: str, portal_port: int = 3260) -> None:
+        """Open LIO (mounting configfs, loading target_core_mod if needed); read our exports."""
+        self.unit = check_unit_name(unit)
+        self.prefix = unit_target_prefix(unit)
+        self.portal_ip = portal_ip
+        self.portal_port = int(portal_port)
+        # NOTE: rtslib and targetcli race with themselves on configfs (targetcli-fb PR 140,
+        # rtslib-fb issue 179): every configfs write of this process goes through this lock.
+        self._lock = threading.Lock()
+        self._exports: dict[str, Export] = {}
+        self._broken: dict[str, str] = {}     # target IQN -> why it is not a whole export
+        self._orphans: dict[str, str] = {}    # backstore name -> why it is a leftover
+        with self._lock:
+            try:
+                os.makedirs(DBROOT, exist_ok=True)
+                RTSRoot()
+                self._fabric = FabricModule("iscsi")
+            except _LIO_ERRORS as e:
+                raise _adapter_error("cannot open LIO (configfs, target_core_mod)", e) from e
+            self._scan_or_raise()
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def actual_exports(self) -> list[Export]:
+        """The whole exports of this unit as LIO holds them, from the in-memory cache."""
+        with self._lock:
+            return [self._exports[k] for k in sorted(self._exports)]
+
+    def leftovers(self) -> dict[str, str]:
+        """Half-made targets and unused dvsan backstores (name -> reason); `apply` removes them."""
+        with self._lock:
+            return {**self._broken, **self._orphans}
+
+    def rescan(self) -> list[Export]:
+        """Re-read this unit's targets and dvsan backstores from configfs; returns the exports."""
+        with self._lock:
+            self._scan_or_raise()
+            return [self._exports[k] for k in sorted(self._exports)]
+
+    def _scan_or_raise(self) -> None:
+        try:
+            self._scan()
+        except OSError as e:
+            raise _adapter_error("cannot read LIO's configfs", e) from e
+
+    def _scan(self) -> None:
+        # NOTE: rtslib keeps a process-wide cache of backstore indexes; clear it so that a rescan
+        # sees what others (targetcli, a crashed earlier agent) changed.
+        _rtslib_tcm.bs_cache.clear()
+        exports: dict[str, Export] = {}
+        broken: dict[str, str] = {}
+        fabric = Path(self._fabric.path)
+        names = sorted(n for n in os.listdir(fabric) if n.startswith(self.prefix)) \
+            if fabric.is_dir() else []
+        for iqn in names:
+            try:
+                exports[iqn] = self._read_export(fabric / iqn)
+            except _Incomplete as e:
+                broken[iqn] = f"incomplete target: {e}"
+            except (OSError, DvsanError) as e:
+                broken[iqn] = f"unreadable target: {e}"
+        orphans: dict[str, str] = {}
+        for so_dir in sorted(Path(CONFIGFS_TARGET, "core").glob(f"iblock_*/{BACKSTORE_PREFIX}*")):
+            status = _info_field(so_dir / "info", "Status")
+            if status != "ACTIVATED":
+                # Not linked to any LUN (the kernel counts LUN links in export_count).
+                orphans[so_dir.name] = f"backstore not used by any LUN (status {status})"
+        self._exports, self._broken, self._orphans = exports, broken, orphans
+        log.info("LIO: %d exports of unit %s, %d leftovers", len(exports), self.unit,
+                 len(broken) + len(orphans))
+
+    def _read_export(self, tdir: Path) -> Export:
+        """The Export a target directory holds; raises _Incomplete for anything less than whole."""
+        tpgs = sorted(p.name for p in tdir.glob("tpgt_*"))
+        if tpgs != [f"tpgt_{TPG_TAG}"]:
+            raise _Incomplete(f"TPGs {tpgs}, expected only tpgt_{TPG_TAG}")
+        tpg = tdir / f"tpgt_{TPG_TAG}"
+        if _read(tpg / "enable") != "1":
+            raise _Incomplete("TPG not enabled")
+        for attr, want in TPG_ATTRIBUTES.items():
+            got = _read(tpg / "attrib" / attr)
+            if got != want:
+                raise _Incomplete(f"TPG attribute {attr}={got}, expected {want}")
+        if not (tpg / "np" / _portal_dirname(self.portal_ip, self.portal_port)).is_dir():
+            raise _Incomplete(f"no portal {self.portal_ip}:{self.portal_port}")
+        luns = sorted(p.name for p in (tpg / "lun").iterdir())
+        if len(luns) != 1:
+            raise _Incomplete(f"LUNs {luns}, expected exactly one")
+        lun_dir = tpg / "lun" / luns[0]
+        lun = int(luns[0].split("_", 1)[1])
+        links = [p for p in lun_dir.iterdir() if p.is_symlink()]
+        if len(links) != 1:
+            raise _Incomplete(f"LUN {lun} has no storage object")
+        so_dir = Path(os.path.realpath(links[0]))
+        udev_path = _read(so_dir / "udev_path") or ""
+        device = os.path.basename(udev_path)
+        if not so_dir.parent.name.startswith("iblock_") or so_dir.name != backstore_name(device):
+            raise _Incomplete(f"LUN {lun} is backed by {so_dir.parent.name}/{so_dir.name} "
+                              f"({udev_path!r}), not a dvsan block backstore")
+        initiators = []
+        for acl in sorted(p.name for p in (tpg / "acls").iterdir()):
+            mapped = tpg / "acls" / acl / f"lun_{lun}"
+            if not mapped.is_dir() or not any(p.is_symlink() for p in mapped.iterdir()):
+                raise _Incomplete(f"ACL {acl} has no mapped LUN {lun}")
+            initiators.append(acl)
+        return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def apply(self, actions: Iterable[Action]) -> None:
+        """Carry out reconcile actions, then remove leftovers of earlier failed attempts.
+
+        Every action is tried even when an earlier one fails; all failures are raised together
+        as an ExceptionGroup of AdapterError, each chained to the rtslib or OS error behind it.
+        """
+        errors: list[AdapterError] = []
+        with self._lock:
+            for action in actions:
+                t0, n = time.monotonic(), len(errors)
+                if isinstance(action, CreateExport):
+                    self._create(action.export, errors)
+                elif isinstance(action, DeleteExport):
+                    self._delete(action.export, errors)
+                elif isinstance(action, SetInitiators):
+                    self._set_initiators(action.export, action.add, action.remove, errors)
+                else:
+                    errors.append(AdapterError(f"unknown reconcile action {action!r}"))
+                    continue
+                log.info("LIO: %s %s %s in %.0f ms", type(action).__name__,
+                         action.export.target_iqn, "failed" if len(errors) > n else "done",
+                         (time.monotonic() - t0) * 1000)
+            self._prune(errors)
+        if errors:
+            raise ExceptionGroup(f"{len(errors)} LIO operation(s) failed on unit {self.unit}",
+                                 errors)
+
+    def _check_ours(self, export: Export) -> None:
+        if not export.target_iqn.startswith(self.prefix):
+            raise AdapterError(f"target {export.target_iqn} is not under this unit's prefix "
+                               f"{self.prefix}: refusing to touch it")
+
+    def _create(self, export: Export, errors: list[AdapterError]) -> None:
+        """Make the whole export; a no-op if it exists as asked, ACL changes if only they differ."""
+        iqn = export.target_iqn
+        try:
+            self._check_ours(export)
+        except AdapterError as e:
+            errors.append(e)
+            return
+        have = self._exports.get(iqn)
+        if have is not None:
+            if have.device == export.device and have.lun == export.lun:
+                add = tuple(sorted(set(export.initiators) - set(have.initiators)))
+                remove = tuple(sorted(set(have.initiators) - set(export.initiators)))
+                if add or remove:
+                    self._set_initiators(export, add, remove, errors)
+                return
+            n = len(errors)
+            self._delete(have, errors)
+            if len(errors) > n:
+                return
+        if iqn in self._broken or Path(self._fabric.path, iqn).exists():
+            # NOTE: a half-made target from a failed earlier attempt: remove it and start over.
+            n = len(errors)
+            self._delete_target(iqn, errors)
+            if len(errors) > n:
+                return
+        try:
+            so = self._ensure_backstore(export.device)
+        except AdapterError as e:
+            errors.append(e)
+            return
+        try:
+            target = Target(self._fabric, iqn, "create")
+            tpg = TPG(target, TPG_TAG, "create")
+            for attr, value in TPG_ATTRIBUTES.items():
+                tpg.set_attribute(attr, value)
+            lun = LUN(tpg, export.lun, so)
+            NetworkPortal(tpg, self.portal_ip, self.portal_port, "create")
+            for initiator in export.initiators:
+                MappedLUN(NodeACL(tpg, initiator, "create"), export.lun, lun)
+            tpg.enable = True
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot create export {iqn} of /dev/{export.device}", e))
+            # Undo, so that no half-made target is left behind; what cannot be undone is a leftover.
+            self._delete_target(iqn, errors)
+            self._delete_backstore(backstore_name(export.device), errors)
+            return
+        self._exports[iqn] = Export(device=export.device, target_iqn=iqn,
+                                    initiators=tuple(sorted(export.initiators)), lun=export.lun)
+
+    def _ensure_backstore(self, device: str) -> BlockStorageObject:
+        """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew."""
+        name = backstore_name(device)
+        dev = f"/dev/{device}"
+        try:
+            so = BlockStorageObject(name)
+        except RTSLibNotInCFSError:
+            so = None
+        except _LIO_ERRORS as e:
+            raise _adapter_error(f"cannot look up backstore {name}", e) from e
+        if so is not None:
+            try:
+                fits = so.is_configured() and so.udev_path == dev
+                busy = so.status == "activated"
+            except _LIO_ERRORS as e:
+                raise _adapter_error(f"cannot read backstore {name}", e) from e
+            if busy:
+                raise AdapterError(f"backstore {name} of {dev} is already used by another LUN")
+            if fits:
+                log.info("LIO: reusing leftover backstore %s of %s", name, dev)
+                self._orphans.pop(name, None)
+                return so
+            errs: list[AdapterError] = []
+            self._delete_backstore(name, errs)
+            if errs:
+                raise errs[0]
+        if not Path(dev).is_block_device():
+            raise AdapterError(f"cannot export {dev}: no such block device")
+        try:
+            return BlockStorageObject(name, dev=dev)
+        except _LIO_ERRORS as e:
+            # rtslib opens the device O_EXCL: a mounted or otherwise claimed device fails here.
+            raise _adapter_error(f"cannot create block backstore {name} on {dev}", e) from e
+
+    def _delete(self, export: Export, errors: list[AdapterError]) -> None:
+        """Remove a target and then its backstore; a missing one counts as removed."""
+        try:
+            self._check_ours(export)
+        except AdapterError as e:
+            errors.append(e)
+            return
+        n = len(errors)
+        self._delete_target(export.target_iqn, errors)
+        self._delete_backstore(backstore_name(export.device), errors)
+        if len(errors) == n:
+            self._exports.pop(export.target_iqn, None)
+
+    def _delete_target(self, iqn: str, errors: list[AdapterError]) -> None:
+        if not Path(self._fabric.path, iqn).is_dir():
+            self._broken.pop(iqn, None)
+            return
+        backstores = _linked_backstores(Path(self._fabric.path, iqn))
+        try:
+            # Disables the TPG first (dropping sessions), then ACLs, LUNs, portal, TPG, target.
+            Target(self._fabric, iqn, "lookup").delete()
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot delete target {iqn}", e))
+            self._broken[iqn] = f"delete failed: {e}"
+            return
+        self._broken.pop(iqn, None)
+        self._exports.pop(iqn, None)
+        for so_dir in backstores:
+            # Its backstore is now unused unless something else links it: a leftover to prune.
+            if _info_field(so_dir / "info", "Status") == "DEACTIVATED":
+                self._orphans[so_dir.name] = f"backstore of deleted target {iqn}"
+
+    def _delete_backstore(self, name: str, errors: list[AdapterError]) -> None:
+        try:
+            so = BlockStorageObject(name)
+        except RTSLibNotInCFSError:
+            self._orphans.pop(name, None)
+            return
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot look up backstore {name}", e))
+            return
+        try:
+            busy = so.status == "activated"
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot read backstore {name}", e))
+            return
+        if busy:
+            errors.append(AdapterError(f"backstore {name} is still used by a LUN: not deleting it"))
+            self._orphans.pop(name, None)
+            return
+        try:
+            # NOTE: StorageObject.delete() searches every LUN of every target on the system for
+            # links to this object (2.8 s at 1,000 exports). Its target is gone, so no LUN links
+            # to it: remove its configfs directory and its HBA directly (flat ~20 ms).
+            Path(so.path).rmdir()
+            so._backstore.delete()  # also drops rtslib's cached index of it
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot delete backstore {name}", e))
+            self._orphans[name] = f"delete failed: {e}"
+            return
+        self._orphans.pop(name, None)
+
+    def _set_initiators(self, export: Export, add: Iterable[str], remove: Iterable[str],
+                        errors: list[AdapterError]) -> None:
+        """Add and remove NodeACLs of a whole export in place; its LUN and other sessions stay."""
+        iqn = export.target_iqn
+        try:
+            self._check_ours(export)
+        except AdapterError as e:
+            errors.append(e)
+            return
+        have = self._exports.get(iqn)
+        if have is None:
+            errors.append(AdapterError(f"cannot change initiators of {iqn}: no such export on "
+                                       f"unit {self.unit}"))
+            return
+        current = set(have.initiators)
+        try:
+            tpg = TPG(Target(self._fabric, iqn, "lookup"), TPG_TAG, "lookup")
+            lun = LUN(tpg, have.lun)
+        except _LIO_ERRORS as e:
+            errors.append(_adapter_error(f"cannot open target {iqn}", e))
+            return
+        for initiator in remove:
+            try:
+                # Deleting the ACL also ends that initiator's session (the kernel closes it).
+                NodeACL(tpg, initiator, "lookup").delete()
+            except RTSLibNotInCFSError:
+                pass
+            except _LIO_ERRORS as e:
+                errors.append(_adapter_error(f"cannot remove initiator {initiator} from {iqn}", e))
+                continue
+            current.discard(initiator)
+        for initiator in add:
+            try:
+                acl = NodeACL(tpg, initiator, "any")
+                if not Path(acl.path, f"lun_{have.lun}").is_dir():
+                    MappedLUN(acl, have.lun, lun)
+            except _LIO_ERRORS as e:
+                errors.append(_adapter_error(f"cannot add initiator {initiator} to {iqn}", e))
+                continue
+            current.add(initiator)
+        self._exports[iqn] = Export(device=have.device, target_iqn=iqn,
+                                    initiators=tuple(sorted(current)), lun=have.lun)
+
+    def _prune(self, errors: list[AdapterError]) -> None:
+        """Remove half-made targets under our prefix and dvsan backstores no LUN uses."""
+        for iqn in sorted(self._broken):
+            log.warning("LIO: removing leftover target %s (%s)", iqn, self._broken[iqn])
+            self._delete_target(iqn, errors)
+        for name in sorted(self._orphans):
+            log.warning("LIO: removing leftover backstore %s (%s)", name, self._orphans[name])
+            self._delete_backstore(name, errors)
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return None
+
+
+def _linked_backstores(tdir: Path) -> list[Path]:
+    """The dvsan block backstore directories the LUNs of a target directory link to."""
+    out = []
+    for link in tdir.glob("tpgt_*/lun/lun_*/*"):
+        if link.is_symlink():
+            so_dir = Path(os.path.realpath(link))
+            parent = so_dir.parent.name
+            if parent.startswith("iblock_") and so_dir.name.startswith(BACKSTORE_PREFIX):
+                out.append(so_dir)
+    return out
+
+
+def _info_field(p: Path, key: str) -> str | None:
+    """One 'Key: value' field of a configfs `info` file, e.g. 'Status: ACTIVATED'."""
+    words = (_read(p) or "").split()
+    for i, w in enumerate(words[:-1]):
+        if w == f"{key}:":
+            return words[i + 1]
+    return None
