@@ -157,36 +157,61 @@ class ReplayGuard:
 
 
 class Reassembler:
-    """Joins fragments into messages, keyed by (peer, type, seq); drops partial messages after a timeout."""
+    """Joins fragments into messages, keyed by (peer, type, seq); drops partial messages after a timeout.
 
-    def __init__(self, timeout_ms: int = 30_000, max_pending: int = 1024):
+    Memory is bounded: at most `max_pending` partial messages and `max_bytes` buffered in all; the
+    oldest partial message goes first when either is exceeded.
+    """
+
+    def __init__(self, timeout_ms: int = 30_000, max_pending: int = 1024, max_bytes: int = 32 << 20):
         self.timeout_ms = timeout_ms
         self.max_pending = max_pending
-        self._pending: OrderedDict[tuple[Any, int, int], tuple[int, list[bytes | None]]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        # key -> [started_ms, parts, missing count, bytes held]
+        self._pending: OrderedDict[tuple[Any, int, int], list[Any]] = OrderedDict()
+
+    def _evict(self, key: tuple[Any, int, int]) -> None:
+        entry = self._pending.pop(key)
+        self._bytes -= entry[3]
 
     def add(self, peer: Any, frag: Fragment, now_ms: int) -> Message | None:
         """The whole message once its last fragment arrives, else None."""
         if frag.frag_count == 1:
             return _parse(frag, frag.payload)
-        for k in [k for k, (t0, _) in self._pending.items() if now_ms - t0 > self.timeout_ms]:
-            del self._pending[k]
+        while self._pending:
+            oldest = next(iter(self._pending))
+            if now_ms - self._pending[oldest][0] <= self.timeout_ms:
+                break
+            self._evict(oldest)
         key = (peer, int(frag.type), frag.seq)
-        started, parts = self._pending.get(key, (now_ms, [None] * frag.frag_count))
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = [now_ms, [None] * frag.frag_count, frag.frag_count, 0]
+            self._pending[key] = entry
+        parts = entry[1]
         if len(parts) != frag.frag_count:
-            del self._pending[key]
+            self._evict(key)
             raise ProtocolError("bad-fragment", "fragment count changed within one message")
-        parts[frag.frag_index] = frag.payload
-        self._pending[key] = (started, parts)
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-        if any(p is None for p in parts):
+        if parts[frag.frag_index] is None:
+            parts[frag.frag_index] = frag.payload
+            entry[2] -= 1
+            entry[3] += len(frag.payload)
+            self._bytes += len(frag.payload)
+        while self._pending and (len(self._pending) > self.max_pending or self._bytes > self.max_bytes):
+            self._evict(next(iter(self._pending)))
+        if key not in self._pending or entry[2] > 0:
             return None
-        del self._pending[key]
-        return _parse(frag, b"".join(p for p in parts if p is not None))
+        self._evict(key)
+        return _parse(frag, b"".join(parts))
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
 
 
 def _parse(frag: Fragment, payload: bytes) -> Message:

@@ -564,3 +564,19 @@ def test_gp_fuzz_round_trip_any_json_object(body, mtype, seq, wants_ack):
         json.loads(json.dumps(body)),
         wants_ack,
     )
+
+
+def test_ep_reassembler_memory_is_bounded_by_bytes() -> None:
+    """Partial messages from a peer with the key cannot make the receiver buffer without bound."""
+    from dvsan.protocol import Reassembler, decode, encode, MsgType
+
+    key = b"k" * 32
+    r = Reassembler(max_bytes=50_000)
+    for seq in range(40):
+        frags = encode(key, MsgType.STORAGE_INFO, seq, {"x": "y" * 5000})
+        for d in frags[:-1]:                       # never the last fragment
+            assert r.add("p", decode(key, d), 0) is None
+        assert r.buffered_bytes <= 50_000
+    whole = encode(key, MsgType.STORAGE_INFO, 99, {"x": "z" * 5000})
+    msgs = [r.add("p", decode(key, d), 0) for d in whole]
+    assert msgs[-1] is not None and msgs[-1].body == {"x": "z" * 5000}
