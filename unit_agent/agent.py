@@ -117,11 +117,12 @@ class UnitAgent:
                 raise Conflict(f"device {e.device} is not offered by this unit (in use, mounted or gone)")
         async with self._apply_lock:
             actions = plan(desired, await asyncio.to_thread(self.lio.actual_exports))
+            # NOTE: apply even an empty plan: the adapter then also removes half-made leftovers.
+            try:
+                await asyncio.to_thread(self.lio.apply, actions)
+            except ExceptionGroup as eg:
+                raise AdapterError("; ".join(str(e) for e in eg.exceptions)) from eg
             if actions:
-                try:
-                    await asyncio.to_thread(self.lio.apply, actions)
-                except ExceptionGroup as eg:
-                    raise AdapterError("; ".join(str(e) for e in eg.exceptions)) from eg
                 log.info("applied %d change(s); %d export(s) now held", len(actions), len(desired))
             self.exports_applied += 1
         return {"exports": len(desired), "changes": len(actions)}

@@ -51,7 +51,7 @@ def test_ep_unit_name(name):
     assert "1-63 lower-case letters" in str(ei.value)
 
 
-@pytest.mark.parametrize("device", ["vda2", "sdb1", "nvme0n1p2", "dm-0", "md_0", "a", "a" * 32])
+@pytest.mark.parametrize("device", ["vda2", "sdb1", "nvme0n1p2", "dm-0", "a", "a" * 32])
 def test_gp_device(device):
     assert check_device(device) == device
 
@@ -68,6 +68,7 @@ def test_gp_device(device):
         "vda 2",
         "a" * 33,
         "vda.2",
+        "md_0",  # rtslib refuses "_" in an IQN, and the device name is part of the target IQN
         None,
         2,
     ],
