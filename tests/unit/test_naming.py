@@ -17,7 +17,7 @@ from dvsan.naming import (
 )
 
 unit_names = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,62}", fullmatch=True)
-devices = st.from_regex(r"[a-z][a-z0-9_-]{0,31}", fullmatch=True)
+devices = st.from_regex(r"[a-z][a-z0-9-]{0,31}", fullmatch=True)
 
 
 @pytest.mark.parametrize("name", ["unit-a", "a", "0", "a" * 63, "unit.rack-1", "host01", "1-2.3"])
