@@ -76,9 +76,7 @@ class AutoconfServer:
         if msg.type == MsgType.STORAGE_INFO:
             return await self._storage_info(unit, msg.body)
         if msg.type == MsgType.SHUTDOWN:
-            n = await run_in_threadpool(self._in_tx, pool.record_shutdown, unit)
-            log.info("unit %s shut down: %d volumes offline", unit, n)
-            return {"offline": n}
+            return {"offline": await self.unit_down(unit, "offline")}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")
 
     def _in_tx(self, fn: Any, *args: Any) -> Any:
@@ -90,12 +88,27 @@ class AutoconfServer:
         portal_port = _port(body, "portal_port", 3260)
         dns_name = _str(body, "dns_name", required=False)
         version = str(body.get("agent_version", ""))[:32]
-        await run_in_threadpool(self._in_tx, pool.record_startup, unit, peer, portal, portal_port,
-                                dns_name, version)
-        log.info("unit %s started (control %s:%d, portal %s:%d); asking for its storage info",
-                 unit, peer[0], peer[1], portal, portal_port)
-        self._background(self._ask_storage_info(unit, peer))
+        await self.unit_started(unit, peer, portal, portal_port, dns_name, version)
         return {"station_version": __version__}
+
+    async def unit_started(self, unit: str, control: Peer, portal_address: str, portal_port: int = 3260,
+                           dns_name: str | None = None, agent_version: str = "") -> None:
+        """A unit is up (UDP STARTUP, or an SNMP coldStart/linkUp): store it, ask for its storage info.
+
+        The one path every "unit is up" announcement takes, whatever carried it.
+        """
+        check_unit_name(unit)
+        await run_in_threadpool(self._in_tx, pool.record_startup, unit, control, portal_address,
+                                portal_port, dns_name, agent_version)
+        log.info("unit %s started (control %s:%d, portal %s:%d); asking for its storage info",
+                 unit, control[0], control[1], portal_address, portal_port)
+        self._background(self._ask_storage_info(unit, control))
+
+    async def unit_down(self, unit: str, state: str = "offline") -> int:
+        """A unit went away (UDP SHUTDOWN, SNMP linkDown, liveness): its volumes go offline, kept."""
+        n: int = await run_in_threadpool(self._in_tx, pool.record_shutdown, unit, state)
+        log.info("unit %s is %s: %d volumes offline", unit, state, n)
+        return n
 
     async def _ask_storage_info(self, unit: str, peer: Peer) -> None:
         assert self.endpoint is not None

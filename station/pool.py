@@ -68,13 +68,19 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition]) -> P
     return PoolChange(added, updated, len(existing), len(partitions))
 
 
-def record_shutdown(s: Session, name: str) -> int:
-    """A unit is going down: it and its volumes are offline (kept, with their assignments)."""
+UNIT_DOWN_STATES = ("offline", "link-down", "unreachable")
+
+
+def record_shutdown(s: Session, name: str, state: str = "offline") -> int:
+    """A unit is down (`state` says how): its volumes are offline, kept with their assignments."""
+    if state not in UNIT_DOWN_STATES:
+        raise ValueError(f"not a down state: {state}")
     unit = s.get(UnitRow, name)
     if unit is None:
         raise NotFound(f"unknown unit {name!r}")
-    unit.state = "offline"
-    unit.last_seen = utcnow()
+    unit.state = state
+    if state == "offline":
+        unit.last_seen = utcnow()
     n = 0
     for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name, VolumeRow.state == "online")):
         v.state = "offline"
