@@ -49,6 +49,7 @@ class MsgType(enum.IntEnum):
     SHUTDOWN = 4             # unit -> station: I am going down
     ACK = 5                  # either way: message `ack` received (payload: status, error)
     EXPORTS = 6              # station -> unit: the complete set of exports you must hold
+    HEARTBEAT = 7            # unit -> station: still here (the ACK says what the station thinks of us)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         key = settings.load_cluster_key()
         db = Database(settings.db_url)
         db.migrate()
-        autoconf = AutoconfServer(db, key, settings.export_timeout)
+        autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout)
         await autoconf.start(settings.udp_host, settings.udp_port)
         app.state.db, app.state.autoconf = db, autoconf
         try:

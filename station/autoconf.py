@@ -7,6 +7,7 @@ SHUTDOWN -> the unit's volumes go offline. Database work runs in worker threads.
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -42,10 +43,12 @@ def _port(body: dict[str, Any], key: str, default: int) -> int:
 class AutoconfServer:
     """Owns the station's UDP endpoint and one lock per unit for export pushes."""
 
-    def __init__(self, db: Database, key: bytes, export_timeout: float = 15.0):
+    def __init__(self, db: Database, key: bytes, export_timeout: float = 15.0,
+                 liveness_timeout: float = 30.0):
         self.db = db
         self.key = key
         self.export_timeout = export_timeout
+        self.liveness_timeout = liveness_timeout
         self.endpoint: Endpoint | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -53,6 +56,22 @@ class AutoconfServer:
     async def start(self, host: str, port: int) -> None:
         self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name="station")
         log.info("auto-configuration protocol listening on udp %s:%d", *self.endpoint.address)
+        if self.liveness_timeout > 0:
+            self._background(self._liveness())
+
+    async def _liveness(self) -> None:
+        """Mark online units that stopped sending heartbeats as unreachable (assignments kept)."""
+        period = max(0.2, self.liveness_timeout / 10)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = datetime.now(UTC) - timedelta(seconds=self.liveness_timeout)
+            try:
+                silent = await run_in_threadpool(self._in_tx, pool.silent_units, cutoff)
+                for unit in silent:
+                    log.warning("unit %s silent for over %.0f s: unreachable", unit, self.liveness_timeout)
+                    await self.unit_down(unit, "unreachable")
+            except DvsanError as e:
+                log.warning("liveness check failed: %s", e)
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -75,6 +94,8 @@ class AutoconfServer:
             return await self._startup(unit, msg.body, peer)
         if msg.type == MsgType.STORAGE_INFO:
             return await self._storage_info(unit, msg.body)
+        if msg.type == MsgType.HEARTBEAT:
+            return {"state": await run_in_threadpool(self._in_tx, pool.record_heartbeat, unit)}
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.unit_down(unit, "offline")}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-port", type=int, help="REST port (default 7480)")
     p.add_argument("--udp-host", help="protocol listen address (default 0.0.0.0)")
     p.add_argument("--udp-port", type=int, help="protocol UDP port (default 7479)")
+    p.add_argument("--liveness-timeout", type=float,
+                   help="seconds without a heartbeat before a unit is marked unreachable (default 30; 0: off)")
     p.add_argument("--cluster-key-file", type=Path, help="file holding the key shared with units")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)

@@ -1,6 +1,7 @@
 """Pool service: units and their volumes, as built from the units' announcements."""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,6 +87,26 @@ def record_shutdown(s: Session, name: str, state: str = "offline") -> int:
         v.state = "offline"
         n += 1
     return n
+
+
+def record_heartbeat(s: Session, name: str) -> str:
+    """A unit says it is alive: note the time; returns the state the station holds it in."""
+    unit = s.get(UnitRow, name)
+    if unit is None:
+        return "unknown"
+    if unit.state == "online":
+        unit.last_seen = utcnow()
+    return unit.state
+
+
+def silent_units(s: Session, older_than: datetime) -> list[str]:
+    """Online units not heard from since `older_than` (UTC)."""
+    out = []
+    for u in s.scalars(select(UnitRow).where(UnitRow.state == "online")):
+        seen = u.last_seen if u.last_seen.tzinfo else u.last_seen.replace(tzinfo=UTC)  # SQLite drops tz
+        if seen < older_than:
+            out.append(u.name)
+    return out
 
 
 def get_unit(s: Session, name: str) -> UnitRow:

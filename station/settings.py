@@ -28,6 +28,8 @@ class StationSettings(BaseSettings):
     cluster_key: SecretStr | None = None
     cluster_key_file: Path | None = None
     export_timeout: float = Field(15.0, gt=0)
+    # a unit silent this long (no heartbeat) is marked unreachable; 0 turns the check off
+    liveness_timeout: float = Field(30.0, ge=0)
     log_level: str = "info"
 
     @property

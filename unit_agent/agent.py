@@ -1,6 +1,7 @@
 """The unit agent's protocol loop: announce, answer storage-info requests, apply desired exports."""
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -41,9 +42,70 @@ class UnitAgent:
         self.exports_applied = 0
         self._apply_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._announcing: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Optional SNMP notifier (unit_agent.snmp): send_link_up() / send_link_down()
+        self.notifier: Any = None
 
     async def open(self, host: str, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
         self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name=f"unit {self.name}")
+
+    def _spawn(self, coro: Any) -> "asyncio.Task[Any]":
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def reannounce(self) -> None:
+        """Start announcing again (after a link came back, or when the station lost track of us)."""
+        if self._announcing is None or self._announcing.done():
+            self.announced.clear()
+            self._announcing = self._spawn(self.announce())
+
+    async def heartbeat(self, interval: float) -> None:
+        """Tell the station every `interval` seconds that we are alive; re-announce if it forgot us.
+
+        The station marks a unit unreachable when heartbeats stop (its liveness timeout).
+        """
+        assert self.endpoint is not None
+        warned = False
+        while True:
+            await asyncio.sleep(interval)
+            if not self.announced.is_set():
+                continue
+            try:
+                ack = await self.endpoint.send(self.station, MsgType.HEARTBEAT, {"unit": self.name},
+                                               timeout=max(1.0, interval))
+                warned = False
+            except Unavailable as e:
+                if not warned:
+                    log.warning("heartbeat not acknowledged: %s", e)
+                    warned = True
+                continue
+            state = ack.get("state")
+            if ack.get("status") == "ok" and state != "online":
+                log.info("the station holds this unit as %s: announcing again", state)
+                self.reannounce()
+
+    def on_link_change(self, ifname: str, change: str) -> None:
+        """Called from the link-watch thread: traps, and a fresh announcement when the link is back."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(lambda: self._spawn(self._link_changed(ifname, change)))
+
+    async def _link_changed(self, ifname: str, change: str) -> None:
+        if self.notifier is not None:
+            fn = getattr(self.notifier, "send_link_up" if change == "up" else "send_link_down", None)
+            if fn is not None:
+                try:
+                    res = fn()
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception as e:  # noqa: BLE001 - a trap that fails must not stop the agent
+                    log.warning("link%s trap for %s failed: %s", change.capitalize(), ifname, e)
+        if change == "up":
+            self.reannounce()
 
     def _identity(self) -> dict[str, Any]:
         return {"unit": self.name, "portal_address": self.portal_address, "portal_port": self.portal_port,
@@ -79,13 +141,13 @@ class UnitAgent:
         finally:
             for t in list(self._tasks):
                 t.cancel()
+            if self._announcing is not None:
+                self._announcing.cancel()
             self.endpoint.close()
 
     async def handle(self, msg: Message, peer: Peer) -> dict[str, Any] | None:
         if msg.type == MsgType.NEED_STORAGE_INFO:
-            task = asyncio.ensure_future(self.send_storage_info(peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self.send_storage_info(peer))
             return {}
         if msg.type == MsgType.EXPORTS:
             return await self.apply_exports(msg.body)

@@ -13,6 +13,7 @@ from dvsan.addresses import local_address_towards, parse_hostport
 from dvsan.errors import DvsanError
 from dvsan.naming import check_unit_name
 from unit_agent.agent import UnitAgent
+from unit_agent.linkwatch import LinkWatch
 from unit_agent.settings import UnitSettings
 
 log = logging.getLogger("unit_agent")
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portal-port", type=int, help="iSCSI portal port (default 3260)")
     p.add_argument("--dns-name", help="a DNS name hosts may use for this unit")
     p.add_argument("--disk", dest="disks", action="append", help="offer only partitions of this disk (repeat)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 10)")
+    p.add_argument("--storage-interface", help="interface to watch for link up/down "
+                   "(default: the one holding the portal address)")
+    p.add_argument("--no-link-watch", dest="link_watch", action="store_false", default=None,
+                   help="do not watch the storage link")
     p.add_argument("--inventory", action="store_true", help="print the partitions this unit would offer and exit")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
@@ -83,13 +89,33 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
     await agent.open(settings.listen_host, settings.listen_port)
     log.info("unit %s: portal %s:%d, announcing to station %s:%d", agent.name, agent.portal_address,
              agent.portal_port, *agent.station)
-    announcing = asyncio.ensure_future(agent.announce())
+    agent.reannounce()
+    heartbeat = asyncio.ensure_future(agent.heartbeat(settings.heartbeat_interval))
+    watch = _start_link_watch(agent, settings)
     await stop.wait()
-    announcing.cancel()
+    heartbeat.cancel()
+    if watch is not None:
+        watch.stop()
     log.info("unit %s: stopping; telling the station (exports stay in the kernel)", agent.name)
     acked = await agent.shutdown()
     log.info("unit %s: stopped (station %s)", agent.name, "acknowledged" if acked else "did not answer")
     return 0
+
+
+def _start_link_watch(agent: UnitAgent, settings: UnitSettings) -> "LinkWatch | None":
+    """Watch the storage link over netlink; a failure to start is logged, not fatal."""
+    if not settings.link_watch:
+        return None
+    from unit_agent.linkwatch import LinkWatch, interface_of
+
+    try:
+        ifname = settings.storage_interface or interface_of(agent.portal_address)
+    except (LookupError, OSError) as e:
+        log.warning("not watching the storage link: %s", e)
+        return None
+    watch = LinkWatch(ifname, agent.on_link_change)
+    watch.start()
+    return watch
 
 
 if __name__ == "__main__":

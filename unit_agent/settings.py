@@ -23,6 +23,9 @@ class UnitSettings(BaseSettings):
     cluster_key_file: Path | None = None
     disks: list[str] = Field(default_factory=list)   # restrict offers to these disks (default all)
     sysfs_root: str = "/"
+    heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
+    storage_interface: str | None = None            # default: the interface holding the portal address
+    link_watch: bool = True
     log_level: str = "info"
 
     def load_cluster_key(self) -> bytes:

@@ -27,6 +27,7 @@ class StationProc:
     udp_port: int
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -41,7 +42,7 @@ class StationProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
              "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
-             "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port)],
+             "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port), *self.extra_args],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30
@@ -69,8 +70,11 @@ class StationProc:
 
 
 @pytest.fixture
-def station(tmp_path: Path) -> Iterator[StationProc]:
-    st = StationProc(tmp_path / "station", free_port(), free_port(socket.SOCK_DGRAM))
+def station(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StationProc]:
+    """A fresh station; `@pytest.mark.station_args(...)` adds command-line options."""
+    marker = request.node.get_closest_marker("station_args")
+    st = StationProc(tmp_path / "station", free_port(), free_port(socket.SOCK_DGRAM),
+                     extra_args=tuple(marker.args) if marker else ())
     st.data_dir.mkdir()
     st.start()
     yield st

@@ -324,7 +324,7 @@ def test_ep_bad_version_unsigned_says_only_bad_signature():
     assert reason(bytes(bad)) == "bad-signature"
 
 
-@pytest.mark.parametrize("mtype", [0, 7, 200, 255])
+@pytest.mark.parametrize("mtype", [0, 8, 200, 255])
 def test_ep_bad_type(mtype):
     assert reason(forge(mtype=mtype)) == "bad-type"
 
