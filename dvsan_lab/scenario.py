@@ -46,6 +46,7 @@ class Station:
     data_dir: Path
     host: str
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class Station:
         exe = Path(sys.executable).with_name("dvsan-station")
         self.proc = subprocess.Popen(
             [str(exe), "--data-dir", str(self.data_dir), "--api-host", self.host, "--api-port",
-             str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT)],
+             str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT), *self.args],
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -107,17 +108,17 @@ class Flow:
         self.unit_pids: dict[str, int] = {}
 
     # --- unit agent ------------------------------------------------------------------------
-    def start_unit(self, guest: str, disk: str = "vda") -> int:
+    def start_unit(self, guest: str, disk: str = "vda", extra: str = "") -> int:
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
-               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info")
+               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info {extra}")
         pid = self.lab.spawn(guest, cmd, f"/tmp/dvsan-unit-agent-{guest}.log")
         self.unit_pids[guest] = pid
         return pid
 
-    def stop_unit(self, guest: str, timeout: float = 30) -> None:
+    def stop_unit(self, guest: str, timeout: float = 30, sig: str = "TERM") -> None:
         pid = self.unit_pids.pop(guest)
-        self.lab.exec(guest, f"kill -TERM {pid}; for i in $(seq 1 {int(timeout * 5)}); do "
+        self.lab.exec(guest, f"kill -{sig} {pid}; for i in $(seq 1 {int(timeout * 5)}); do "
                              f"kill -0 {pid} 2>/dev/null || exit 0; sleep 0.2; done; exit 1", check=True)
 
     def unit_log(self, guest: str) -> str:

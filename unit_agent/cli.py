@@ -9,10 +9,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dvsan.addresses import local_address_towards, parse_hostport
+from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError
 from dvsan.naming import check_unit_name
 from unit_agent.agent import UnitAgent
+from unit_agent.discovery import StationFinder
 from unit_agent.linkwatch import LinkWatch
 from unit_agent.settings import UnitSettings
 
@@ -21,7 +22,12 @@ log = logging.getLogger("unit_agent")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvsan-unit-agent", description=__doc__)
-    p.add_argument("--station", help="the station's protocol address HOST[:PORT] (port 7479 by default)")
+    p.add_argument("--station", help="the station's protocol address HOST[:PORT] (port 7479 by default); "
+                   "with --station-domain, the fallback when DNS gives no station")
+    p.add_argument("--station-domain", metavar="DOMAIN",
+                   help="find the station by the DNS SRV record _dvsan._udp.DOMAIN")
+    p.add_argument("--dns-server", metavar="IP[:PORT]",
+                   help="the DNS server to ask (default: the system's, from /etc/resolv.conf)")
     p.add_argument("--name", help="this unit's name (default: the short host name)")
     p.add_argument("--cluster-key-file", type=Path, help="the key shared with the station")
     p.add_argument("--listen-host", help="local protocol address (default 0.0.0.0)")
@@ -65,19 +71,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip  {dev:10} {why}")
         return 0
     try:
-        if not settings.station:
-            raise DvsanError("no station given: use --station HOST[:PORT] or DVSAN_UNIT_STATION")
         key = settings.load_cluster_key()
-        station = parse_hostport(settings.station, 7479)
+        finder = StationFinder(settings.station_domain, settings.station or None, settings.dns_server)
+    except DvsanError as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
+    log.info("unit %s: looking for the station: %s", settings.name, finder.describe())
+    try:
+        # NOTE: waits here (DNS errors are logged and retried with backoff, never fatal) because
+        # the portal address defaults to the local address that faces the station.
+        station = finder.wait()[0]
         portal = settings.portal_address or local_address_towards(station[0], station[1])
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 0
     from unit_agent.lio import Lio
 
     lio = Lio(settings.name, portal, settings.portal_port)
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name)
+    agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
     return asyncio.run(_run(agent, settings))
 
 
@@ -91,7 +106,7 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
              agent.portal_port, *agent.station)
     agent.reannounce()
     heartbeat = asyncio.ensure_future(agent.heartbeat(settings.heartbeat_interval))
-    watch = _start_link_watch(agent, settings)
+    watch = await _start_link_watch(agent, settings)
     await stop.wait()
     heartbeat.cancel()
     if watch is not None:
@@ -102,15 +117,16 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
     return 0
 
 
-def _start_link_watch(agent: UnitAgent, settings: UnitSettings) -> "LinkWatch | None":
+async def _start_link_watch(agent: UnitAgent, settings: UnitSettings) -> "LinkWatch | None":
     """Watch the storage link over netlink; a failure to start is logged, not fatal."""
     if not settings.link_watch:
         return None
     from unit_agent.linkwatch import LinkWatch, interface_of
 
     try:
-        ifname = settings.storage_interface or interface_of(agent.portal_address)
-    except (LookupError, OSError) as e:
+        # NOTE: pyroute2's synchronous IPRoute runs its own event loop: never on ours.
+        ifname = settings.storage_interface or await asyncio.to_thread(interface_of, agent.portal_address)
+    except (LookupError, OSError, RuntimeError) as e:
         log.warning("not watching the storage link: %s", e)
         return None
     watch = LinkWatch(ifname, agent.on_link_change)

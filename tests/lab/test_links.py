@@ -1,0 +1,81 @@
+"""Link down/up and liveness on real kernels: the station follows a unit's storage link and silence.
+
+The unit guest has one NIC, so while its link is down nothing it sends reaches the station: the
+station's liveness check marks it unreachable; when the link is back the agent's netlink watch
+re-announces it and its volumes come back, and the host's iSCSI session recovers by itself.
+"""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dvsan_lab.scenario import Flow, Station, reset_host, wait_for
+
+pytestmark = pytest.mark.lab
+UNIT, HOST = "unit-a", "host-b"
+LIVENESS = 6.0
+
+
+@pytest.fixture(scope="module")
+def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
+    reset_host(lab, HOST)
+    station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("links-station")), lab.host_ip,
+                      args=("--liveness-timeout", str(LIVENESS)))
+    station.start()
+    f = Flow(lab, station)
+    f.start_unit(UNIT, extra="--heartbeat-interval 1")
+    f.wait_pool(UNIT, 3)
+    yield f
+    reset_host(lab, HOST)
+    if UNIT in f.unit_pids:
+        f.stop_unit(UNIT)
+    station.stop()
+
+
+def unit_state(flow: Flow) -> str:
+    return str(flow.station.get(f"/api/v1/units/{UNIT}")["state"])
+
+
+def test_gp_link_down_then_up_unavailable_then_available_and_session_recovers(flow: Flow) -> None:
+    lab = flow.lab
+    a = flow.request(HOST, "1GiB")
+    sha = flow.write_pattern(HOST, a["device_path"], 8, "link")
+    ifname = lab.exec(UNIT, f"ip -o -4 addr show | awk '$4 ~ /^{lab.ip(UNIT)}\\//{{print $2}}'",
+                      check=True).out.strip()
+    # the guest's clock against ours, to turn the guest's "link up" instant into our time
+    t_before = time.time()
+    guest_now = float(lab.exec(UNIT, "date +%s.%N", check=True).out)
+    offset = guest_now - (t_before + time.time()) / 2
+    lab.spawn(UNIT, f"ip link set {ifname} down; sleep 20; date +%s.%N > /tmp/linkup.ts; "
+                    f"ip link set {ifname} up", "/tmp/linkflap.log")
+    wait_for(lambda: unit_state(flow) == "unreachable", 20, "the unit marked unreachable")
+    assert {v["state"] for v in flow.station.volumes(UNIT)} == {"offline"}
+    assert flow.station.get(f"/api/v1/assignments/{a['id']}")["volume_state"] == "offline"
+    wait_for(lambda: unit_state(flow) == "online", 90, "the unit back online", interval=0.1)
+    t_online = time.time()
+    flow.wait_pool(UNIT, 3)
+    up_at = float(lab.exec(UNIT, "cat /tmp/linkup.ts", check=True).out) - offset
+    print(f"\nlink back -> unit online in the pool: {t_online - up_at:.2f} s (liveness timeout {LIVENESS} s)")
+    assert "storage link" in flow.unit_log(UNIT) and "went up" in flow.unit_log(UNIT)
+    # the host's established session recovers once the link is back: same device, same bytes
+    assert flow.read_sha(HOST, a["device_path"], 8) == sha
+    flow.release(HOST, a["id"])
+
+
+def test_ep_unit_agent_killed_without_a_word_is_unreachable_then_returns(flow: Flow) -> None:
+    a = flow.request(HOST, "1GiB")
+    flow.stop_unit(UNIT, sig="KILL")        # no SHUTDOWN, no trap: silence
+    t0 = time.monotonic()
+    wait_for(lambda: unit_state(flow) == "unreachable", 3 * LIVENESS, "the silent unit marked unreachable")
+    took = time.monotonic() - t0
+    assert LIVENESS * 0.5 <= took <= LIVENESS * 3, took
+    kept = flow.station.get(f"/api/v1/assignments/{a['id']}")
+    assert kept["target_iqn"] == a["target_iqn"]                 # assignments are kept, not deleted
+    flow.start_unit(UNIT, extra="--heartbeat-interval 1")
+    flow.wait_pool(UNIT, 3)
+    acl = flow.lab.exec(UNIT, f"ls /sys/kernel/config/target/iscsi/{a['target_iqn']}/tpgt_1/acls/").out.split()
+    assert acl == [flow.lab.initiator_name(HOST)]
+    flow.release(HOST, a["id"])
