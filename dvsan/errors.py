@@ -52,3 +52,17 @@ class ProtocolError(DvsanError):
 
 class AdapterError(DvsanError):
     """A kernel-facing adapter (LIO, iscsiadm, sysfs) failed."""
+
+
+class DiscoveryError(Unavailable):
+    """Finding a peer by DNS failed; `reason` says how, the message says it to an operator.
+
+    Reasons: 'no-record' (NXDOMAIN or no record of that type), 'no-answer' (the DNS server did
+    not answer in time), 'dns-failed' (it answered with an error such as SERVFAIL or REFUSED),
+    'no-address' (a name that resolves nowhere), 'not-available' (an SRV target of '.'),
+    'no-config' (no DNS server configured), 'unreachable' (names found, but no station answered).
+    """
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)

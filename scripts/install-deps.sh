@@ -20,6 +20,7 @@ PACKAGES=(
   iputils-ping                   # reachability checks between guests when debugging
   fio                            # benchmarks over iSCSI
   snmp snmptrapd                 # net-snmp tools as the other side of dvsan's SNMP
+  dnsmasq-base                   # a real DNS server (SRV records) for the DNS discovery tests
   libiscsi-bin                   # iscsi-inq/iscsi-ls: poke targets without the kernel initiator
   dbus                           # targetcli-fb (debugging by hand in guests) needs a system bus
   python3 python3-venv

@@ -3,7 +3,7 @@
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from dvsan import __version__
@@ -39,6 +39,11 @@ class UnitAgent:
         self.inventory = inventory
         self.endpoint: Endpoint | None = None
         self.announced = asyncio.Event()
+        # DNS discovery (unit_agent.discovery.StationFinder.find): the stations to try, in order,
+        # asked afresh at each announcement; None means only `station`.
+        self.find_stations: Callable[[], Awaitable[list[Peer]]] | None = None
+        self.announce_timeout = 30.0     # seconds to wait for the only station
+        self.failover_timeout = 10.0     # ...or for each of several, before trying the next
         self.exports_applied = 0
         self._apply_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -112,21 +117,33 @@ class UnitAgent:
                 "dns_name": self.dns_name, "agent_version": __version__}
 
     async def announce(self) -> None:
-        """Send STARTUP until the station acknowledges it (the station may come up later)."""
+        """Send STARTUP until a station acknowledges it (the station may come up later).
+
+        With `find_stations` set, each round tries the stations it gives in turn: the first to
+        acknowledge becomes `self.station`; on no answer from one, the next is tried.
+        """
         assert self.endpoint is not None
         while True:
-            try:
-                ack = await self.endpoint.send(self.station, MsgType.STARTUP, self._identity(),
-                                               timeout=30, max_rto=5.0)
-            except Unavailable as e:
-                log.warning("station %s:%d does not answer yet (%s); still trying", *self.station, e)
-                continue
-            if ack.get("status") == "ok":
-                log.info("station %s:%d acknowledged our startup", *self.station)
-                self.announced.set()
-                return
-            log.error("station refused our startup: %s; retrying in 10 s", ack.get("error"))
-            await asyncio.sleep(10)
+            stations = await self.find_stations() if self.find_stations else [self.station]
+            timeout = self.announce_timeout if len(stations) == 1 else self.failover_timeout
+            refused = False
+            for station in stations:
+                try:
+                    ack = await self.endpoint.send(station, MsgType.STARTUP, self._identity(),
+                                                   timeout=timeout, max_rto=5.0)
+                except Unavailable as e:
+                    log.warning("station %s:%d does not answer (%s); %s", *station, e,
+                                "still trying" if len(stations) == 1 else "trying the next")
+                    continue
+                if ack.get("status") == "ok":
+                    self.station = station
+                    log.info("station %s:%d acknowledged our startup", *station)
+                    self.announced.set()
+                    return
+                log.error("station %s:%d refused our startup: %s", *station, ack.get("error"))
+                refused = True
+            if refused:
+                await asyncio.sleep(10)
 
     async def shutdown(self, timeout: float = 5.0) -> bool:
         """Tell the station we are going down; True if it acknowledged in time."""

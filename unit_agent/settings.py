@@ -14,6 +14,8 @@ class UnitSettings(BaseSettings):
 
     name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
     station: str = ""                       # HOST[:PORT] of the station's protocol port
+    station_domain: str | None = None       # find the station by SRV _dvsan._udp.<domain>
+    dns_server: str | None = None           # IP[:PORT] of the DNS server (default: resolv.conf)
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(7478, ge=0, le=65535)
     portal_address: str | None = None       # default: the local address that faces the station
