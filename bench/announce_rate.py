@@ -1,0 +1,106 @@
+"""Benchmark: how fast the real station takes startup announcements from many simulated units.
+
+Starts a real `dvsan-station` (SQLite file, loopback), then N simulated units (the real UnitAgent
+protocol loop with an in-memory LIO, 3 partitions each) announce themselves in waves. Prints the
+rate at which units reach the pool (STARTUP -> NEED_STORAGE_INFO -> STORAGE_INFO -> pool ->
+EXPORTS) and how many were lost. Usage: python bench/announce_rate.py [--units 400] [--wave 50]
+"""
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dvsan.model import Export, Partition  # noqa: E402
+from unit_agent.agent import UnitAgent  # noqa: E402
+
+
+class NullLio:
+    def actual_exports(self) -> list[Export]:
+        return []
+
+    def apply(self, actions: object) -> None:
+        pass
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parts() -> list[Partition]:
+    out, start = [], 2048
+    for i, mib in enumerate((512, 1280, 2048), 1):
+        n = mib * 2048
+        out.append(Partition(device=f"sdb{i}", disk="sdb", number=i, start_lba=start, length_blocks=n,
+                             end_lba=start + n - 1, block_size=512, size_bytes=n * 512))
+        start += n
+    return out
+
+
+async def run(n: int, wave: int, url: str, udp: int, key: bytes) -> tuple[float, int]:
+    inv = parts()
+    agents = [UnitAgent(f"sim-{i:05d}", key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv)
+              for i in range(n)]
+    for a in agents:
+        await a.open("127.0.0.1", 0)
+    t0 = time.perf_counter()
+    for i in range(0, n, wave):
+        await asyncio.gather(*(a.announce() for a in agents[i:i + wave]))
+    async with httpx.AsyncClient(timeout=30) as http:
+        deadline = time.perf_counter() + 300
+        while time.perf_counter() < deadline:
+            vols = (await http.get(url + "/api/v1/volumes", params={"state": "online"})).json()
+            if len(vols) >= 3 * n:
+                break
+            await asyncio.sleep(0.05)
+    took = time.perf_counter() - t0
+    for a in agents:
+        a.endpoint.close()  # type: ignore[union-attr]
+    return took, n - len({v["unit_name"] for v in vols})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--units", type=int, default=400)
+    ap.add_argument("--wave", type=int, default=50, help="units announcing at the same time")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        log = open(Path(tmp) / "station.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "station.cli", "--data-dir", tmp, "--api-host",
+                                 "127.0.0.1", "--api-port", str(api), "--udp-host", "127.0.0.1",
+                                 "--udp-port", str(udp), "--log-level", "warning"], stdout=log, stderr=log)
+        url = f"http://127.0.0.1:{api}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            key = (Path(tmp) / "cluster.key").read_text().strip().encode()
+            took, lost = asyncio.run(run(args.units, args.wave, url, udp, key))
+            stats = httpx.get(url + "/api/v1/protocol/stats").json()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"units announced          {args.units} (waves of {args.wave}, 3 partitions each)")
+    print(f"time to all in the pool  {took:.2f} s")
+    print(f"units per second         {args.units / took:.1f}")
+    print(f"units lost               {lost}")
+    print(f"station retransmits      {stats.get('retransmits', 0)}; datagrams dropped {stats.get('dropped', 0)}")
+    return 0 if lost == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
