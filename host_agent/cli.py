@@ -14,6 +14,7 @@ from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError, InvalidInput
 from dvsan.sizes import format_size, parse_size
 from host_agent.client import StationClient
+from host_agent.discovery import ApiFinder
 from host_agent.state import HostState
 
 log = logging.getLogger("host_agent")
@@ -34,7 +35,12 @@ def read_initiator_name(path: Path = INITIATOR_FILE) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvsan-host-agent", description=__doc__)
-    p.add_argument("--station", required=True, help="the station's REST URL, e.g. http://station:7480")
+    p.add_argument("--station", help="the station's REST URL, e.g. http://station:7480; with "
+                   "--station-domain, the fallback when DNS gives no station")
+    p.add_argument("--station-domain", metavar="DOMAIN",
+                   help="find the station's REST API by the DNS SRV record _dvsan-api._tcp.DOMAIN")
+    p.add_argument("--dns-server", metavar="IP[:PORT]",
+                   help="the DNS server to ask (default: the system's, from /etc/resolv.conf)")
     p.add_argument("--name", default=socket.gethostname().split(".")[0].lower(), help="this host's name")
     p.add_argument("--state-file", type=Path, default=Path("/var/lib/dvsan-host/assignments.json"))
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -51,45 +57,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, iscsi: Any = None) -> int:
+    """Run one command; `iscsi` replaces the iscsiadm adapter (tests without open-iscsi)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.station and not args.station_domain:
+        parser.error("give --station URL or --station-domain DOMAIN")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _dispatch(args)
+        return _dispatch(args, iscsi)
     except DvsanError as e:
         print(f"dvsan-host-agent: {e}", file=sys.stderr)
         return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from host_agent.iscsiadm import Iscsiadm
+def _dispatch(args: argparse.Namespace, iscsi: Any = None) -> int:
+    if iscsi is None:
+        from host_agent.iscsiadm import Iscsiadm
 
-    client = StationClient(args.station)
+        iscsi = Iscsiadm()
+    finder = ApiFinder(args.station_domain, args.station, args.dns_server)
     state = HostState(args.state_file)
-    iscsi = Iscsiadm()
     if args.cmd == "request":
-        return _request(args, client, state, iscsi)
+        return _request(args, StationClient(finder.find()), state, iscsi, finder)
     if args.cmd == "release":
-        return _release(args, client, state, iscsi)
+        return _release(args, StationClient(finder.find()), state, iscsi)
     held = state.load()
     sessions = {(s.target_iqn, s.portal_ip) for s in iscsi.sessions()}
-    out = [{**a, "logged_in": (a["target_iqn"], a["unit_address"]) in sessions} for a in held.values()]
+    out = [{**a, "logged_in": (a["target_iqn"], _portal(a)) in sessions} for a in held.values()]
     print(json.dumps(out, indent=2) if args.json else
-          "\n".join(f"{a['id']}: {a['target_iqn']} @ {a['unit_address']} "
+          "\n".join(f"{a['id']}: {a['target_iqn']} @ {_portal(a)} "
                     f"{format_size(a['size_bytes'])} {a.get('device_path', '?')} "
                     f"{'logged in' if a['logged_in'] else 'NOT logged in'}" for a in out) or "no volumes")
     return 0
 
 
-def _request(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any) -> int:
+def _portal(held: dict[str, Any]) -> str:
+    """The address this host logged in to (older state files only have the station's)."""
+    return str(held.get("portal_address") or held["unit_address"])
+
+
+def _request(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any,
+             finder: ApiFinder) -> int:
     parse_size(args.size)  # refuse a bad size before bothering the station
     initiator = args.initiator_name or read_initiator_name()
-    address = args.host_address or local_address_towards(urlsplit(args.station).hostname or "127.0.0.1")
+    address = args.host_address or local_address_towards(urlsplit(client.base_url).hostname or "127.0.0.1")
     t0 = time.monotonic()
     a = client.request_storage(args.name, initiator, address, args.size)
     t_assigned = time.monotonic()
+    portal = finder.portal_address(a)
+    a = {**a, "portal_address": portal}
     state.put(a)   # recorded before login, so a failed login can still be released
-    portal = a["unit_address"]
     iscsi.discover(portal, a["portal_port"])
     iscsi.login(a["target_iqn"], portal, a["portal_port"])
     dev = iscsi.wait_for_device(a["target_iqn"], portal, a["lun"], timeout=args.device_timeout)
@@ -110,8 +128,8 @@ def _release(args: argparse.Namespace, client: StationClient, state: HostState, 
     held = state.load().get(str(args.assignment))
     if held is None:
         raise InvalidInput(f"this host holds no assignment {args.assignment} (see 'status')")
-    iscsi.logout(held["target_iqn"], held["unit_address"], held["portal_port"])
-    iscsi.delete_node(held["target_iqn"], held["unit_address"], held["portal_port"])
+    iscsi.logout(held["target_iqn"], _portal(held), held["portal_port"])
+    iscsi.delete_node(held["target_iqn"], _portal(held), held["portal_port"])
     res = client.release(args.assignment)
     state.remove(args.assignment)
     print(json.dumps(res) if args.json else f"released assignment {args.assignment}: {res['detail']}")

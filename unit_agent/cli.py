@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("unit %s: looking for the station: %s", settings.name, finder.describe())
     try:
         # NOTE: waits here (DNS errors are logged and retried with backoff, never fatal) because
-        # the portal address defaults to the local address that faces the station.
+        # the portal address defaults to the local address that faces the station. SIGTERM while
+        # waiting ends the agent cleanly: it holds nothing yet and has no station to tell.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         station = finder.wait()[0]
         portal = settings.portal_address or local_address_towards(station[0], station[1])
     except DvsanError as e:
