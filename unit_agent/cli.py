@@ -127,7 +127,9 @@ async def _start_link_watch(agent: UnitAgent, settings: UnitSettings) -> "LinkWa
 
     try:
         # NOTE: pyroute2's synchronous IPRoute runs its own event loop: never on ours.
-        ifname = settings.storage_interface or await asyncio.to_thread(interface_of, agent.portal_address)
+        ifname = settings.storage_interface
+        if not ifname:
+            ifname = await asyncio.to_thread(interface_of, agent.portal_address)
     except (LookupError, OSError, RuntimeError) as e:
         log.warning("not watching the storage link: %s", e)
         return None
