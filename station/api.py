@@ -128,6 +128,9 @@ async def delete_assignment(assignment_id: int, db: DbDep, autoconf: AutoconfDep
 
 
 @router.get("/protocol/stats")
-def protocol_stats(autoconf: AutoconfDep) -> dict[str, int]:
-    """Counters of the auto-configuration listener (received, dropped by reason, retransmits...)."""
-    return autoconf.stats
+def protocol_stats(autoconf: AutoconfDep, request: Request) -> dict[str, int]:
+    """Counters of the auto-configuration listener (received, dropped by reason, retransmits...)
+    and, when it runs, of the SNMP notification receiver (snmp_*: received, accepted,
+    rejected and ignored by reason)."""
+    snmp = getattr(request.app.state, "snmp", None)
+    return {**autoconf.stats, **(snmp.stats if snmp is not None else {"snmp_listening": 0})}

@@ -30,9 +30,21 @@ def create_app(settings: StationSettings) -> FastAPI:
         autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout)
         await autoconf.start(settings.udp_host, settings.udp_port)
         app.state.db, app.state.autoconf = db, autoconf
+        app.state.snmp = None
         try:
+            if settings.snmp_enabled:
+                # NOTE: imported here so a station without SNMP never loads pysnmp
+                from station.snmp import TrapReceiver
+
+                app.state.snmp = TrapReceiver(autoconf, [c.get_secret_value() for c in settings.trap_communities],
+                                              settings.snmp_users())
+                await app.state.snmp.start(settings.trap_host, settings.trap_port)
+            else:
+                log.info("SNMP notification receiver off (no --trap-community or --trap-v3-user, or trap port 0)")
             yield
         finally:
+            if app.state.snmp is not None:
+                await app.state.snmp.stop()
             await autoconf.stop()
             db.dispose()
 

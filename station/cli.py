@@ -25,12 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--liveness-timeout", type=float,
                    help="seconds without a heartbeat before a unit is marked unreachable (default 30; 0: off)")
     p.add_argument("--cluster-key-file", type=Path, help="file holding the key shared with units")
+    p.add_argument("--trap-host", help="SNMP notification listen address (default 0.0.0.0)")
+    p.add_argument("--trap-port", type=int, help="SNMP notification UDP port (default 162; 0: no receiver)")
+    p.add_argument("--trap-community", dest="trap_communities", action="append", metavar="COMMUNITY",
+                   help="accept SNMPv1/v2c notifications with this community (repeat; "
+                   "env DVSAN_TRAP_COMMUNITIES as a JSON list)")
+    p.add_argument("--trap-v3-user", metavar="NAME", help="accept SNMPv3 authPriv (SHA, AES-128) notifications "
+                   "from this user; more users: env DVSAN_TRAP_V3_USERS")
+    p.add_argument("--trap-v3-auth-key", metavar="PASSPHRASE",
+                   help="its authentication pass phrase (better: env DVSAN_TRAP_V3_AUTH_KEY)")
+    p.add_argument("--trap-v3-priv-key", metavar="PASSPHRASE",
+                   help="its privacy pass phrase (better: env DVSAN_TRAP_V3_PRIV_KEY)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = StationSettings(**overrides)
         settings.load_cluster_key()   # fail before binding anything
+        settings.snmp_users()
     except ValidationError as e:
         print(f"dvsan-station: bad setting: {e}", file=sys.stderr)
         return 2

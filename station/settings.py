@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dvsan.errors import InvalidInput
+from dvsan.traps import UsmUser
 
 WEAK_KEYS = {"changeme", "secret", "password", "dvsan", "default", "test"}
 
@@ -30,7 +31,34 @@ class StationSettings(BaseSettings):
     export_timeout: float = Field(15.0, gt=0)
     # a unit silent this long (no heartbeat) is marked unreachable; 0 turns the check off
     liveness_timeout: float = Field(30.0, ge=0)
+    # SNMP notification receiver (station/snmp.py): it runs when trap_port is not 0 and at least
+    # one community or SNMPv3 user is configured; more v3 users: DVSAN_TRAP_V3_USERS (JSON list
+    # of {"name", "auth_key", "priv_key"}).
+    trap_host: str = "0.0.0.0"
+    trap_port: int = Field(162, ge=0, le=65535)
+    trap_communities: list[SecretStr] = Field(default_factory=list)
+    trap_v3_user: str | None = None
+    trap_v3_auth_key: SecretStr | None = None
+    trap_v3_priv_key: SecretStr | None = None
+    trap_v3_users: list[dict[str, SecretStr]] = Field(default_factory=list)
     log_level: str = "info"
+
+    def snmp_users(self) -> list[UsmUser]:
+        """The SNMPv3 users traps may come from (authPriv, SHA + AES-128); InvalidInput if one is incomplete."""
+        users = [UsmUser(str(u.get("name", SecretStr("")).get_secret_value()),
+                         u.get("auth_key", SecretStr("")).get_secret_value(),
+                         u.get("priv_key", SecretStr("")).get_secret_value()) for u in self.trap_v3_users]
+        if self.trap_v3_user or self.trap_v3_auth_key or self.trap_v3_priv_key:
+            if not (self.trap_v3_user and self.trap_v3_auth_key and self.trap_v3_priv_key):
+                raise InvalidInput("an SNMPv3 trap user needs a name, an authentication key and a privacy key")
+            users.append(UsmUser(self.trap_v3_user, self.trap_v3_auth_key.get_secret_value(),
+                                 self.trap_v3_priv_key.get_secret_value()))
+        return users
+
+    @property
+    def snmp_enabled(self) -> bool:
+        """Whether the station takes SNMP notifications (a port, and someone allowed to send)."""
+        return self.trap_port != 0 and bool(self.trap_communities or self.trap_v3_users or self.trap_v3_user)
 
     @property
     def db_url(self) -> str:

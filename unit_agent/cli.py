@@ -5,13 +5,16 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from dvsan import __version__
 from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError
 from dvsan.naming import check_unit_name
+from dvsan.traps import TrapSecurity, UnitIdentity, parse_destinations
 from unit_agent.agent import UnitAgent
 from unit_agent.discovery import StationFinder
 from unit_agent.linkwatch import LinkWatch
@@ -41,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the one holding the portal address)")
     p.add_argument("--no-link-watch", dest="link_watch", action="store_false", default=None,
                    help="do not watch the storage link")
+    p.add_argument("--trap-destination", dest="trap_destinations", action="append", metavar="HOST[:PORT]",
+                   help="send SNMP notifications (coldStart, linkUp, linkDown) here, e.g. the station and "
+                   "the site's monitoring (repeat; port 162 by default)")
+    p.add_argument("--trap-community", help="SNMPv2c community of the notifications "
+                   "(env DVSAN_UNIT_TRAP_COMMUNITY)")
+    p.add_argument("--trap-v3-user", metavar="NAME",
+                   help="send SNMPv3 authPriv notifications (HMAC-SHA-96, AES-128) as this user instead")
+    p.add_argument("--trap-v3-auth-key", metavar="PASSPHRASE",
+                   help="its authentication pass phrase (better: env DVSAN_UNIT_TRAP_V3_AUTH_KEY)")
+    p.add_argument("--trap-v3-priv-key", metavar="PASSPHRASE",
+                   help="its privacy pass phrase (better: env DVSAN_UNIT_TRAP_V3_PRIV_KEY)")
+    p.add_argument("--snmp-engine-id", metavar="HEX", help="this unit's SNMPv3 engine ID "
+                   "(default: derived from the unit name; receivers such as snmptrapd need it: createUser -e)")
     p.add_argument("--inventory", action="store_true", help="print the partitions this unit would offer and exit")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
@@ -73,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         key = settings.load_cluster_key()
         finder = StationFinder(settings.station_domain, settings.station or None, settings.dns_server)
+        traps = _trap_config(settings)
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
@@ -95,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name)
     agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
+    if traps is not None:
+        from unit_agent.snmp import TrapSender
+
+        destinations, security, engine_id = traps
+        agent.notifier = TrapSender(destinations, security, lambda: _identity(agent, settings), engine_id,
+                                    interface=settings.storage_interface, source_host=settings.listen_host)
+        log.info("unit %s: SNMP notifications to %s", agent.name, agent.notifier.describe())
     return asyncio.run(_run(agent, settings))
 
 
@@ -107,16 +131,48 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
     log.info("unit %s: portal %s:%d, announcing to station %s:%d", agent.name, agent.portal_address,
              agent.portal_port, *agent.station)
     agent.reannounce()
+    notifier = agent.notifier
+    if notifier is not None:
+        await _notify(notifier.send_cold_start())
     heartbeat = asyncio.ensure_future(agent.heartbeat(settings.heartbeat_interval))
     watch = await _start_link_watch(agent, settings)
+    if notifier is not None and watch is not None:
+        notifier.interface = watch.ifname
     await stop.wait()
     heartbeat.cancel()
     if watch is not None:
         watch.stop()
     log.info("unit %s: stopping; telling the station (exports stay in the kernel)", agent.name)
+    if notifier is not None:
+        await _notify(notifier.send_link_down(shutdown=True))
     acked = await agent.shutdown()
+    if notifier is not None:
+        await notifier.aclose()
     log.info("unit %s: stopped (station %s)", agent.name, "acknowledged" if acked else "did not answer")
     return 0
+
+
+def _trap_config(settings: UnitSettings) -> "tuple[list[tuple[str, int]], TrapSecurity, bytes] | None":
+    """Destinations, security and engine ID of the SNMP notifications; None when none are wanted."""
+    if not settings.trap_destinations:
+        if settings.trap_community or settings.trap_v3_user:
+            log.warning("SNMP credentials given but no --trap-destination: no notifications are sent")
+        return None
+    return parse_destinations(settings.trap_destinations), settings.trap_security(), settings.engine_id()
+
+
+def _identity(agent: UnitAgent, settings: UnitSettings) -> UnitIdentity:
+    """What the notifications say about this unit, as it is now (the control port once bound)."""
+    port = agent.endpoint.address[1] if agent.endpoint is not None else settings.listen_port
+    return UnitIdentity(agent.name, agent.portal_address, agent.portal_port, port, __version__, agent.dns_name)
+
+
+async def _notify(sending: "Awaitable[int]") -> None:
+    """Send a notification; one that reaches nobody is logged, never fatal."""
+    try:
+        await sending
+    except DvsanError as e:
+        log.warning("SNMP notification not sent: %s", e)
 
 
 async def _start_link_watch(agent: UnitAgent, settings: UnitSettings) -> "LinkWatch | None":

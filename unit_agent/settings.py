@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dvsan.errors import InvalidInput
+from dvsan.traps import TrapSecurity, UsmUser, engine_id_for
 
 
 class UnitSettings(BaseSettings):
@@ -28,7 +29,40 @@ class UnitSettings(BaseSettings):
     heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
     storage_interface: str | None = None            # default: the interface holding the portal address
     link_watch: bool = True
+    # SNMP notifications (unit_agent/snmp.py), sent when at least one destination is given; with
+    # a v3 user they are authPriv (HMAC-SHA-96, AES-128), else SNMPv2c with the community.
+    trap_destinations: list[str] = Field(default_factory=list)   # HOST[:PORT], port 162 by default
+    trap_community: SecretStr | None = None
+    trap_v3_user: str | None = None
+    trap_v3_auth_key: SecretStr | None = None
+    trap_v3_priv_key: SecretStr | None = None
+    snmp_engine_id: str | None = None       # hex, 5-32 octets; default derived from the unit name
     log_level: str = "info"
+
+    def trap_security(self) -> TrapSecurity:
+        """How notifications are signed; InvalidInput if the settings are incomplete or contradict."""
+        user = None
+        if self.trap_v3_user or self.trap_v3_auth_key or self.trap_v3_priv_key:
+            if not (self.trap_v3_user and self.trap_v3_auth_key and self.trap_v3_priv_key):
+                raise InvalidInput("an SNMPv3 trap user needs --trap-v3-user, --trap-v3-auth-key and "
+                                   "--trap-v3-priv-key")
+            user = UsmUser(self.trap_v3_user, self.trap_v3_auth_key.get_secret_value(),
+                           self.trap_v3_priv_key.get_secret_value())
+        community = self.trap_community.get_secret_value() if self.trap_community is not None else None
+        return TrapSecurity(community=community, user=user)
+
+    def engine_id(self) -> bytes:
+        """This unit's SNMP engine ID: as configured (hex), else derived from its name."""
+        if not self.snmp_engine_id:
+            return engine_id_for(self.name)
+        text = self.snmp_engine_id.lower().removeprefix("0x")
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as e:
+            raise InvalidInput(f"SNMP engine ID {self.snmp_engine_id!r} is not hexadecimal") from e
+        if not 5 <= len(raw) <= 32:
+            raise InvalidInput("an SNMP engine ID is 5-32 octets (RFC 3411)")
+        return raw
 
     def load_cluster_key(self) -> bytes:
         if self.cluster_key is not None:
