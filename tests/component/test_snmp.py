@@ -97,7 +97,8 @@ def test_gp_net_snmp_loads_dvsan_mib():
     assert out.stderr == ""
     for name, oid in [("DVSAN-MIB::dvsanUnitName.0", ".1.3.6.1.4.1.32473.7479.1.1.1.0"),
                       ("IF-MIB::linkDown", ".1.3.6.1.6.3.1.1.5.3"), ("SNMPv2-MIB::coldStart", ".1.3.6.1.6.3.1.1.5.1")]:
-        r = subprocess.run([_need("snmptranslate"), *MIBS, "-On", name], capture_output=True, text=True, timeout=15)
+        r = subprocess.run([_need("snmptranslate"), *MIBS, "-On", name], capture_output=True, text=True,
+                           timeout=15, check=True)
         assert (r.stdout.strip(), r.stderr) == (oid, ""), name
 
 

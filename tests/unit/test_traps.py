@@ -28,7 +28,7 @@ def received(vbs: list[traps.Varbind]) -> list[tuple[traps.OID, traps.Value]]:
     """What a receiver hands over for varbinds a sender built: strings arrive as bytes."""
     out: list[tuple[traps.OID, traps.Value]] = [(traps.SYS_UPTIME, 42)]
     for oid, kind, value in vbs:
-        out.append((oid, value.encode() if kind == "octets" else value))  # type: ignore[union-attr]
+        out.append((oid, str(value).encode() if kind == "octets" else value))  # type: ignore[arg-type]
     return out
 
 
@@ -36,7 +36,7 @@ def v2(trap: traps.OID, *vbs: tuple[traps.OID, traps.Value]) -> list[tuple[traps
     return [(traps.SYS_UPTIME, 1), (traps.SNMP_TRAP_OID, trap), *vbs]
 
 
-IDENT = [(traps.UNIT_NAME, b"unit-z"), (traps.UNIT_STORAGE_ADDRESS, b"192.0.2.7"),
+IDENT: list[tuple[traps.OID, traps.Value]] = [(traps.UNIT_NAME, b"unit-z"), (traps.UNIT_STORAGE_ADDRESS, b"192.0.2.7"),
          (traps.UNIT_CONTROL_PORT, 7478)]
 
 

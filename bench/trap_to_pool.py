@@ -1,0 +1,143 @@
+"""Benchmark: time from a unit's coldStart trap to its volumes online in the station's pool.
+
+Starts a real `dvsan-station` (SQLite file, loopback) with its SNMP receiver on a free port, then,
+for each run, a fresh simulated unit (the real UnitAgent protocol loop, 3 partitions, in-memory
+LIO) that never announces itself over UDP: only its coldStart trap tells the station. The clock
+starts just before the sender is asked to send (a fresh sender each run, as at a unit's boot)
+and stops when GET /api/v1/volumes shows the unit's 3 volumes
+online (trap -> station -> NEED_STORAGE_INFO -> STORAGE_INFO -> pool). Senders: the unit agent's
+own notifier (unit_agent/snmp.py, v2c and v3 authPriv) and net-snmp's snmptrap (v2c; its time
+includes starting the snmptrap process). Usage: python bench/trap_to_pool.py [--runs 10]
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dvsan.model import Export, Partition
+from dvsan.traps import MIB_DIR, TrapSecurity, UnitIdentity, UsmUser, engine_id_for
+from unit_agent.agent import UnitAgent
+from unit_agent.snmp import TrapSender
+
+COMMUNITY = "bench"
+USER = UsmUser("bench", "bench-auth-1", "bench-priv-1")
+
+
+class NullLio:
+    def actual_exports(self) -> list[Export]:
+        return []
+
+    def apply(self, actions: object) -> None:
+        pass
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parts() -> list[Partition]:
+    out, start = [], 2048
+    for i, mib in enumerate((512, 1280, 2048), 1):
+        n = mib * 2048
+        out.append(Partition(device=f"sdb{i}", disk="sdb", number=i, start_lba=start, length_blocks=n,
+                             end_lba=start + n - 1, block_size=512, size_bytes=n * 512))
+        start += n
+    return out
+
+
+async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, udp: int,
+                  http: httpx.AsyncClient, env: dict[str, str]) -> tuple[float, float]:
+    inv = parts()
+    agent = UnitAgent(name, key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv)
+    await agent.open("127.0.0.1", 0)
+    assert agent.endpoint is not None
+    port = agent.endpoint.address[1]
+    notifier = None
+    if sender != "snmptrap-v2c":
+        security = TrapSecurity(user=USER) if sender == "agent-v3" else TrapSecurity(community=COMMUNITY)
+        notifier = TrapSender([("127.0.0.1", trap_port)], security,
+                              lambda: UnitIdentity(name, "127.0.0.1", 3260, port, "bench"), engine_id_for(name))
+    try:
+        t0 = time.perf_counter()
+        if notifier is not None:
+            await notifier.send_cold_start()
+        else:
+            await asyncio.to_thread(subprocess.run, [
+                "snmptrap", "-m", "DVSAN-MIB", "-M", f"+{MIB_DIR}", "-v", "2c", "-c", COMMUNITY,
+                f"127.0.0.1:{trap_port}", "", "SNMPv2-MIB::coldStart",
+                "DVSAN-MIB::dvsanUnitName.0", "s", name, "DVSAN-MIB::dvsanUnitStorageAddress.0", "s", "127.0.0.1",
+                "DVSAN-MIB::dvsanUnitControlPort.0", "u", str(port)], check=True, env=env)
+        t1 = time.perf_counter()
+        deadline = t0 + 30
+        while time.perf_counter() < deadline:
+            vols = (await http.get(url + "/api/v1/volumes")).json()
+            if sum(v["unit_name"] == name and v["state"] == "online" for v in vols) == 3:
+                return t1 - t0, time.perf_counter() - t0
+            await asyncio.sleep(0.002)
+        raise RuntimeError(f"{name}: volumes not online after 30 s")
+    finally:
+        if notifier is not None:
+            await notifier.aclose()
+        agent.endpoint.close()
+
+
+async def bench(runs: int, url: str, trap_port: int, key: bytes, udp: int, env: dict[str, str]) -> None:
+    senders = ["agent-v2c", "agent-v3"] + (["snmptrap-v2c"] if shutil.which("snmptrap") else [])
+    async with httpx.AsyncClient(timeout=10) as http:
+        for sender in senders:
+            times = [await one_run(f"trap-{sender}-{i:03d}", sender, url, trap_port, key, udp, http, env)
+                     for i in range(runs)]
+            total = sorted(t * 1000 for _, t in times)
+            send = statistics.median(s * 1000 for s, _ in times)
+            print(f"{sender:13} runs {runs:3}  send started -> 3 volumes online: min {total[0]:6.1f} ms  "
+                  f"median {statistics.median(total):6.1f} ms  max {total[-1]:6.1f} ms  "
+                  f"(of which sending, median {send:5.1f} ms)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=10)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        api, udp, trap = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        env = {**os.environ, "SNMP_PERSISTENT_DIR": tmp}
+        log = open(Path(tmp) / "station.log", "wb")  # noqa: SIM115 - the station writes to it until the end
+        station = subprocess.Popen(
+            [sys.executable, "-m", "station.cli", "--data-dir", tmp, "--api-host", "127.0.0.1",
+             "--api-port", str(api), "--udp-host", "127.0.0.1", "--udp-port", str(udp), "--log-level", "warning",
+             "--trap-host", "127.0.0.1", "--trap-port", str(trap), "--trap-community", COMMUNITY,
+             "--trap-v3-user", USER.name, "--trap-v3-auth-key", USER.auth_key, "--trap-v3-priv-key", USER.priv_key],
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        url = f"http://127.0.0.1:{api}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            key = (Path(tmp) / "cluster.key").read_text().strip().encode()
+            asyncio.run(bench(args.runs, url, trap, key, udp, env))
+        finally:
+            station.terminate()
+            station.wait(10)
+            log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
