@@ -12,27 +12,35 @@ from typing import Any
 
 import pytest
 
+from dvsan.traps import MIB_DIR
 from dvsan_lab.scenario import Flow, Station, reset_host, wait_for
 
 pytestmark = pytest.mark.lab
 UNIT, HOST = "unit-a", "host-b"
 LIVENESS = 6.0
+TRAP_PORT = 10162
+COMMUNITY = "dvsanlab"
 
 
 @pytest.fixture(scope="module")
 def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     reset_host(lab, HOST)
     station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("links-station")), lab.host_ip,
-                      args=("--liveness-timeout", str(LIVENESS)))
+                      args=("--liveness-timeout", str(LIVENESS), "--trap-host", lab.host_ip,
+                            "--trap-port", str(TRAP_PORT), "--trap-community", COMMUNITY))
     station.start()
     f = Flow(lab, station)
-    f.start_unit(UNIT, extra="--heartbeat-interval 1")
+    f.start_unit(UNIT, extra=UNIT_EXTRA.format(host=lab.host_ip))
     f.wait_pool(UNIT, 3)
     yield f
     reset_host(lab, HOST)
     if UNIT in f.unit_pids:
         f.stop_unit(UNIT)
     station.stop()
+
+
+UNIT_EXTRA = (f"--heartbeat-interval 1 --trap-destination {{host}}:{TRAP_PORT} "
+              f"--trap-community {COMMUNITY}")
 
 
 def unit_state(flow: Flow) -> str:
@@ -74,8 +82,30 @@ def test_ep_unit_agent_killed_without_a_word_is_unreachable_then_returns(flow: F
     assert LIVENESS * 0.5 <= took <= LIVENESS * 3, took
     kept = flow.station.get(f"/api/v1/assignments/{a['id']}")
     assert kept["target_iqn"] == a["target_iqn"]                 # assignments are kept, not deleted
-    flow.start_unit(UNIT, extra="--heartbeat-interval 1")
+    flow.start_unit(UNIT, extra=UNIT_EXTRA.format(host=flow.lab.host_ip))
     flow.wait_pool(UNIT, 3)
     acl = flow.lab.exec(UNIT, f"ls /sys/kernel/config/target/iscsi/{a['target_iqn']}/tpgt_1/acls/").out.split()
     assert acl == [flow.lab.initiator_name(HOST)]
     flow.release(HOST, a["id"])
+
+
+def test_gp_snmp_coldstart_from_the_unit_guest_brings_volumes_back(flow: Flow) -> None:
+    """net-snmp's snmptrap inside the unit guest: linkDown takes the unit out, coldStart brings it back."""
+    lab = flow.lab
+    stats0 = flow.station.get("/api/v1/protocol/stats")
+    assert stats0.get("snmp_accepted_coldStart", 0) >= 1       # the agent's own coldStart at boot
+    trap = (f"snmptrap -v 2c -c {COMMUNITY} -m DVSAN-MIB:IF-MIB -M +{MIB_DIR} {lab.host_ip}:{TRAP_PORT} ''")
+    unit_vb = f"DVSAN-MIB::dvsanUnitName.0 s {UNIT}"
+    lab.exec(UNIT, f"{trap} IF-MIB::linkDown {unit_vb}", check=True)
+    wait_for(lambda: unit_state(flow) == "link-down", 20, "the unit marked link-down")
+    assert {v["state"] for v in flow.station.volumes(UNIT)} == {"offline"}
+    t0 = time.monotonic()
+    lab.exec(UNIT, f"{trap} SNMPv2-MIB::coldStart {unit_vb} DVSAN-MIB::dvsanUnitStorageAddress.0 s {lab.ip(UNIT)} "
+                   f"DVSAN-MIB::dvsanUnitControlPort.0 u 7478 DVSAN-MIB::dvsanUnitAgentVersion.0 s 0.1.0", check=True)
+    flow.wait_pool(UNIT, 3, timeout=60)
+    print(f"\ncoldStart trap sent in the unit guest -> volumes online in the pool: {time.monotonic() - t0:.2f} s")
+    # a trap with the wrong community changes nothing
+    lab.exec(UNIT, f"{trap.replace(COMMUNITY, 'not-ours')} IF-MIB::linkDown {unit_vb}", check=True)
+    time.sleep(1)
+    assert unit_state(flow) == "online"
+    assert flow.station.get("/api/v1/protocol/stats").get("snmp_rejected", 0) > stats0.get("snmp_rejected", 0)
