@@ -22,7 +22,7 @@ from pyasn1.type import univ
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config, engine
 from pysnmp.entity.rfc3413 import ntfrcv
-from pysnmp.proto import errind, error, rfc1902
+from pysnmp.proto import errind, rfc1902
 from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel, UsmSecurityParameters
 
 from dvsan.endpoint import Peer
@@ -46,6 +46,10 @@ _REJECT_REASONS: list[tuple[type, str]] = [
     (errind.NotInTimeWindow, "not-in-time-window"),
     (errind.UnknownEngineID, "unknown-engine"),
 ]
+
+
+_MALFORMED_COUNTERS = [("__SNMPv2-MIB", "snmpInASNParseErrs"), ("__SNMPv2-MIB", "snmpInBadVersions"),
+                       ("__SNMP-MPD-MIB", "snmpInvalidMsgs"), ("__SNMP-MPD-MIB", "snmpUnknownSecurityModels")]
 
 
 def reject_reason(indication: object) -> str:
@@ -104,7 +108,8 @@ class _LearningUsm(SnmpUSMSecurityModel):  # type: ignore[misc]
             result = super().process_incoming_message(snmpEngine, messageProcessingModel, maxMessageSize,
                                                       securityParameters, securityModel, securityLevel,
                                                       wholeMsg, msg)
-        except error.StatusInformation:
+        except Exception:
+            # whatever went wrong, an engine that did not authenticate is not kept
             if added is not None:
                 config.delete_v3_user(snmpEngine, added[1], securityEngineId=rfc1902.OctetString(added[0]))
             raise
@@ -229,9 +234,9 @@ class TrapReceiver:
         """Counters, all prefixed snmp_: received, accepted, rejected(_reason), ignored(_reason)."""
         out = {"snmp_listening": int(self._engine is not None)}
         out.update({f"snmp_{k}": v for k, v in sorted(self.counts.items())})
-        # pysnmp counts the datagrams it could not parse in its own MIB, not through an observer
-        parse_errors = self._mib_counter("__SNMPv2-MIB", "snmpInASNParseErrs") + \
-            self._mib_counter("__SNMPv2-MIB", "snmpInBadVersions")
+        # pysnmp counts the messages it cannot parse or place in its own MIB, not through an
+        # observer: bad BER, unknown version, bad msgFlags, unknown security model
+        parse_errors = sum(self._mib_counter(module, name) for module, name in _MALFORMED_COUNTERS)
         if parse_errors:
             out["snmp_rejected_malformed"] = out.get("snmp_rejected_malformed", 0) + parse_errors
         out["snmp_rejected"] = self.counts["rejected"] + parse_errors

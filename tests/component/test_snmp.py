@@ -332,3 +332,50 @@ def test_ep_unit_agent_trap_to_nobody_is_an_error_not_a_crash(trap_station):
 
     with pytest.raises(Unavailable, match="coldStart reached no destination"):
         asyncio.run(go())
+
+
+def test_ep_mutated_v3_traps_never_authenticate_nor_change_the_pool(trap_station):
+    """Random bit flips, truncations and splices of a real authPriv trap: all refused, none acted on."""
+    import random
+
+    from dvsan.traps import TrapSecurity
+    from unit_agent.snmp import TrapSender
+
+    u = UnitHarness(trap_station, name="unit-f")
+    catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    catcher.bind(("127.0.0.1", 0))
+    catcher.settimeout(5)
+    sender = TrapSender([catcher.getsockname()], TrapSecurity(user=V3),
+                        lambda: UnitIdentity("unit-f", "127.0.0.1", 3260, control_port(u)), engine_id_for("unit-f"))
+    try:
+        u.call(sender.send_cold_start())
+        real, _ = catcher.recvfrom(65535)
+        s0 = stats(trap_station)
+        rng = random.Random(3)
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for i in range(300):
+                b = bytearray(real)
+                if i % 3 == 0:
+                    for _ in range(rng.randint(1, 4)):
+                        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+                elif i % 3 == 1:
+                    b = b[:rng.randrange(len(b))]
+                else:
+                    at = rng.randrange(len(b))
+                    b[at:at] = rng.randbytes(rng.randint(1, 8))
+                if bytes(b) != real:
+                    sock.sendto(bytes(b), ("127.0.0.1", trap_station.trap_port))
+                    sent += 1
+                    time.sleep(0.002)      # paced: a burst would overflow the socket buffer, uncounted
+            wait_for(lambda: stats(trap_station)["snmp_rejected"] - s0["snmp_rejected"] == sent)
+            s = stats(trap_station)
+            assert (s["snmp_received"], s["snmp_accepted"]) == (s0["snmp_received"], s0["snmp_accepted"])
+            assert volumes(trap_station) == [] and trap_station.get("/api/v1/units").json() == []
+            # the receiver is still there: the genuine trap gets through
+            sock.sendto(real, ("127.0.0.1", trap_station.trap_port))
+        online(trap_station, 3)
+    finally:
+        u.call(sender.aclose())
+        catcher.close()
+        u.close()
