@@ -25,38 +25,16 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dvsan.model import Export, Partition
+from sim import NullLio, free_port, parts
+
 from dvsan.traps import MIB_DIR, TrapSecurity, UnitIdentity, UsmUser, engine_id_for
 from unit_agent.agent import UnitAgent
 from unit_agent.snmp import TrapSender
 
 COMMUNITY = "bench"
 USER = UsmUser("bench", "bench-auth-1", "bench-priv-1")
-
-
-class NullLio:
-    def actual_exports(self) -> list[Export]:
-        return []
-
-    def apply(self, actions: object) -> None:
-        pass
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def parts() -> list[Partition]:
-    out, start = [], 2048
-    for i, mib in enumerate((512, 1280, 2048), 1):
-        n = mib * 2048
-        out.append(Partition(device=f"sdb{i}", disk="sdb", number=i, start_lba=start, length_blocks=n,
-                             end_lba=start + n - 1, block_size=512, size_bytes=n * 512))
-        start += n
-    return out
 
 
 async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, udp: int,

@@ -163,3 +163,26 @@ def resolve_host(name: str, nameservers: Sequence[str] | None = None, port: int 
         raise DiscoveryError("no-address", f"{name} resolves nowhere: no A or AAAA record "
                              f"(asked DNS server {_servers(res)})")
     return list(dict.fromkeys(addresses))
+
+
+def srv_endpoints(service: str, proto: str, domain: str, what: str,
+                  nameservers: Sequence[str] | None = None, port: int = 53,
+                  timeout: float = DEFAULT_TIMEOUT) -> tuple[list[tuple[str, int]], list[DiscoveryError]]:
+    """Every (address, port) the `_service._proto.domain` SRV targets resolve to, in RFC 2782 order,
+    and what went wrong on the way (a missing record, a target that resolves nowhere).
+
+    `what` names the service in the error messages ("station", "station API").
+    """
+    endpoints: list[tuple[str, int]] = []
+    problems: list[DiscoveryError] = []
+    try:
+        targets = resolve_srv(service, proto, domain, nameservers, port, timeout)
+    except DiscoveryError as e:
+        return [], [e]
+    for host, target_port in targets:
+        try:
+            endpoints += [(a, target_port) for a in resolve_host(host, nameservers, port, timeout)]
+        except DiscoveryError as e:
+            problems.append(DiscoveryError(e.reason, f"{what} {host} (from the "
+                                           f"_{service}._{proto}.{domain} SRV record): {e}"))
+    return endpoints, problems

@@ -47,18 +47,9 @@ class ApiFinder:
         urls: list[str] = []
         problems: list[DiscoveryError] = []
         if self.domain:
-            try:
-                targets = dnsresolve.resolve_srv(SERVICE, PROTO, self.domain, self.nameservers,
-                                                 self.dns_port, self.timeout)
-            except DiscoveryError as e:
-                problems.append(e)
-                targets = []
-            for host, port in targets:
-                try:
-                    urls += [_url(a, port) for a in self.resolve_host(host)]
-                except DiscoveryError as e:
-                    problems.append(DiscoveryError(e.reason, f"station API {host} (from the "
-                                                   f"_{SERVICE}._{PROTO}.{self.domain} SRV record): {e}"))
+            targets, problems = dnsresolve.srv_endpoints(SERVICE, PROTO, self.domain, "station API",
+                                                         self.nameservers, self.dns_port, self.timeout)
+            urls += [_url(a, port) for a, port in targets]
         if self.fallback_url:
             urls.append(self.fallback_url)
         return list(dict.fromkeys(urls)), problems

@@ -59,18 +59,8 @@ class StationFinder:
         peers: list[Peer] = []
         problems: list[DiscoveryError] = []
         if self.domain:
-            try:
-                targets = dnsresolve.resolve_srv(SERVICE, PROTO, self.domain, self.nameservers,
-                                                 self.dns_port, self.timeout)
-            except DiscoveryError as e:
-                problems.append(e)
-                targets = []
-            for host, port in targets:
-                try:
-                    peers += [(a, port) for a in self._addresses(host)]
-                except DiscoveryError as e:
-                    problems.append(DiscoveryError(e.reason, f"station {host} (from the "
-                                                   f"_{SERVICE}._{PROTO}.{self.domain} SRV record): {e}"))
+            peers, problems = dnsresolve.srv_endpoints(SERVICE, PROTO, self.domain, "station",
+                                                       self.nameservers, self.dns_port, self.timeout)
         if self.fallback:
             host, port = self.fallback
             try:
