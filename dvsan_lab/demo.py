@@ -77,8 +77,8 @@ def main(lab: Any, args: argparse.Namespace) -> int:
         rel = flow.release(HOST_B, a["id"])
         _say(t0, f"{HOST_B} released the volume: {'ok' if rel.rc == 0 else rel.err.strip()}")
         print("\nFigures from this run:")
-        for k, v in figures.items():
-            print(f"  {k:40} {v}")
+        for k, fig in figures.items():
+            print(f"  {k:40} {fig}")
         return 0 if same and denied == 24 and ok and rel.rc == 0 else 1
     finally:
         for g in (HOST_B, HOST_C):

@@ -43,7 +43,7 @@ class StationProc:
             [sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
              "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
              "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port), *self.extra_args],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child owns it)
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -568,7 +568,7 @@ def test_gp_fuzz_round_trip_any_json_object(body, mtype, seq, wants_ack):
 
 def test_ep_reassembler_memory_is_bounded_by_bytes() -> None:
     """Partial messages from a peer with the key cannot make the receiver buffer without bound."""
-    from dvsan.protocol import Reassembler, decode, encode, MsgType
+    from dvsan.protocol import MsgType, Reassembler, decode, encode
 
     key = b"k" * 32
     r = Reassembler(max_bytes=50_000)
