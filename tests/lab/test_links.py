@@ -109,3 +109,28 @@ def test_gp_snmp_coldstart_from_the_unit_guest_brings_volumes_back(flow: Flow) -
     time.sleep(1)
     assert unit_state(flow) == "online"
     assert flow.station.get("/api/v1/protocol/stats").get("snmp_rejected", 0) > stats0.get("snmp_rejected", 0)
+
+
+def test_ep_unit_guest_frozen_is_unreachable_then_returns_and_host_session_recovers(flow: Flow) -> None:
+    """The whole unit machine stops without a word (its emulator is frozen), then runs on."""
+    import os
+    import signal
+    import subprocess
+
+    a = flow.request(HOST, "1GiB")
+    sha = flow.write_pattern(HOST, a["device_path"], 8, "freeze")
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"qemu-system.*-name dvsanlab-{UNIT}"],
+                                           capture_output=True, text=True, check=False).stdout.split()]
+    assert pids, "no emulator process for the unit guest"
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        wait_for(lambda: unit_state(flow) == "unreachable", 4 * LIVENESS, "the frozen unit marked unreachable")
+        assert {v["state"] for v in flow.station.volumes(UNIT)} == {"offline"}
+        assert flow.station.get(f"/api/v1/assignments/{a['id']}")["target_iqn"] == a["target_iqn"]
+    finally:
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+    flow.wait_pool(UNIT, 3, timeout=120)
+    assert flow.read_sha(HOST, a["device_path"], 8) == sha
+    flow.release(HOST, a["id"])
