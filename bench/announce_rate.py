@@ -8,8 +8,6 @@ EXPORTS) and how many were lost. Usage: python bench/announce_rate.py [--units 4
 
 import argparse
 import asyncio
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim import NullLio, free_port, parts
+from sim import NullLio, parts, station
 
 from unit_agent.agent import UnitAgent
 
@@ -52,26 +50,9 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=400)
     ap.add_argument("--wave", type=int, default=50, help="units announcing at the same time")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-        log = open(Path(tmp) / "station.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "station.cli", "--data-dir", tmp, "--api-host",
-                                 "127.0.0.1", "--api-port", str(api), "--udp-host", "127.0.0.1",
-                                 "--udp-port", str(udp), "--log-level", "warning"], stdout=log, stderr=log)
-        url = f"http://127.0.0.1:{api}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            key = (Path(tmp) / "cluster.key").read_text().strip().encode()
-            took, lost = asyncio.run(run(args.units, args.wave, url, udp, key))
-            stats = httpx.get(url + "/api/v1/protocol/stats").json()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, station(tmp) as (url, udp, key):
+        took, lost = asyncio.run(run(args.units, args.wave, url, udp, key))
+        stats = httpx.get(url + "/api/v1/protocol/stats").json()
     print(f"units announced          {args.units} (waves of {args.wave}, 3 partitions each)")
     print(f"time to all in the pool  {took:.2f} s")
     print(f"units per second         {args.units / took:.1f}")

@@ -1,6 +1,14 @@
 """Shared pieces of the benchmarks: a simulated unit's in-memory LIO and inventory, free ports."""
 
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
 
 from dvsan.model import Export, Partition
 
@@ -30,3 +38,29 @@ def parts() -> list[Partition]:
                              end_lba=start + n - 1, block_size=512, size_bytes=n * 512))
         start += n
     return out
+
+
+@contextmanager
+def station(data_dir: str, *extra_args: str) -> Iterator[tuple[str, int, bytes]]:
+    """A real `dvsan-station` on loopback for the length of the block: (REST URL, UDP port, cluster key)."""
+    api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    with open(Path(data_dir) / "station.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "station.cli", "--data-dir", data_dir, "--api-host", "127.0.0.1",
+             "--api-port", str(api), "--udp-host", "127.0.0.1", "--udp-port", str(udp),
+             "--log-level", "warning", *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        url = f"http://127.0.0.1:{api}"
+        try:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the station exited; see {log.name}")
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            yield url, udp, (Path(data_dir) / "cluster.key").read_text().strip().encode()
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -27,7 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim import NullLio, free_port, parts
+from sim import NullLio, free_port, parts, station
 
 from dvsan.traps import MIB_DIR, TrapSecurity, UnitIdentity, UsmUser, engine_id_for
 from unit_agent.agent import UnitAgent
@@ -91,29 +91,12 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        api, udp, trap = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        trap = free_port(socket.SOCK_DGRAM)
         env = {**os.environ, "SNMP_PERSISTENT_DIR": tmp}
-        log = open(Path(tmp) / "station.log", "wb")  # noqa: SIM115 - the station writes to it until the end
-        station = subprocess.Popen(
-            [sys.executable, "-m", "station.cli", "--data-dir", tmp, "--api-host", "127.0.0.1",
-             "--api-port", str(api), "--udp-host", "127.0.0.1", "--udp-port", str(udp), "--log-level", "warning",
-             "--trap-host", "127.0.0.1", "--trap-port", str(trap), "--trap-community", COMMUNITY,
-             "--trap-v3-user", USER.name, "--trap-v3-auth-key", USER.auth_key, "--trap-v3-priv-key", USER.priv_key],
-            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
-        url = f"http://127.0.0.1:{api}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            key = (Path(tmp) / "cluster.key").read_text().strip().encode()
+        with station(tmp, "--trap-host", "127.0.0.1", "--trap-port", str(trap), "--trap-community", COMMUNITY,
+                     "--trap-v3-user", USER.name, "--trap-v3-auth-key", USER.auth_key,
+                     "--trap-v3-priv-key", USER.priv_key) as (url, udp, key):
             asyncio.run(bench(args.runs, url, trap, key, udp, env))
-        finally:
-            station.terminate()
-            station.wait(10)
-            log.close()
     return 0
 
 
