@@ -1,5 +1,6 @@
 """The domain model: partitions a unit offers, volumes in the pool, exports a unit must hold."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,14 @@ class Partition:
     end_lba: int         # inclusive: start_lba + length_blocks - 1
     block_size: int      # logical block size in bytes
     size_bytes: int
+    # The partition's stable identity (GPT/MBR partition entry UUID as blkid reports it), "" if the
+    # unit could not read one. A repartitioned or replaced disk gives the same device name a new uid.
+    uid: str = ""
 
     def __post_init__(self) -> None:
         check_device(self.device)
         check_device(self.disk)
+        check_uid(self.uid)
         for name in ("number", "start_lba", "length_blocks", "end_lba", "block_size", "size_bytes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -46,8 +51,12 @@ class Partition:
         return {
             "device": self.device, "disk": self.disk, "number": self.number,
             "start_lba": self.start_lba, "length_blocks": self.length_blocks, "end_lba": self.end_lba,
-            "block_size": self.block_size, "size_bytes": self.size_bytes,
+            "block_size": self.block_size, "size_bytes": self.size_bytes, "uid": self.uid,
         }
+
+    @property
+    def extent(self) -> "Extent":
+        return Extent(self.start_lba, self.length_blocks, self.block_size, self.uid)
 
     @classmethod
     def from_wire(cls, d: Any) -> "Partition":
@@ -55,7 +64,8 @@ class Partition:
             raise InvalidInput(f"a partition must be an object, got {type(d).__name__}")
         try:
             return cls(**{k: d[k] for k in (
-                "device", "disk", "number", "start_lba", "length_blocks", "end_lba", "block_size", "size_bytes")})
+                "device", "disk", "number", "start_lba", "length_blocks", "end_lba", "block_size", "size_bytes")},
+                uid=d.get("uid", ""))
         except KeyError as e:
             raise InvalidInput(f"partition is missing field {e.args[0]!r}") from e
         except TypeError as e:
@@ -72,14 +82,80 @@ class Candidate:
     size_bytes: int
 
 
+_UID_RE = re.compile(r"^[0-9A-Za-z._:-]{0,64}$")
+_WWN_RE = re.compile(r"^[0-9a-f-]{0,36}$")
+
+
+def check_uid(uid: Any) -> str:
+    """A partition identity: up to 64 of [0-9A-Za-z._:-] ("" = unknown)."""
+    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
+        raise InvalidInput(f"invalid partition identity {uid!r}")
+    return uid
+
+
+def _nonneg(name: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise InvalidInput(f"{name} must be a non-negative integer, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """Where on its disk a volume lies, and which partition it is: what an export must match."""
+
+    start_lba: int
+    length_blocks: int
+    block_size: int
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        _nonneg("extent start", self.start_lba)
+        _nonneg("extent length", self.length_blocks)
+        if self.block_size not in VALID_BLOCK_SIZES:
+            raise InvalidInput(f"extent block size {self.block_size!r} is not one of {VALID_BLOCK_SIZES}")
+        check_uid(self.uid)
+
+    def mismatch(self, actual: "Extent") -> str | None:
+        """Why `actual` (what the kernel shows) is not this extent; None if it is."""
+        if (self.start_lba, self.length_blocks, self.block_size) != \
+                (actual.start_lba, actual.length_blocks, actual.block_size):
+            return (f"extent changed: expected start {self.start_lba} length {self.length_blocks} x "
+                    f"{self.block_size} B, the disk now has start {actual.start_lba} length "
+                    f"{actual.length_blocks} x {actual.block_size} B")
+        if self.uid and actual.uid != self.uid:
+            return f"partition identity changed: expected {self.uid}, the disk now has {actual.uid or 'none'}"
+        return None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"start_lba": self.start_lba, "length_blocks": self.length_blocks,
+                "block_size": self.block_size, "uid": self.uid}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "Extent":
+        if not isinstance(d, dict):
+            raise InvalidInput("an extent must be an object")
+        try:
+            return cls(d["start_lba"], d["length_blocks"], d["block_size"], d.get("uid", ""))
+        except KeyError as e:
+            raise InvalidInput(f"extent is missing field {e.args[0]!r}") from e
+
+
 @dataclass(frozen=True, slots=True)
 class Export:
-    """One volume a unit must export: a target with LUN 0 and ACLs for exactly these initiators."""
+    """One volume a unit must export: a target with LUN 0 and ACLs for exactly these initiators.
+
+    `wwn` is the LUN's unit serial (SCSI VPD 0x80; LIO derives the NAA WWN from it), derived from
+    the volume's identity so that it is the same across re-creations and differs for another
+    extent. `extent` is what the device must be before the unit exports it (None when read back
+    from LIO, which does not know it).
+    """
 
     device: str
     target_iqn: str
     initiators: tuple[str, ...] = field(default_factory=tuple)
     lun: int = 0
+    wwn: str = ""
+    extent: Extent | None = None
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -88,10 +164,15 @@ class Export:
             check_iqn(i)
         if not isinstance(self.lun, int) or isinstance(self.lun, bool) or self.lun < 0:
             raise InvalidInput(f"export {self.target_iqn}: LUN must be a non-negative integer, got {self.lun!r}")
+        if not isinstance(self.wwn, str) or not _WWN_RE.fullmatch(self.wwn):
+            raise InvalidInput(f"export {self.target_iqn}: invalid unit serial {self.wwn!r}")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"device": self.device, "target_iqn": self.target_iqn,
-                "initiators": list(self.initiators), "lun": self.lun}
+        out: dict[str, Any] = {"device": self.device, "target_iqn": self.target_iqn,
+                               "initiators": list(self.initiators), "lun": self.lun, "wwn": self.wwn}
+        if self.extent is not None:
+            out["extent"] = self.extent.to_wire()
+        return out
 
     @classmethod
     def from_wire(cls, d: Any) -> "Export":
@@ -101,7 +182,9 @@ class Export:
             inits = d["initiators"]
             if not isinstance(inits, list) or not all(isinstance(i, str) for i in inits):
                 raise InvalidInput("export initiators must be a list of iSCSI names")
+            extent = Extent.from_wire(d["extent"]) if d.get("extent") is not None else None
             return cls(device=d["device"], target_iqn=d["target_iqn"],
-                       initiators=tuple(sorted(inits)), lun=d.get("lun", 0))
+                       initiators=tuple(sorted(inits)), lun=d.get("lun", 0), wwn=d.get("wwn", ""),
+                       extent=extent)
         except KeyError as e:
             raise InvalidInput(f"export is missing field {e.args[0]!r}") from e

@@ -7,6 +7,7 @@ One target per exported volume, one TPG (tag 1), LUN 0. The LIO backstore is nam
 """
 
 import re
+import uuid
 
 from dvsan.errors import InvalidInput
 
@@ -54,3 +55,20 @@ def unit_target_prefix(unit: str) -> str:
 def backstore_name(device: str) -> str:
     """The LIO block backstore name of a partition."""
     return BACKSTORE_PREFIX + check_device(device)
+
+
+# NOTE: a fixed namespace, so every station derives the same serial for the same volume identity.
+_WWN_NAMESPACE = uuid.UUID("6a1c5f0e-2b7d-4f7e-9d3a-8e0f5c1d2b40")
+
+
+def volume_wwn(pool_id: str, unit: str, device: str, start_lba: int, length_blocks: int,
+               block_size: int, uid: str) -> str:
+    """The LUN unit serial of a volume: a UUID derived from its pool, unit, device and extent.
+
+    Stable across re-creations of the export (a host's multipath or by-id link keeps matching)
+    and different for any other extent, so a host can tell a repartitioned disk from its volume.
+    """
+    check_unit_name(unit)
+    check_device(device)
+    return str(uuid.uuid5(_WWN_NAMESPACE,
+                          f"{pool_id}/{unit}/{device}/{start_lba}/{length_blocks}/{block_size}/{uid}"))

@@ -30,8 +30,9 @@ Action = CreateExport | DeleteExport | SetInitiators
 def plan(desired: list[Export], actual: list[Export]) -> list[Action]:
     """Actions that turn `actual` into `desired`: deletions first, then ACL changes, then creations.
 
-    An export whose device or target name differs is deleted and re-created; one whose only
-    difference is its initiators gets its ACLs changed in place so that logged-in hosts stay.
+    An export whose device, LUN or unit serial (the volume's identity) differs is deleted and
+    re-created; one whose only difference is its initiators gets its ACLs changed in place so
+    that logged-in hosts stay.
     """
     want = {e.target_iqn: e for e in desired}
     have = {e.target_iqn: e for e in actual}
@@ -40,7 +41,7 @@ def plan(desired: list[Export], actual: list[Export]) -> list[Action]:
     creates: list[Action] = []
     for iqn, h in sorted(have.items()):
         w = want.get(iqn)
-        if w is None or w.device != h.device or w.lun != h.lun:
+        if w is None or w.device != h.device or w.lun != h.lun or (w.wwn and w.wwn != h.wwn):
             deletes.append(DeleteExport(h))
             if w is not None:
                 creates.append(CreateExport(w))

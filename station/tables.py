@@ -26,6 +26,12 @@ class UnitRow(Base):
     agent_version: Mapped[str] = mapped_column(String(32), default="")
     state: Mapped[str] = mapped_column(String(16), default="online")   # online | offline
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # ok | degraded (the unit said a kernel operation is stuck: allocation avoids it)
+    health: Mapped[str] = mapped_column(String(16), default="ok")
+    health_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Bumped in the transaction of every change to what this unit must export; sent with every
+    # EXPORTS, persisted by the unit, which refuses an older one (a stale backup of this database).
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
     volumes: Mapped[list["VolumeRow"]] = relationship(back_populates="unit")
 
 
@@ -43,8 +49,12 @@ class VolumeRow(Base):
     end_lba: Mapped[int] = mapped_column(BigInteger)
     block_size: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger, index=True)
-    # online: offered by a running unit; offline: its unit is down; missing: no longer reported
+    uid: Mapped[str] = mapped_column(String(64), default="")
+    # online: offered by a running unit; offline: its unit is down; missing: no longer reported;
+    # changed: reported with another extent or identity while assigned (never exported again
+    # until an operator releases it; `detail` says what changed)
     state: Mapped[str] = mapped_column(String(16), default="online")
+    detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     unit: Mapped[UnitRow] = relationship(back_populates="volumes")
     assignment: Mapped["AssignmentRow | None"] = relationship(back_populates="volume")
@@ -62,5 +72,29 @@ class AssignmentRow(Base):
     requested_bytes: Mapped[int] = mapped_column(BigInteger)
     target_iqn: Mapped[str] = mapped_column(String(223))
     lun: Mapped[int] = mapped_column(Integer, default=0)
+    wwn: Mapped[str] = mapped_column(String(36), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # pending | exported | refused | withheld, as the last push to the unit found it
+    export_state: Mapped[str] = mapped_column(String(16), default="pending")
+    export_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
     volume: Mapped[VolumeRow] = relationship(back_populates="assignment")
+
+
+class PoolRow(Base):
+    """The pool's identity (one row): sent with every EXPORTS, pinned by every unit."""
+
+    __tablename__ = "pool"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PendingDropRow(Base):
+    """A released export the unit must drop even under live sessions (an operator's release)."""
+
+    __tablename__ = "pending_drops"
+
+    target_iqn: Mapped[str] = mapped_column(String(223), primary_key=True)
+    unit_name: Mapped[str] = mapped_column(ForeignKey("units.name"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
