@@ -66,3 +66,12 @@ class DiscoveryError(Unavailable):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(message)
+
+
+class IdentityRefused(DvsanError):
+    """A signed message was refused for who sent it: unsigned, unknown, pending, revoked, another
+    machine's key, a bad signature, misaddressed or replayed. `reason` names which, for counters."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)

@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dvsan.errors import InvalidInput
-from dvsan.model import VALID_BLOCK_SIZES, Export, Partition
+from dvsan.model import VALID_BLOCK_SIZES, Export, Extent, Partition
 
 # vda2 of a 10 GiB disk: sfdisk -J reports start 2048, size 20969472 sectors of 512 bytes.
 GOOD = {
@@ -19,6 +19,7 @@ GOOD = {
     "end_lba": 2048 + 20969472 - 1,
     "block_size": 512,
     "size_bytes": 20969472 * 512,
+    "uid": "4f1c2a9e-0d3b-4c55-9e1a-2b7d5c3e8f10",
 }
 IQN = "iqn.2026-11.org.dvsan:unit-a:vda2"
 HOST1 = "iqn.2026-11.org.dvsan.host:host-1"
@@ -79,7 +80,7 @@ def test_ep_partition_refuses_inconsistent_or_mistyped_fields(change, message):
         Partition.from_wire({**GOOD, **change})
 
 
-@pytest.mark.parametrize("missing", sorted(GOOD))
+@pytest.mark.parametrize("missing", sorted(set(GOOD) - {"uid"}))  # uid is optional
 def test_ep_partition_from_wire_names_the_missing_field(missing):
     d = {k: v for k, v in GOOD.items() if k != missing}
     with pytest.raises(InvalidInput, match=f"missing field '{missing}'"):
@@ -113,6 +114,7 @@ def test_gp_any_consistent_geometry_is_accepted_and_round_trips(start, length, b
         "end_lba": start + length - 1,
         "block_size": bs,
         "size_bytes": length * bs,
+        "uid": "",
     }
     assert Partition.from_wire(wire).to_wire() == wire
 
@@ -155,6 +157,7 @@ def test_gp_export_round_trips_the_wire_with_sorted_initiators():
         "target_iqn": IQN,
         "initiators": sorted([HOST1, HOST2]),
         "lun": 0,
+        "wwn": "",
     }
 
 
@@ -219,3 +222,55 @@ def test_ep_export_from_wire_bad_lun_is_invalid_input_not_a_crash(lun):
 def test_ep_export_from_wire_needs_an_object(wire):
     with pytest.raises(InvalidInput, match="must be an object"):
         Export.from_wire(wire)
+
+
+# ---- extents and identity: what a unit checks an export against ----------------------------
+
+EXTENT = Extent(2048, 20969472, 512, GOOD["uid"])
+
+
+def test_gp_partition_extent_is_its_geometry_and_identity():
+    assert Partition(**GOOD).extent == EXTENT
+    assert EXTENT.mismatch(Partition(**GOOD).extent) is None
+
+
+@pytest.mark.parametrize("other, words", [
+    (Extent(4096, 20969472, 512, GOOD["uid"]), "start 4096"),
+    (Extent(2048, 20969471, 512, GOOD["uid"]), "length 20969471"),
+    (Extent(2048, 20969472, 4096, GOOD["uid"]), "x 4096 B"),
+    (Extent(2048, 20969472, 512, "0000-1111"), "identity changed"),
+    (Extent(2048, 20969472, 512, ""), "now has none"),
+])
+def test_ep_any_other_extent_or_identity_is_a_mismatch_that_says_what(other, words):
+    why = EXTENT.mismatch(other)
+    assert why is not None and words in why
+
+
+def test_gp_an_extent_without_identity_matches_on_geometry_alone():
+    assert Extent(2048, 20969472, 512).mismatch(EXTENT) is None
+
+
+def test_gp_export_with_extent_and_serial_round_trips():
+    e = Export("vda2", IQN, (HOST1,), 0, wwn="6a1c5f0e-2b7d-4f7e-9d3a-8e0f5c1d2b40", extent=EXTENT)
+    assert Export.from_wire(e.to_wire()) == e
+    assert e.to_wire()["extent"] == {"start_lba": 2048, "length_blocks": 20969472, "block_size": 512,
+                                     "uid": GOOD["uid"]}
+
+
+@pytest.mark.parametrize("bad", [
+    {"extent": {"start_lba": -1, "length_blocks": 1, "block_size": 512}},
+    {"extent": {"start_lba": 0, "length_blocks": 1, "block_size": 513}},
+    {"extent": {"start_lba": 0, "block_size": 512}},
+    {"extent": "0-100"},
+    {"extent": {"start_lba": 0, "length_blocks": 1, "block_size": 512, "uid": "a b"}},
+    {"wwn": "NOT A SERIAL"},
+])
+def test_ep_bad_extent_or_serial_on_the_wire_is_refused(bad):
+    wire = {"device": "vda2", "target_iqn": IQN, "initiators": [HOST1], "lun": 0, **bad}
+    with pytest.raises(InvalidInput):
+        Export.from_wire(wire)
+
+
+def test_ep_bad_partition_identity_is_refused():
+    with pytest.raises(InvalidInput, match="partition identity"):
+        Partition(**{**GOOD, "uid": "x" * 65})
