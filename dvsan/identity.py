@@ -36,9 +36,24 @@ SIG_DOMAIN = b"dvsan-sig-v1\n"   # NOTE: a domain prefix, so a signature made he
 WINDOW_MS = 60_000
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
-__all__ = ["Ed25519PrivateKey", "Ed25519PublicKey", "Envelope", "SeenCache", "Signer", "STATION",
-           "decode_public", "encode_public", "fingerprint", "generate", "load_or_create",
-           "load_private_key", "open_envelope", "save_private_key", "seal", "signed_bytes"]
+__all__ = [
+    "STATION",
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
+    "Envelope",
+    "SeenCache",
+    "Signer",
+    "decode_public",
+    "encode_public",
+    "fingerprint",
+    "generate",
+    "load_or_create",
+    "load_private_key",
+    "open_envelope",
+    "save_private_key",
+    "seal",
+    "signed_bytes",
+]
 
 
 # --- keys --------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class Message:
     ack: int
     body: dict[str, Any]
     wants_ack: bool
+    # the verified signer's name (dvsan/identity.py); None on an endpoint that checks no signatures
+    sender: str | None = None
 
 
 def check_key(key: bytes) -> bytes:
