@@ -7,17 +7,19 @@ from sqlalchemy.orm import Session
 from dvsan.allocation import best_fit
 from dvsan.errors import Conflict, NotFound
 from dvsan.model import Candidate
-from dvsan.naming import check_iqn, check_unit_name, target_iqn
+from dvsan.naming import check_iqn, check_unit_name, target_iqn, volume_wwn
+from station import pool
 from station.db import Database
 from station.tables import AssignmentRow, UnitRow, VolumeRow
 
 
 def free_candidates(s: Session) -> list[Candidate]:
-    """Online volumes of online units that no host holds."""
+    """Online volumes of online, healthy units that no host holds."""
     q = (select(VolumeRow.id, VolumeRow.unit_name, VolumeRow.device, VolumeRow.size_bytes)
          .join(UnitRow, UnitRow.name == VolumeRow.unit_name)
          .outerjoin(AssignmentRow, AssignmentRow.volume_id == VolumeRow.id)
-         .where(VolumeRow.state == "online", UnitRow.state == "online", AssignmentRow.id.is_(None)))
+         .where(VolumeRow.state == "online", UnitRow.state == "online", UnitRow.health == "ok",
+                AssignmentRow.id.is_(None)))
     return [Candidate(*row) for row in s.execute(q)]
 
 
@@ -33,11 +35,18 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
         try:
             with db.session() as s:
                 c = best_fit(free_candidates(s), size_bytes)
+                v = s.get_one(VolumeRow, c.volume_id)
+                target = target_iqn(c.unit, c.device)
                 row = AssignmentRow(volume_id=c.volume_id, host_name=host, initiator_iqn=initiator_iqn,
                                     host_address=host_address, requested_bytes=size_bytes,
-                                    target_iqn=target_iqn(c.unit, c.device), lun=0)
+                                    target_iqn=target, lun=0,
+                                    wwn=volume_wwn(pool.pool_id(s), c.unit, c.device, v.start_lba,
+                                                   v.length_blocks, v.block_size, v.uid))
                 s.add(row)
                 s.flush()
+                # The export is wanted again: a drop still pending from an earlier release is void.
+                pool.clear_pending_drops(s, [target])
+                pool.bump_generation(s, c.unit)
                 return row.id
         except IntegrityError:
             continue
@@ -59,8 +68,15 @@ def list_all(s: Session, host: str | None = None) -> list[AssignmentRow]:
 
 
 def delete(s: Session, assignment_id: int) -> str:
-    """Remove an assignment; the volume is free again. Returns the unit that must drop the export."""
+    """Remove an assignment; the volume is free again. Returns the unit that must drop the export.
+
+    The drop is recorded as an operator's release: the unit removes the export even if its host
+    is still logged in (a routine reconcile never drops an export under live sessions).
+    """
     row = get(s, assignment_id)
     unit = row.volume.unit_name
+    pool.add_pending_drop(s, unit, row.target_iqn)
     s.delete(row)
+    s.flush()
+    pool.bump_generation(s, unit)
     return unit

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dvsan import __version__
 from dvsan.endpoint import Endpoint, Peer
-from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound
+from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
 from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
@@ -95,10 +95,21 @@ class AutoconfServer:
         if msg.type == MsgType.STORAGE_INFO:
             return await self._storage_info(unit, msg.body)
         if msg.type == MsgType.HEARTBEAT:
-            return {"state": await run_in_threadpool(self._in_tx, pool.record_heartbeat, unit)}
+            return {"state": await self._heartbeat(unit, msg.body)}
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.unit_down(unit, "offline")}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")
+
+    async def _heartbeat(self, unit: str, body: dict[str, Any]) -> str:
+        health = body.get("health", "ok")
+        if health not in ("ok", "degraded"):
+            raise InvalidInput("field 'health' must be 'ok' or 'degraded'")
+        detail = body.get("health_detail")
+        if detail is not None and not isinstance(detail, str):
+            raise InvalidInput("field 'health_detail' must be a string")
+        state: str = await run_in_threadpool(self._in_tx, pool.record_heartbeat, unit, health,
+                                             detail[:255] if detail else None)
+        return state
 
     def _in_tx(self, fn: Any, *args: Any) -> Any:
         with self.db.session() as s:
@@ -125,6 +136,19 @@ class AutoconfServer:
                  unit, control[0], control[1], portal_address, portal_port)
         self._background(self._ask_storage_info(unit, control))
 
+    async def unit_trap_up(self, unit: str) -> None:
+        """An SNMP coldStart/linkUp named a known unit: ask it, at the control address the signed
+        protocol gave, for its storage info. A trap never changes a unit's addresses or names
+        (v2c is spoofable); the unit's signed answer is what brings it back online."""
+        def control() -> Peer:
+            with self.db.session() as s:
+                u = pool.get_unit(s, unit)
+                return (u.control_host, u.control_port)
+
+        peer = await run_in_threadpool(control)
+        log.info("SNMP says unit %s is up; asking it for its storage info at %s:%d", unit, *peer)
+        self._background(self._ask_storage_info(unit, peer))
+
     async def unit_down(self, unit: str, state: str = "offline") -> int:
         """A unit went away (UDP SHUTDOWN, SNMP linkDown, liveness): its volumes go offline, kept."""
         n: int = await run_in_threadpool(self._in_tx, pool.record_shutdown, unit, state)
@@ -146,10 +170,11 @@ class AutoconfServer:
         if len({p.device for p in parts}) != len(parts):
             raise InvalidInput("storage info lists a device twice")
         change = await run_in_threadpool(self._in_tx, pool.record_storage_info, unit, parts)
-        log.info("pool updated from unit %s: %d online (%d new), %d missing",
-                 unit, change.online, change.added, change.missing)
+        log.info("pool updated from unit %s: %d online (%d new), %d missing, %d changed under an "
+                 "assignment", unit, change.online, change.added, change.missing, change.changed)
         self._background(self._push_quietly(unit))
-        return {"online": change.online, "added": change.added, "missing": change.missing}
+        return {"online": change.online, "added": change.added, "missing": change.missing,
+                "changed": change.changed}
 
     async def _push_quietly(self, unit: str) -> None:
         try:
@@ -158,29 +183,48 @@ class AutoconfServer:
             log.warning("could not push exports to unit %s: %s", unit, e)
 
     async def push_exports(self, unit: str) -> dict[str, Any]:
-        """Send a unit its complete desired exports and wait until it has applied them.
+        """Send a unit its complete desired state and wait until it has applied what it can.
 
         Serialised per unit: the desired state is read inside the lock, so a later push always
-        carries a state at least as new as an earlier one.
+        carries a state at least as new as an earlier one. The ACK lists the exports the unit
+        refused (each with its reason); they are recorded on their assignments. Raises Conflict
+        if the unit refused the whole message, Unavailable if it did not answer or is busy.
         """
         assert self.endpoint is not None
         lock = self._locks.setdefault(unit, asyncio.Lock())
         async with lock:
-            def read() -> tuple[tuple[str, int], str, list[dict[str, Any]]]:
+            def read() -> tuple[Peer, str, pool.DesiredState]:
                 with self.db.session() as s:
                     u = pool.get_unit(s, unit)
                     if u.state != "online":
                         raise Conflict(f"unit {unit} is {u.state}")
-                    exports = [e.to_wire() for e in pool.desired_exports(s, unit)]
-                    return (u.control_host, u.control_port), u.portal_address, exports
+                    return (u.control_host, u.control_port), u.portal_address, pool.desired_state(s, unit)
 
-            control, portal, exports = await run_in_threadpool(read)
-            ack = await self.endpoint.send(control, MsgType.EXPORTS,
-                                           {"unit": unit, "portal_address": portal, "exports": exports},
-                                           timeout=self.export_timeout)
+            control, portal, state = await run_in_threadpool(read)
+            body = {"unit": unit, "pool_id": state.pool_id, "generation": state.generation,
+                    "portal_address": portal, "exports": [e.to_wire() for e in state.exports],
+                    "drop": state.drop}
+            ack = await self.endpoint.send(control, MsgType.EXPORTS, body, timeout=self.export_timeout)
             if ack.get("status") != "ok":
-                raise Conflict(f"unit {unit} could not apply its exports: {ack.get('error', 'unknown error')}")
-            return ack
+                error = ack.get("error", "unknown error")
+                if ack.get("busy"):
+                    raise Unavailable(f"unit {unit} is busy: {error}")
+                raise Conflict(f"unit {unit} could not apply its exports: {error}")
+            refused = _refusals(ack)
+            for target, reason in refused.items():
+                log.warning("unit %s refused export %s: %s", unit, target, reason)
+            await run_in_threadpool(self._in_tx, pool.record_export_results, unit, state, refused)
+            return {**ack, "refused": refused}
+
+
+def _refusals(ack: dict[str, Any]) -> dict[str, str]:
+    """target IQN -> reason, from an EXPORTS ACK's 'refused' list (malformed entries ignored)."""
+    out: dict[str, str] = {}
+    raw = ack.get("refused", [])
+    for r in raw if isinstance(raw, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("target_iqn"), str):
+            out[r["target_iqn"]] = str(r.get("reason", "no reason given"))
+    return out
 
 
 __all__ = ["AutoconfServer", "NotFound"]

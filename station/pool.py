@@ -1,15 +1,19 @@
 """Pool service: units and their volumes, as built from the units' announcements."""
 
+import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from dvsan.errors import NotFound
-from dvsan.model import Export, Partition
+from dvsan.model import Export, Extent, Partition
 from dvsan.naming import check_unit_name
-from station.tables import AssignmentRow, UnitRow, VolumeRow, utcnow
+from station.tables import AssignmentRow, PendingDropRow, PoolRow, UnitRow, VolumeRow, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,7 @@ class PoolChange:
     updated: int
     missing: int
     online: int
+    changed: int = 0      # assigned volumes reported with another extent or identity: withheld
 
 
 def record_startup(s: Session, name: str, control: tuple[str, int], portal_address: str,
@@ -41,14 +46,19 @@ def record_startup(s: Session, name: str, control: tuple[str, int], portal_addre
 
 
 def record_storage_info(s: Session, name: str, partitions: list[Partition]) -> PoolChange:
-    """Replace what the pool knows of a unit's partitions. Unreported volumes become 'missing' (kept)."""
+    """Replace what the pool knows of a unit's partitions. Unreported volumes become 'missing' (kept).
+
+    A free volume reported with a new extent is updated in place. An assigned one is never moved:
+    it keeps the extent its host was given and becomes 'changed' (its export is withheld) until an
+    operator releases it, or until the unit reports the original extent again.
+    """
     unit = s.get(UnitRow, name)
     if unit is None:
         raise NotFound(f"unit {name!r} sent storage info before announcing itself")
     unit.state = "online"
     unit.last_seen = utcnow()
     existing = {v.device: v for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name))}
-    added = updated = 0
+    added = updated = changed = 0
     now = utcnow()
     for p in partitions:
         v = existing.pop(p.device, None)
@@ -58,15 +68,46 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition]) -> P
             added += 1
         else:
             updated += 1
+            if v.assignment is not None:
+                why = volume_extent(v).mismatch(p.extent)
+                if why is not None:
+                    if v.state != "changed":
+                        log.warning("unit %s reports %s with another extent under an assigned volume "
+                                    "(host %s): %s; its export is withheld", name, p.device,
+                                    v.assignment.host_name, why)
+                    v.state, v.detail, v.updated_at = "changed", why[:255], now
+                    changed += 1
+                    continue
         v.disk, v.number = p.disk, p.number
         v.start_lba, v.length_blocks, v.end_lba = p.start_lba, p.length_blocks, p.end_lba
         v.block_size, v.size_bytes = p.block_size, p.size_bytes
-        v.state = "online"
+        v.uid = p.uid or v.uid
+        v.state, v.detail = "online", None
         v.updated_at = now
     for v in existing.values():
         v.state = "missing"
+        v.detail = "no longer reported by its unit"
         v.updated_at = now
-    return PoolChange(added, updated, len(existing), len(partitions))
+    return PoolChange(added, updated, len(existing), len(partitions) - changed, changed)
+
+
+def volume_extent(v: VolumeRow) -> Extent:
+    return Extent(v.start_lba, v.length_blocks, v.block_size, v.uid)
+
+
+def pool_id(s: Session) -> str:
+    """This pool's identity, made once per database (the migration makes it; this is a fallback)."""
+    row = s.get(PoolRow, 1)
+    if row is None:
+        row = PoolRow(id=1, pool_id=str(uuid.uuid4()))
+        s.add(row)
+        s.flush()
+    return row.pool_id
+
+
+def bump_generation(s: Session, unit: str) -> None:
+    """What `unit` must export changed: a new generation (one SQL update, safe under concurrency)."""
+    s.execute(update(UnitRow).where(UnitRow.name == unit).values(generation=UnitRow.generation + 1))
 
 
 UNIT_DOWN_STATES = ("offline", "link-down", "unreachable")
@@ -89,13 +130,16 @@ def record_shutdown(s: Session, name: str, state: str = "offline") -> int:
     return n
 
 
-def record_heartbeat(s: Session, name: str) -> str:
-    """A unit says it is alive: note the time; returns the state the station holds it in."""
+def record_heartbeat(s: Session, name: str, health: str = "ok", detail: str | None = None) -> str:
+    """A unit says it is alive (and how healthy); returns the state the station holds it in."""
     unit = s.get(UnitRow, name)
     if unit is None:
         return "unknown"
     if unit.state == "online":
         unit.last_seen = utcnow()
+        if (unit.health, unit.health_detail) != (health, detail):
+            log.warning("unit %s health: %s%s", name, health, f" ({detail})" if detail else "")
+            unit.health, unit.health_detail = health, detail
     return unit.state
 
 
@@ -129,11 +173,60 @@ def list_volumes(s: Session, unit: str | None = None, state: str | None = None) 
     return list(s.scalars(q))
 
 
+@dataclass(frozen=True)
+class DesiredState:
+    """What one push tells a unit: its exports, the targets to drop, and what is withheld."""
+
+    pool_id: str
+    generation: int
+    exports: list[Export]
+    drop: list[str]
+    withheld: dict[int, str]       # assignment id -> why its export is not sent
+
+
 def desired_exports(s: Session, unit: str) -> list[Export]:
-    """The exports a unit must hold: one per assigned volume, with ACLs for exactly its host."""
+    """The exports a unit must hold: one per assigned online volume, ACLs for exactly its host."""
+    return desired_state(s, unit).exports
+
+
+def desired_state(s: Session, unit: str) -> DesiredState:
+    """Everything a push to `unit` carries. Volumes not online (offline, missing, changed) are
+    withheld: never sent, so never re-created on whatever the device is now."""
+    u = get_unit(s, unit)
     rows = s.execute(
         select(AssignmentRow, VolumeRow).join(VolumeRow, AssignmentRow.volume_id == VolumeRow.id)
-        .where(VolumeRow.unit_name == unit)
+        .where(VolumeRow.unit_name == unit).order_by(AssignmentRow.id)
     )
-    return [Export(device=v.device, target_iqn=a.target_iqn, initiators=(a.initiator_iqn,), lun=a.lun)
-            for a, v in rows]
+    exports, withheld = [], {}
+    for a, v in rows:
+        if v.state != "online":
+            withheld[a.id] = f"volume is {v.state}" + (f": {v.detail}" if v.detail else "")
+            continue
+        exports.append(Export(device=v.device, target_iqn=a.target_iqn, initiators=(a.initiator_iqn,),
+                              lun=a.lun, wwn=a.wwn, extent=volume_extent(v)))
+    drop = list(s.scalars(select(PendingDropRow.target_iqn).where(PendingDropRow.unit_name == unit)
+                          .order_by(PendingDropRow.target_iqn)))
+    return DesiredState(pool_id(s), u.generation, exports, drop, withheld)
+
+
+def add_pending_drop(s: Session, unit: str, target: str) -> None:
+    if s.get(PendingDropRow, target) is None:
+        s.add(PendingDropRow(target_iqn=target, unit_name=unit))
+
+
+def clear_pending_drops(s: Session, targets: list[str]) -> None:
+    if targets:
+        s.execute(delete(PendingDropRow).where(PendingDropRow.target_iqn.in_(targets)))
+
+
+def record_export_results(s: Session, unit: str, state: DesiredState, refused: dict[str, str]) -> None:
+    """Note on each assignment of `unit` what the last push found: exported, refused (the unit's
+    reason) or withheld (the station's); drops the unit carried out are forgotten."""
+    for a in s.scalars(select(AssignmentRow).join(VolumeRow).where(VolumeRow.unit_name == unit)):
+        if a.id in state.withheld:
+            a.export_state, a.export_detail = "withheld", state.withheld[a.id][:255]
+        elif a.target_iqn in refused:
+            a.export_state, a.export_detail = "refused", refused[a.target_iqn][:255]
+        else:
+            a.export_state, a.export_detail = "exported", None
+    clear_pending_drops(s, [t for t in state.drop if t not in refused])

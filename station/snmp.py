@@ -60,8 +60,7 @@ def reject_reason(indication: object) -> str:
 class UnitEvents(Protocol):
     """What the receiver drives: station.autoconf.AutoconfServer."""
 
-    async def unit_started(self, unit: str, control: Peer, portal_address: str, portal_port: int = 3260,
-                           dns_name: str | None = None, agent_version: str = "") -> None: ...
+    async def unit_trap_up(self, unit: str) -> None: ...
 
     async def unit_down(self, unit: str, state: str = "offline") -> int: ...
 
@@ -307,10 +306,11 @@ class TrapReceiver:
     async def _act(self, event: Any, source: str) -> None:
         try:
             if event.identity is not None:
+                # NOTE: only the unit's name is taken from a trap (v2c is clear text and its source
+                # spoofable): addresses, ports and names come from the signed protocol alone.
                 u = event.identity
                 log.info("SNMP %s from unit %s at %s", event.trap, u.name, source)
-                await self.events.unit_started(u.name, (source, u.control_port), u.storage_address,
-                                               u.portal_port, u.dns_name, u.agent_version)
+                await self.events.unit_trap_up(u.name)
             else:
                 log.info("SNMP %s from unit %s at %s: unit %s", event.trap, event.unit, source, event.state)
                 await self.events.unit_down(event.unit, event.state)

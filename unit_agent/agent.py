@@ -13,6 +13,7 @@ from dvsan.model import Export, Partition
 from dvsan.naming import target_iqn
 from dvsan.protocol import Message, MsgType
 from dvsan.reconcile import Action, plan
+from unit_agent.poolpin import PoolPin, check_pool_fields
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,11 @@ class LioPort(Protocol):
 
     def actual_exports(self) -> list[Export]: ...
     def apply(self, actions: Sequence[Action]) -> None: ...
+    def sessions(self, target_iqn: str) -> int: ...
+
+
+class Busy(Unavailable):
+    """An earlier change to LIO is still running (a hung disk?): try again later."""
 
 
 class UnitAgent:
@@ -51,6 +57,13 @@ class UnitAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Optional SNMP notifier (unit_agent.snmp): send_link_up() / send_link_down()
         self.notifier: Any = None
+        # Which pool's EXPORTS this unit obeys (unit_agent.poolpin); in memory unless set.
+        self.pin = PoolPin(None)
+        # Bounded waits: a push waits this long for an earlier one, and a configfs change this
+        # long, before the station hears "busy" and this unit reports itself degraded.
+        self.busy_wait = 5.0
+        self.apply_timeout = 60.0
+        self.health: tuple[str, str | None] = ("ok", None)
 
     async def open(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
@@ -80,7 +93,10 @@ class UnitAgent:
             if not self.announced.is_set():
                 continue
             try:
-                ack = await self.endpoint.send(self.station, MsgType.HEARTBEAT, {"unit": self.name},
+                health, detail = self.health
+                ack = await self.endpoint.send(self.station, MsgType.HEARTBEAT,
+                                               {"unit": self.name, "health": health,
+                                                "health_detail": detail},
                                                timeout=max(1.0, interval))
                 warned = False
             except Unavailable as e:
@@ -167,7 +183,11 @@ class UnitAgent:
             self._spawn(self.send_storage_info(peer))
             return {}
         if msg.type == MsgType.EXPORTS:
-            return await self.apply_exports(msg.body)
+            try:
+                return await self.apply_exports(msg.body)
+            except Busy as e:
+                # NOTE: a status of its own, so the station tells "try later" from a refusal.
+                return {"status": "busy", "busy": True, "error": str(e)}
         raise InvalidInput(f"a unit does not take {msg.type.name} messages")
 
     async def send_storage_info(self, peer: Peer) -> None:
@@ -181,27 +201,113 @@ class UnitAgent:
             log.warning("station did not take our storage info: %s", e)
 
     async def apply_exports(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Make LIO hold exactly the exports the station sent: idempotent, only our own targets."""
+        """Make LIO hold the exports the station sent, as far as each can be applied.
+
+        The whole message is refused (nothing changes) if it is addressed to another unit, comes
+        from another pool or an older generation, or is malformed. Each export is then checked on
+        its own against this unit's naming and the kernel's view of the device (offered, same
+        extent and identity); a refused one is reported in the answer with its reason and the
+        others are applied. An export this unit holds but the station no longer lists is removed
+        only if no initiator is logged in, or if the station names it in `drop` (an operator's
+        release): a bulk diff never pulls a volume from under a live host.
+        """
         if body.get("unit") != self.name:
             raise Conflict(f"exports for unit {body.get('unit')!r} sent to unit {self.name!r}")
-        raw = body.get("exports")
+        pool_id, generation = check_pool_fields(body)
+        raw, drop = body.get("exports"), body.get("drop", [])
         if not isinstance(raw, list):
             raise InvalidInput("field 'exports' must be a list")
-        desired = [Export.from_wire(e) for e in raw]
-        offered = {p.device for p in await asyncio.to_thread(self.inventory)}
-        for e in desired:
-            if e.target_iqn != target_iqn(self.name, e.device):
-                raise InvalidInput(f"target {e.target_iqn} does not follow this unit's naming")
-            if e.device not in offered:
-                raise Conflict(f"device {e.device} is not offered by this unit (in use, mounted or gone)")
-        async with self._apply_lock:
-            actions = plan(desired, await asyncio.to_thread(self.lio.actual_exports))
-            # NOTE: apply even an empty plan: the adapter then also removes half-made leftovers.
+        if not isinstance(drop, list) or not all(isinstance(t, str) for t in drop):
+            raise InvalidInput("field 'drop' must be a list of target names")
+        self.pin.admit(pool_id, generation)
+        offered = {p.device: p for p in await asyncio.to_thread(self.inventory)}
+        desired: list[Export] = []
+        refused: dict[str, str] = {}
+        unsafe: set[str] = set()          # targets that must not stay on what the device is now
+        for i, item in enumerate(raw):
             try:
-                await asyncio.to_thread(self.lio.apply, actions)
+                e = Export.from_wire(item)
+            except InvalidInput as err:
+                name = item.get("target_iqn") if isinstance(item, dict) else None
+                refused[name if isinstance(name, str) else f"#{i}"] = f"malformed export: {err}"
+                continue
+            why, moved = self._refusal(e, offered)
+            if why is None:
+                desired.append(e)
+            else:
+                refused[e.target_iqn] = why
+                if moved:
+                    unsafe.add(e.target_iqn)
+        try:
+            await asyncio.wait_for(self._apply_lock.acquire(), self.busy_wait)
+        except TimeoutError:
+            raise Busy(f"unit {self.name} is busy: {self.health[1] or 'an earlier change is still running'}"
+                       ) from None
+        released_here = True
+        try:
+            actual = await asyncio.to_thread(self.lio.actual_exports)
+            wanted = {e.target_iqn for e in desired}
+            kept: dict[str, str] = {}
+            for a in actual:
+                if a.target_iqn in wanted or a.target_iqn in unsafe:
+                    continue
+                if a.target_iqn in refused:
+                    # Refused for a reason that says nothing of its extent (device gone): left as is.
+                    kept[a.target_iqn] = "left as it is"
+                    desired.append(a)
+                    continue
+                if a.target_iqn in drop:
+                    continue
+                n = await asyncio.to_thread(self.lio.sessions, a.target_iqn)
+                if n:
+                    kept[a.target_iqn] = (f"{n} initiator(s) logged in: not removed without an "
+                                          "operator's release")
+                    log.warning("keeping export %s: %s", a.target_iqn, kept[a.target_iqn])
+                    desired.append(a)
+            actions = plan(desired, actual)
+            # NOTE: apply even an empty plan: the adapter then also removes half-made leftovers.
+            task = asyncio.ensure_future(asyncio.to_thread(self.lio.apply, actions))
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.apply_timeout)
+            except TimeoutError:
+                # The kernel write cannot be interrupted: the lock stays held until it returns.
+                released_here = False
+                self.health = ("degraded", (f"a change of {len(actions)} LIO operation(s) has run for "
+                               f"over {self.apply_timeout:.0f} s (a hung disk?)"))
+                log.error("unit %s: %s", self.name, self.health[1])
+                task.add_done_callback(self._stuck_apply_ended)
+                raise Busy(f"unit {self.name} is busy: {self.health[1]}") from None
             except ExceptionGroup as eg:
                 raise AdapterError("; ".join(str(e) for e in eg.exceptions)) from eg
             if actions:
                 log.info("applied %d change(s); %d export(s) now held", len(actions), len(desired))
+            for target, why in refused.items():
+                log.warning("refused export %s: %s", target, why)
             self.exports_applied += 1
-        return {"exports": len(desired), "changes": len(actions)}
+        finally:
+            if released_here:
+                self._apply_lock.release()
+        return {"exports": len(desired), "changes": len(actions),
+                "refused": [{"target_iqn": t, "reason": r} for t, r in sorted(refused.items())],
+                "kept": [{"target_iqn": t, "reason": r} for t, r in sorted(kept.items())]}
+
+    def _refusal(self, e: Export, offered: dict[str, Partition]) -> tuple[str | None, bool]:
+        """Why this unit must not hold export `e` (None if it may), and whether the reason is
+        that the device is now another extent (then an export of it must not stay either)."""
+        if e.target_iqn != target_iqn(self.name, e.device):
+            return f"target {e.target_iqn} does not follow this unit's naming", False
+        p = offered.get(e.device)
+        if p is None:
+            return f"device {e.device} is not offered by this unit (in use, mounted or gone)", False
+        if e.extent is None:
+            return "the export carries no extent to check the device against", False
+        why = e.extent.mismatch(p.extent)
+        if why is not None:
+            return f"device {e.device}: {why}", True
+        return None, False
+
+    def _stuck_apply_ended(self, task: "asyncio.Future[None]") -> None:
+        self._apply_lock.release()
+        self.health = ("ok", None)
+        exc = task.exception() if not task.cancelled() else None
+        log.warning("unit %s: the stuck LIO change ended%s", self.name, f" with an error: {exc}" if exc else "")

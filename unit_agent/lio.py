@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ TPG_ATTRIBUTES: dict[str, str] = {
     "generate_node_acls": "0",
     "demo_mode_write_protect": "1",
 }
+_SERIAL_RE = re.compile(r"^[0-9a-f-]{1,36}$")
 # Exceptions that rtslib (and pyudev under it) raise for a failed configfs or device operation.
 _LIO_ERRORS = (RTSLibError, OSError, ValueError, LookupError)
 
@@ -85,6 +87,7 @@ class Lio:
         self._exports: dict[str, Export] = {}
         self._broken: dict[str, str] = {}     # target IQN -> why it is not a whole export
         self._orphans: dict[str, str] = {}    # backstore name -> why it is a leftover
+        self._portals: dict[str, set[str]] = {}  # target IQN -> its portal directory names
         with self._lock:
             try:
                 os.makedirs(DBROOT, exist_ok=True)
@@ -100,6 +103,23 @@ class Lio:
         """The whole exports of this unit as LIO holds them, from the in-memory cache."""
         with self._lock:
             return [self._exports[k] for k in sorted(self._exports)]
+
+    def sessions(self, target_iqn: str) -> int:
+        """How many initiators are logged in to a target of ours (0 if it is not there)."""
+        if not target_iqn.startswith(self.prefix):
+            return 0
+        with self._lock:
+            acls = Path(self._fabric.path, target_iqn, f"tpgt_{TPG_TAG}", "acls")
+            try:
+                names = os.listdir(acls)
+            except FileNotFoundError:
+                return 0
+            except OSError as e:
+                raise _adapter_error(f"cannot list the ACLs of {target_iqn}", e) from e
+            # NOTE: an ACL's `info` starts "No active iSCSI Session" when nobody is logged in
+            # (the same test rtslib's NodeACL.session makes).
+            return sum(1 for n in names
+                       if (info := _read(acls / n / "info")) and not info.startswith("No active"))
 
     def leftovers(self) -> dict[str, str]:
         """Half-made targets and unused dvsan backstores (name -> reason); `apply` removes them."""
@@ -122,6 +142,7 @@ class Lio:
         # NOTE: rtslib keeps a process-wide cache of backstore indexes; clear it so that a rescan
         # sees what others (targetcli, a crashed earlier agent) changed.
         _rtslib_tcm.bs_cache.clear()
+        self._portals = {}
         exports: dict[str, Export] = {}
         broken: dict[str, str] = {}
         fabric = Path(self._fabric.path)
@@ -156,8 +177,12 @@ class Lio:
             got = _read(tpg / "attrib" / attr)
             if got != want:
                 raise _Incomplete(f"TPG attribute {attr}={got}, expected {want}")
-        if not (tpg / "np" / _portal_dirname(self.portal_ip, self.portal_port)).is_dir():
-            raise _Incomplete(f"no portal {self.portal_ip}:{self.portal_port}")
+        # NOTE: any portal will do: a unit that came back on a new address keeps the old portals
+        # (hosts may be logged in through them) and `apply` adds the new one beside them.
+        portals = sorted(p.name for p in (tpg / "np").iterdir()) if (tpg / "np").is_dir() else []
+        if not portals:
+            raise _Incomplete("no network portal")
+        self._portals[tdir.name] = set(portals)
         luns = sorted(p.name for p in (tpg / "lun").iterdir())
         if len(luns) != 1:
             raise _Incomplete(f"LUNs {luns}, expected exactly one")
@@ -178,7 +203,8 @@ class Lio:
             if not mapped.is_dir() or not any(p.is_symlink() for p in mapped.iterdir()):
                 raise _Incomplete(f"ACL {acl} has no mapped LUN {lun}")
             initiators.append(acl)
-        return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun)
+        wwn = _unit_serial(so_dir)
+        return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun, wwn=wwn)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -204,6 +230,7 @@ class Lio:
                 log.info("LIO: %s %s %s in %.0f ms", type(action).__name__,
                          action.export.target_iqn, "failed" if len(errors) > n else "done",
                          (time.monotonic() - t0) * 1000)
+            self._ensure_portals(errors)
             self._prune(errors)
         if errors:
             raise ExceptionGroup(f"{len(errors)} LIO operation(s) failed on unit {self.unit}",
@@ -241,7 +268,7 @@ class Lio:
             if len(errors) > n:
                 return
         try:
-            so = self._ensure_backstore(export.device)
+            so = self._ensure_backstore(export.device, export.wwn)
         except AdapterError as e:
             errors.append(e)
             return
@@ -255,6 +282,7 @@ class Lio:
             for initiator in export.initiators:
                 MappedLUN(NodeACL(tpg, initiator, "create"), export.lun, lun)
             tpg.enable = True
+            self._portals[iqn] = {_portal_dirname(self.portal_ip, self.portal_port)}
         except _LIO_ERRORS as e:
             errors.append(_adapter_error(f"cannot create export {iqn} of /dev/{export.device}", e))
             # Undo, so that no half-made target is left behind; what cannot be undone is a leftover.
@@ -262,10 +290,15 @@ class Lio:
             self._delete_backstore(backstore_name(export.device), errors)
             return
         self._exports[iqn] = Export(device=export.device, target_iqn=iqn,
-                                    initiators=tuple(sorted(export.initiators)), lun=export.lun)
+                                    initiators=tuple(sorted(export.initiators)), lun=export.lun,
+                                    wwn=export.wwn)
 
-    def _ensure_backstore(self, device: str) -> BlockStorageObject:
-        """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew."""
+    def _ensure_backstore(self, device: str, wwn: str = "") -> BlockStorageObject:
+        """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew.
+
+        `wwn` is the unit serial the LUN must show (derived from the volume's identity); empty
+        lets the kernel's random one stand.
+        """
         name = backstore_name(device)
         dev = f"/dev/{device}"
         try:
@@ -276,7 +309,7 @@ class Lio:
             raise _adapter_error(f"cannot look up backstore {name}", e) from e
         if so is not None:
             try:
-                fits = so.is_configured() and so.udev_path == dev
+                fits = so.is_configured() and so.udev_path == dev and (not wwn or so.wwn == wwn)
                 busy = so.status == "activated"
             except _LIO_ERRORS as e:
                 raise _adapter_error(f"cannot read backstore {name}", e) from e
@@ -293,7 +326,7 @@ class Lio:
         if not Path(dev).is_block_device():
             raise AdapterError(f"cannot export {dev}: no such block device")
         try:
-            return BlockStorageObject(name, dev=dev)
+            return BlockStorageObject(name, dev=dev, wwn=wwn or None)
         except _LIO_ERRORS as e:
             # rtslib opens the device O_EXCL: a mounted or otherwise claimed device fails here.
             raise _adapter_error(f"cannot create block backstore {name} on {dev}", e) from e
@@ -325,6 +358,7 @@ class Lio:
             return
         self._broken.pop(iqn, None)
         self._exports.pop(iqn, None)
+        self._portals.pop(iqn, None)
         for so_dir in backstores:
             # Its backstore is now unused unless something else links it: a leftover to prune.
             if _info_field(so_dir / "info", "Status") == "DEACTIVATED":
@@ -381,6 +415,7 @@ class Lio:
         except _LIO_ERRORS as e:
             errors.append(_adapter_error(f"cannot open target {iqn}", e))
             return
+        failed_removals = []
         for initiator in remove:
             try:
                 # Deleting the ACL also ends that initiator's session (the kernel closes it).
@@ -389,8 +424,14 @@ class Lio:
                 pass
             except _LIO_ERRORS as e:
                 errors.append(_adapter_error(f"cannot remove initiator {initiator} from {iqn}", e))
+                failed_removals.append(initiator)
                 continue
             current.discard(initiator)
+        if failed_removals and add:
+            # NOTE: never two hosts on one LUN: the new host waits until the old one is out.
+            errors.append(AdapterError(
+                f"not adding {', '.join(add)} to {iqn}: removing {', '.join(failed_removals)} failed"))
+            add = ()
         for initiator in add:
             try:
                 acl = NodeACL(tpg, initiator, "any")
@@ -401,7 +442,23 @@ class Lio:
                 continue
             current.add(initiator)
         self._exports[iqn] = Export(device=have.device, target_iqn=iqn,
-                                    initiators=tuple(sorted(current)), lun=have.lun)
+                                    initiators=tuple(sorted(current)), lun=have.lun, wwn=have.wwn)
+
+    def _ensure_portals(self, errors: list[AdapterError]) -> None:
+        """Give every held export this agent's portal, beside any it had (never removing one)."""
+        mine = _portal_dirname(self.portal_ip, self.portal_port)
+        for iqn in sorted(self._exports):
+            have = self._portals.setdefault(iqn, set())
+            if mine in have:
+                continue
+            try:
+                tpg = TPG(Target(self._fabric, iqn, "lookup"), TPG_TAG, "lookup")
+                NetworkPortal(tpg, self.portal_ip, self.portal_port, "create")
+            except _LIO_ERRORS as e:
+                errors.append(_adapter_error(f"cannot add portal {mine} to {iqn}", e))
+                continue
+            log.info("LIO: added portal %s to %s (kept %s)", mine, iqn, ", ".join(sorted(have)) or "none")
+            have.add(mine)
 
     def _prune(self, errors: list[AdapterError]) -> None:
         """Remove half-made targets under our prefix and dvsan backstores no LUN uses."""
@@ -430,6 +487,14 @@ def _linked_backstores(tdir: Path) -> list[Path]:
             if parent.startswith("iblock_") and so_dir.name.startswith(BACKSTORE_PREFIX):
                 out.append(so_dir)
     return out
+
+
+def _unit_serial(so_dir: Path) -> str:
+    """A backstore's unit serial, from its `wwn/vpd_unit_serial` ("T10 VPD Unit Serial Number: X")."""
+    text = _read(so_dir / "wwn" / "vpd_unit_serial") or ""
+    serial = text.rsplit(":", 1)[-1].strip().lower() if ":" in text else ""
+    # Not one dvsan would make (set by hand?): "" differs from any wanted serial, so it is remade.
+    return serial if _SERIAL_RE.fullmatch(serial) else ""
 
 
 def _info_field(p: Path, key: str) -> str | None:

@@ -103,19 +103,69 @@ def test_gp_net_snmp_loads_dvsan_mib():
 
 
 def test_gp_v2c_coldstart_from_snmptrap_makes_station_fetch_storage_info(trap_station, snmp_home):
-    u = UnitHarness(trap_station, name="unit-s")       # not announced over UDP: only the trap speaks
+    u = UnitHarness(trap_station, name="unit-s")
     try:
+        u.start()                                        # known to the station by the signed protocol
+        online(trap_station, 3)
+        wait_for(lambda: u.agent.exports_applied >= 1)
+        n0 = u.agent.exports_applied
         snmptrap(trap_station, snmp_home, v2c(), "SNMPv2-MIB::coldStart", *identity("unit-s", control_port(u)))
+        # the station fetched the unit's storage info again and pushed its desired exports
+        wait_for(lambda: u.agent.exports_applied > n0)
         vols = online(trap_station, 3)
         assert {(v["unit_name"], v["device"], v["start_lba"]) for v in vols} == \
             {("unit-s", p.device, p.start_lba) for p in PARTS}
         unit = trap_station.get("/api/v1/units/unit-s").json()
         assert (unit["state"], unit["portal_address"], unit["agent_version"]) == ("online", "127.0.0.1", "0.1.0")
-        # the control address is the trap's source address and the port the trap named
-        assert (unit["control_host"], unit["control_port"]) == ("127.0.0.1", control_port(u))
-        wait_for(lambda: u.agent.exports_applied >= 1)    # ...and pushed the unit its desired exports
         s = stats(trap_station)
         assert (s["snmp_listening"], s["snmp_accepted_coldStart"], s["snmp_rejected"]) == (1, 1, 0)
+    finally:
+        u.close()
+
+
+def test_ep_spoofed_trap_naming_another_portal_changes_no_address(trap_station, snmp_home):
+    """Issue 15 item 3: a trap (v2c: clear text, any source) may say a unit is up or down; it never
+    moves the unit's portal, control address or DNS name. Those come from the signed protocol."""
+    u = UnitHarness(trap_station, name="unit-p")
+    decoy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)    # where the forger wants requests sent
+    decoy.bind(("127.0.0.1", 0))
+    try:
+        u.start()
+        online(trap_station, 3)
+        before = trap_station.get("/api/v1/units/unit-p").json()
+        s0 = stats(trap_station)
+        forged = ["DVSAN-MIB::dvsanUnitName.0", "s", "unit-p", "DVSAN-MIB::dvsanUnitStorageAddress.0", "s",
+                  "127.0.0.66", "DVSAN-MIB::dvsanUnitControlPort.0", "u", str(decoy.getsockname()[1]),
+                  "DVSAN-MIB::dvsanUnitDnsName.0", "s", "evil.example", "DVSAN-MIB::dvsanUnitAgentVersion.0",
+                  "s", "6.6.6"]
+        snmptrap(trap_station, snmp_home, v2c(), "SNMPv2-MIB::coldStart", *forged)
+        snmptrap(trap_station, snmp_home, v2c(), "IF-MIB::linkUp", *forged)
+        wait_for(lambda: stats(trap_station)["snmp_accepted"] - s0["snmp_accepted"] == 2)
+        # the storage-info round trips the traps caused went to the unit's signed control address
+        wait_for(lambda: u.agent.exports_applied >= 3)
+        after = trap_station.get("/api/v1/units/unit-p").json()
+        keys = ("portal_address", "portal_port", "control_host", "control_port", "dns_name", "agent_version")
+        assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
+        decoy.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            decoy.recvfrom(65535)                       # nothing was sent to the forger's port
+        # what a trap may change: the unit's state (a linkDown makes it link-down)
+        snmptrap(trap_station, snmp_home, v2c(), "IF-MIB::linkDown", "DVSAN-MIB::dvsanUnitName.0", "s", "unit-p")
+        wait_for(lambda: unit_state(trap_station, "unit-p") == "link-down")
+        assert trap_station.get("/api/v1/units/unit-p").json()["portal_address"] == before["portal_address"]
+    finally:
+        decoy.close()
+        u.close()
+
+
+def test_ep_trap_from_a_unit_never_announced_does_not_add_it(trap_station, snmp_home):
+    u = UnitHarness(trap_station, name="unit-t")        # not announced: only the trap speaks
+    try:
+        s0 = stats(trap_station)
+        snmptrap(trap_station, snmp_home, v2c(), "SNMPv2-MIB::coldStart", *identity("unit-t", control_port(u)))
+        wait_for(lambda: stats(trap_station).get("snmp_ignored_unknown-unit", 0)
+                 > s0.get("snmp_ignored_unknown-unit", 0))
+        assert trap_station.get("/api/v1/units").json() == [] and u.agent.exports_applied == 0
     finally:
         u.close()
 
@@ -124,16 +174,18 @@ def test_gp_v3_authpriv_coldstart_from_snmptrap_from_any_engine(trap_station, sn
     u = UnitHarness(trap_station, name="unit-v3")
     u2 = UnitHarness(trap_station, name="unit-v3b", parts=PARTS[:1])
     try:
+        u.start()
+        u2.start()
+        online(trap_station, 4)
         # snmptrap's own engine ID, unknown to the station beforehand...
         snmptrap(trap_station, snmp_home, v3(), "SNMPv2-MIB::coldStart", *identity("unit-v3", control_port(u)))
-        online(trap_station, 3)
         # ...and a second sender with another engine ID, as every unit has its own
         snmptrap(trap_station, snmp_home, v3(engine="0x" + engine_id_for("unit-v3b").hex()),
                  "SNMPv2-MIB::coldStart", *identity("unit-v3b", control_port(u2)))
+        wait_for(lambda: stats(trap_station)["snmp_accepted_coldStart"] == 2)
         online(trap_station, 4)
         assert {x["name"]: x["state"] for x in trap_station.get("/api/v1/units").json()} == \
             {"unit-v3": "online", "unit-v3b": "online"}
-        assert stats(trap_station)["snmp_accepted_coldStart"] == 2
     finally:
         u.close()
         u2.close()
@@ -280,9 +332,10 @@ def test_gp_unit_agent_traps_reach_station_and_snmptrapd_by_name(version, trap_s
     sender = TrapSender([("127.0.0.1", trap_station.trap_port), ("127.0.0.1", trapd.port)], security, ident,
                         engine, interface="lo")
     try:
-        # boot: the unit agent's coldStart alone brings its volumes into the pool
-        assert u.call(sender.send_cold_start()) == 2
+        u.start()                                   # the signed announcement makes the unit known
         online(trap_station, 3)
+        # boot: the unit agent's coldStart reaches both receivers
+        assert u.call(sender.send_cold_start()) == 2
         wait_for(lambda: "SNMPv2-MIB::coldStart" in trapd.text())
         log = trapd.text()
         assert f"DVSAN-MIB::dvsanUnitName.0 = STRING: {name}" in log
@@ -372,9 +425,11 @@ def test_ep_mutated_v3_traps_never_authenticate_nor_change_the_pool(trap_station
             s = stats(trap_station)
             assert (s["snmp_received"], s["snmp_accepted"]) == (s0["snmp_received"], s0["snmp_accepted"])
             assert volumes(trap_station) == [] and trap_station.get("/api/v1/units").json() == []
-            # the receiver is still there: the genuine trap gets through
+            # the receiver is still there: the genuine trap gets through (and, from a unit that
+            # never announced itself over the signed protocol, adds nothing)
             sock.sendto(real, ("127.0.0.1", trap_station.trap_port))
-        online(trap_station, 3)
+            wait_for(lambda: stats(trap_station)["snmp_received"] == s0["snmp_received"] + 1)
+        assert trap_station.get("/api/v1/units").json() == []
     finally:
         u.call(sender.aclose())
         catcher.close()

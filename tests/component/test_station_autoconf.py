@@ -39,9 +39,13 @@ class MemoryLio:
     def __init__(self) -> None:
         self.exports: dict[str, Export] = {}
         self.applied: list[Action] = []
+        self.logged_in: dict[str, int] = {}     # target IQN -> initiators logged in
 
     def actual_exports(self) -> list[Export]:
         return list(self.exports.values())
+
+    def sessions(self, target_iqn: str) -> int:
+        return self.logged_in.get(target_iqn, 0) if target_iqn in self.exports else 0
 
     def apply(self, actions: Sequence[Action]) -> None:
         for a in actions:
