@@ -111,7 +111,9 @@ class Flow:
     def start_unit(self, guest: str, disk: str = "vda", extra: str = "") -> int:
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
-               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info {extra}")
+               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info "
+               # one pool pin per station: each test module's station is a pool of its own
+               f"--state-dir /var/lib/dvsan-unit/{self.station.data_dir.name} {extra}")
         pid = self.lab.spawn(guest, cmd, f"/tmp/dvsan-unit-agent-{guest}.log")
         self.unit_pids[guest] = pid
         return pid

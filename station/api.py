@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from dvsan.errors import DvsanError, Unavailable
+from dvsan.errors import Conflict, DvsanError, Unavailable
 from station import assignments, pool
 from station.autoconf import AutoconfServer
 from station.db import Database
@@ -43,7 +43,8 @@ def assignment_public(a: AssignmentRow) -> AssignmentPublic:
         requested_bytes=a.requested_bytes, volume_id=v.id, unit=u.name, unit_address=u.portal_address,
         unit_dns_name=u.dns_name, portal_port=u.portal_port, target_iqn=a.target_iqn, lun=a.lun,
         device=v.device, size_bytes=v.size_bytes, start_lba=v.start_lba, end_lba=v.end_lba,
-        block_size=v.block_size, volume_state=v.state, created_at=a.created_at)
+        block_size=v.block_size, volume_state=v.state, created_at=a.created_at, wwn=a.wwn,
+        export_state=a.export_state, export_detail=a.export_detail, volume_detail=v.detail)
 
 
 @router.get("/units", response_model=list[UnitPublic])
@@ -60,7 +61,7 @@ def get_unit(name: str, db: DbDep) -> UnitPublic:
 
 @router.get("/volumes", response_model=list[VolumePublic])
 def list_volumes(db: DbDep, unit: str | None = None,
-                 state: Annotated[str | None, Query(pattern="^(online|offline|missing)$")] = None
+                 state: Annotated[str | None, Query(pattern="^(online|offline|missing|changed)$")] = None
                  ) -> list[VolumePublic]:
     """The virtual storage pool: every volume the units reported, with where it is assigned."""
     with db.session() as s:
@@ -96,15 +97,26 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, autoconf: Autocon
 
     out = await run_in_threadpool(load)
     try:
-        await autoconf.push_exports(out.unit)
+        ack = await autoconf.push_exports(out.unit)
+        refusal = ack["refused"].get(out.target_iqn)
+        if refusal is not None:
+            raise Conflict(f"unit {out.unit} refused the export of {out.device}: {refusal}")
     except DvsanError as e:
-        # The unit never confirmed: take the assignment back so the volume is not lost to the pool.
+        # The unit never confirmed: take the assignment back so the volume is not lost to the pool,
+        # then push again so the unit drops whatever part of the export it may have made.
         def undo() -> None:
             with db.session() as s:
                 assignments.delete(s, aid)
         await run_in_threadpool(undo)
-        raise Unavailable(f"unit {out.unit} did not confirm the export of {out.device}: {e}; "
-                          "the volume was returned to the pool") from e
+        try:
+            await autoconf.push_exports(out.unit)
+        except DvsanError as again:
+            log.warning("after undoing assignment %d, unit %s is not yet reconciled: %s "
+                        "(it will be at its next storage report)", aid, out.unit, again)
+        cls = Conflict if isinstance(e, Conflict) else Unavailable
+        raise cls(f"unit {out.unit} did not confirm the export of {out.device}: {e}; "
+                  "the volume was returned to the pool") from e
+    out = await run_in_threadpool(load)
     log.info("assigned %s:%s (%d bytes) to host %s (%s)", out.unit, out.device, out.size_bytes,
              out.host, out.initiator_iqn)
     return out
@@ -119,9 +131,10 @@ async def delete_assignment(assignment_id: int, db: DbDep, autoconf: AutoconfDep
 
     unit = await run_in_threadpool(remove)
     try:
-        await autoconf.push_exports(unit)
+        ack = await autoconf.push_exports(unit)
         return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=True,
-                             detail="released; the unit removed the export")
+                             detail="released; the unit removed the export"
+                             + (f" (other exports refused: {len(ack['refused'])})" if ack["refused"] else ""))
     except DvsanError as e:
         return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=False,
                              detail=f"released; the unit will drop the export when it next reconciles ({e})")

@@ -21,6 +21,9 @@ class UnitPublic(BaseModel):
     control_port: int
     agent_version: str
     last_seen: datetime
+    health: str = "ok"
+    health_detail: str | None = None
+    generation: int = 0
 
 
 class VolumePublic(BaseModel):
@@ -35,7 +38,9 @@ class VolumePublic(BaseModel):
     end_lba: int
     block_size: int
     size_bytes: int
+    uid: str = ""
     state: str
+    detail: str | None = None
     assigned_to: str | None = None
 
 
@@ -108,6 +113,10 @@ class AssignmentPublic(BaseModel):
     block_size: int
     volume_state: str
     created_at: datetime
+    wwn: str = ""                      # the LUN's unit serial: the host checks it before use
+    export_state: str = "pending"      # pending | exported | refused | withheld
+    export_detail: str | None = None   # why refused or withheld
+    volume_detail: str | None = None
 
 
 class ReleasePublic(BaseModel):

@@ -18,6 +18,7 @@ from dvsan.traps import TrapSecurity, UnitIdentity, parse_destinations
 from unit_agent.agent import UnitAgent
 from unit_agent.discovery import StationFinder
 from unit_agent.linkwatch import LinkWatch
+from unit_agent.poolpin import PoolPin
 from unit_agent.settings import UnitSettings
 
 log = logging.getLogger("unit_agent")
@@ -58,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snmp-engine-id", metavar="HEX", help="this unit's SNMPv3 engine ID "
                    "(default: derived from the unit name; receivers such as snmptrapd need it: createUser -e)")
     p.add_argument("--inventory", action="store_true", help="print the partitions this unit would offer and exit")
+    p.add_argument("--state-dir", type=Path, help="local state (default /var/lib/dvsan-unit): the pinned pool")
+    p.add_argument("--forget-pool", action="store_true",
+                   help="forget which pool (station database) this unit belongs to, so that another "
+                   "station may take it over; its exports stay until that station says otherwise")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "inventory"}
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("inventory", "forget_pool")}
     try:
         settings = UnitSettings(**overrides)
         check_unit_name(settings.name)
@@ -78,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     def inventory() -> list:  # type: ignore[type-arg]
         return scan(settings.sysfs_root, settings.disks or None).offered
 
+    if args.forget_pool:
+        pin = settings.state_dir / "pool.json"
+        try:
+            pin.unlink()
+            print(f"forgot the pool pinned in {pin}; the next station to push exports takes this unit")
+        except FileNotFoundError:
+            print(f"no pool pinned in {pin}")
+        return 0
     if args.inventory:
         inv = scan(settings.sysfs_root, settings.disks or None)
         for p in inv.offered:
@@ -112,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name)
     agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
+    try:
+        agent.pin = PoolPin(settings.state_dir / "pool.json")
+    except DvsanError as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
     if traps is not None:
         from unit_agent.snmp import TrapSender
 

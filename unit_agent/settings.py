@@ -38,6 +38,8 @@ class UnitSettings(BaseSettings):
     trap_v3_priv_key: SecretStr | None = None
     snmp_engine_id: str | None = None       # hex, 5-32 octets; default derived from the unit name
     log_level: str = "info"
+    # Local state: the pinned pool (pool.json: which station's EXPORTS this unit obeys).
+    state_dir: Path = Path("/var/lib/dvsan-unit")
 
     def trap_security(self) -> TrapSecurity:
         """How notifications are signed; InvalidInput if the settings are incomplete or contradict."""
