@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 _POOL_ID_MAX = 64
 
 
-def check_pool_fields(body: dict[str, object]) -> tuple[str, int]:
+def check_pool_fields(body: object) -> tuple[str, int]:
     """The pool id and generation of an EXPORTS body; InvalidInput if missing or malformed."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the pool fields must be in an object")
     pool_id, generation = body.get("pool_id"), body.get("generation")
     if not isinstance(pool_id, str) or not 0 < len(pool_id) <= _POOL_ID_MAX:
         raise InvalidInput("field 'pool_id' must be a non-empty string: the station is too old "
