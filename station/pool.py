@@ -197,15 +197,19 @@ def desired_state(s: Session, unit: str) -> DesiredState:
         select(AssignmentRow, VolumeRow).join(VolumeRow, AssignmentRow.volume_id == VolumeRow.id)
         .where(VolumeRow.unit_name == unit).order_by(AssignmentRow.id)
     )
-    exports, withheld = [], {}
+    exports, withheld, moved = [], {}, []
     for a, v in rows:
         if v.state != "online":
             withheld[a.id] = f"volume is {v.state}" + (f": {v.detail}" if v.detail else "")
+            if v.state == "changed":
+                # The device is another extent now: an export of it must go even under a live
+                # session (the host would write over someone else's blocks), not merely wait.
+                moved.append(a.target_iqn)
             continue
         exports.append(Export(device=v.device, target_iqn=a.target_iqn, initiators=(a.initiator_iqn,),
                               lun=a.lun, wwn=a.wwn, extent=volume_extent(v)))
-    drop = list(s.scalars(select(PendingDropRow.target_iqn).where(PendingDropRow.unit_name == unit)
-                          .order_by(PendingDropRow.target_iqn)))
+    drop = sorted({*s.scalars(select(PendingDropRow.target_iqn).where(PendingDropRow.unit_name == unit)),
+                   *moved})
     return DesiredState(pool_id(s), u.generation, exports, drop, withheld)
 
 

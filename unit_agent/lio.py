@@ -291,7 +291,7 @@ class Lio:
             return
         self._exports[iqn] = Export(device=export.device, target_iqn=iqn,
                                     initiators=tuple(sorted(export.initiators)), lun=export.lun,
-                                    wwn=export.wwn)
+                                    wwn=export.wwn or _unit_serial(Path(so.path)))
 
     def _ensure_backstore(self, device: str, wwn: str = "") -> BlockStorageObject:
         """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew.

@@ -132,7 +132,10 @@ def test_gp_export_login_write_read_logout_then_delete(lab: Any, clean: None) ->
                left=ours(UNIT))
     """))
     iqn = f"iqn.2026-11.org.dvsan:{UNIT}:{DEVICE}"
-    want = {"device": DEVICE, "target_iqn": iqn, "initiators": [b_iqn], "lun": 0}
+    # no serial asked for: the kernel's own (random) one, read back the same from cache and configfs
+    want = {"device": DEVICE, "target_iqn": iqn, "initiators": [b_iqn], "lun": 0,
+            "wwn": created["rescanned"][0]["wwn"]}
+    assert len(want["wwn"]) == 36
     assert created["actions"] == 1
     assert created["cached"] == [want] and created["rescanned"] == [want]
     assert created["replan"] == 0 and created["same_tree"], created
