@@ -134,7 +134,7 @@ def test_ep_a_refused_new_export_is_undone_and_the_unit_reconciled(station):
     try:
         u.start()
         online(station, 3)
-        u.agent.inventory = lambda: []                       # everything vanished meanwhile
+        u.agent.inventory = list                             # everything vanished meanwhile
         n0 = u.agent.exports_applied
         r = request(station, "1M")
         assert r.status_code == 409 and "not offered" in r.json()["detail"], r.text

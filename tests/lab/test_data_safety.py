@@ -9,9 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from test_adapters import (  # tests/lab is on sys.path (rootdir conftest)
+    clean_unit,
+    lio_snippet,
+    run_py,
+)
 
 from dvsan_lab.scenario import Flow, Station, reset_host, wait_for
-from tests.lab.test_adapters import clean_unit, lio_snippet, run_py
 
 pytestmark = pytest.mark.lab
 UNIT, HOST_B, HOST_C = "unit-a", "host-b", "host-c"
