@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -34,6 +35,7 @@ STATION = "@station"          # the station's name in envelopes: never a valid u
 AUTH_FIELD = "auth"
 SIG_DOMAIN = b"dvsan-sig-v1\n"   # NOTE: a domain prefix, so a signature made here means nothing elsewhere
 WINDOW_MS = 60_000
+log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 __all__ = [
@@ -43,14 +45,17 @@ __all__ = [
     "Envelope",
     "SeenCache",
     "Signer",
+    "StationPin",
     "decode_public",
     "encode_public",
     "fingerprint",
     "generate",
     "load_or_create",
     "load_private_key",
+    "load_public_key",
     "open_envelope",
     "save_private_key",
+    "save_public_key",
     "seal",
     "signed_bytes",
 ]
@@ -107,6 +112,26 @@ def save_private_key(path: Path, key: Ed25519PrivateKey) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def save_public_key(path: Path, key: Ed25519PublicKey | Ed25519PrivateKey) -> None:
+    """Write a public key (base64 raw, one line) atomically, readable by all (mode 0644)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_public(key) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """A public key from a file of one base64 line (as save_public_key writes it)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read public key {path}: {e.strerror}") from e
+    return decode_public(text)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -282,3 +307,32 @@ class SeenCache:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class StationPin:
+    """A unit endpoint's verifier: only the station may send to a unit, signed by the pinned key.
+
+    Without a key, and only if `first_contact` (trust on first use, a documented site policy),
+    the first validly signed station message pins its key; `save` keeps it for the next start.
+    """
+
+    def __init__(self, key: Ed25519PublicKey | None, first_contact: bool = False,
+                 save: Callable[[Ed25519PublicKey], None] | None = None):
+        self.key = key
+        self.first_contact = first_contact
+        self.save = save
+
+    async def __call__(self, env: Envelope, msg: Any, peer: Any) -> Ed25519PublicKey:
+        if env.sender != STATION:
+            raise IdentityRefused("not-station", f"a message signed by {env.sender!r}: a unit takes "
+                                                 f"messages from the station only")
+        if self.key is None:
+            if not self.first_contact:
+                raise IdentityRefused("no-station-key", "no station key pinned (give --station-key-file)")
+            offered = env.offered_key
+            env.verify(offered)
+            self.key = offered
+            if self.save is not None:
+                self.save(offered)
+            log.warning("pinned the station's key %s on first contact from %s", fingerprint(offered), peer)
+        return self.key

@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from dvsan import __version__
+from dvsan import __version__, identity
 from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
 from station.api import router
 from station.autoconf import AutoconfServer
 from station.db import Database
+from station.enrolment import EnrolmentGate
+from station.enrolment_api import router as enrolment_router
 from station.settings import StationSettings
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,15 @@ def create_app(settings: StationSettings) -> FastAPI:
         key = settings.load_cluster_key()
         db = Database(settings.db_url)
         db.migrate()
-        autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout)
+        station_key = settings.load_identity()
+        app.state.station_public_key = identity.encode_public(station_key)
+        app.state.station_fingerprint = identity.fingerprint(station_key)
+        app.state.enrolment_policy = settings.enrolment
+        log.info("station key %s; unit enrolment policy: %s", app.state.station_fingerprint,
+                 settings.enrolment)
+        autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout,
+                                  signer=identity.Signer(identity.STATION, station_key),
+                                  verifier=EnrolmentGate(db, settings.enrolment))
         await autoconf.start(settings.udp_host, settings.udp_port)
         app.state.db, app.state.autoconf = db, autoconf
         app.state.snmp = None
@@ -51,6 +61,7 @@ def create_app(settings: StationSettings) -> FastAPI:
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
                   description="Control management station of the dvsan virtual SAN.")
     app.include_router(router)
+    app.include_router(enrolment_router)
 
     @app.exception_handler(DvsanError)
     async def _dvsan_error(request: Request, exc: DvsanError) -> JSONResponse:

@@ -13,8 +13,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from dvsan import __version__
-from dvsan.endpoint import Endpoint, Peer
-from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
+from dvsan.endpoint import Endpoint, Peer, Verifier
+from dvsan.errors import Conflict, DvsanError, IdentityRefused, InvalidInput, NotFound, Unavailable
+from dvsan.identity import Signer
 from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
@@ -44,7 +45,11 @@ class AutoconfServer:
     """Owns the station's UDP endpoint and one lock per unit for export pushes."""
 
     def __init__(self, db: Database, key: bytes, export_timeout: float = 15.0,
-                 liveness_timeout: float = 30.0):
+                 liveness_timeout: float = 30.0, *, signer: Signer | None = None,
+                 verifier: Verifier | None = None):
+        # signer: the station's key (every message and ACK is signed); verifier: the enrolment
+        # gate (station/enrolment.py), which names the key a unit's messages must be signed with
+        self.signer, self.verifier = signer, verifier
         self.db = db
         self.key = key
         self.export_timeout = export_timeout
@@ -54,7 +59,8 @@ class AutoconfServer:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self, host: str, port: int) -> None:
-        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name="station")
+        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name="station",
+                                            signer=self.signer, verifier=self.verifier)
         log.info("auto-configuration protocol listening on udp %s:%d", *self.endpoint.address)
         if self.liveness_timeout > 0:
             self._background(self._liveness())
@@ -90,6 +96,10 @@ class AutoconfServer:
 
     async def handle(self, msg: Message, peer: Peer) -> dict[str, Any] | None:
         unit = check_unit_name(_str(msg.body, "unit") or "")
+        if self.verifier is not None and unit != msg.sender:
+            # NOTE: a unit speaks only for itself: its enrolled key signed the message, so the
+            # message must be about that unit and no other.
+            raise IdentityRefused("not-own-name", f"unit {msg.sender} may not speak for unit {unit}")
         if msg.type == MsgType.STARTUP:
             return await self._startup(unit, msg.body, peer)
         if msg.type == MsgType.STORAGE_INFO:

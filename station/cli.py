@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--liveness-timeout", type=float,
                    help="seconds without a heartbeat before a unit is marked unreachable (default 30; 0: off)")
     p.add_argument("--cluster-key-file", type=Path, help="file holding the key shared with units")
+    p.add_argument("--enrolment", choices=["manual", "first-come"],
+                   help="what happens to a unit the station does not know: 'manual' (default) keeps it "
+                   "pending until an operator approves its key; 'first-come' enrols the first key seen "
+                   "for a name (trust on first use; see docs/security.md)")
+    p.add_argument("--identity-key-file", type=Path, help="the station's Ed25519 key "
+                   "(default DATA_DIR/station_identity.key, made at first start; units need its .pub)")
     p.add_argument("--trap-host", help="SNMP notification listen address (default 0.0.0.0)")
     p.add_argument("--trap-port", type=int, help="SNMP notification UDP port (default 162; 0: no receiver)")
     p.add_argument("--trap-community", dest="trap_communities", action="append", metavar="COMMUNITY",
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = StationSettings(**overrides)
         settings.load_cluster_key()   # fail before binding anything
+        settings.load_identity()
         settings.snmp_users()
     except ValidationError as e:
         print(f"dvsan-station: bad setting: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dvsan import identity
 from dvsan.errors import InvalidInput
 from dvsan.traps import UsmUser
 
@@ -41,6 +42,13 @@ class StationSettings(BaseSettings):
     trap_v3_auth_key: SecretStr | None = None
     trap_v3_priv_key: SecretStr | None = None
     trap_v3_users: list[dict[str, SecretStr]] = Field(default_factory=list)
+    # Unit enrolment (station/enrolment.py, docs/security.md): "manual" keeps an unknown unit
+    # pending until an operator approves its key; "first-come" enrols the first key seen for a
+    # name (trust on first use: for labs, or while enrolling units on a trusted network).
+    enrolment: Literal["manual", "first-come"] = "manual"
+    # the station's own Ed25519 key (default DATA_DIR/station_identity.key, made at first start;
+    # its public half is written beside it as station_identity.pub for the units)
+    identity_key_file: Path | None = None
     log_level: str = "info"
 
     def snmp_users(self) -> list[UsmUser]:
@@ -84,6 +92,20 @@ class StationSettings(BaseSettings):
                                "(or leave it unset and the station makes one in its data directory)")
         if len(key) < 16:
             key = key.ljust(16, b"\0")
+        return key
+
+
+    def load_identity(self) -> "identity.Ed25519PrivateKey":
+        """The station's signing key, made at first start; its public key is kept beside it (.pub)."""
+        path = self.identity_key_file or (self.data_dir / "station_identity.key")
+        key, _created = identity.load_or_create(path)
+        pub = path.with_suffix(".pub")
+        try:
+            current = pub.read_text().strip()
+        except OSError:
+            current = ""
+        if current != identity.encode_public(key):
+            identity.save_public_key(pub, key)
         return key
 
 

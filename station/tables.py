@@ -98,3 +98,29 @@ class PendingDropRow(Base):
     target_iqn: Mapped[str] = mapped_column(String(223), primary_key=True)
     unit_name: Mapped[str] = mapped_column(ForeignKey("units.name"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UnitIdentityRow(Base):
+    """A unit's enrolled identity (station/enrolment.py): the one key its messages must be signed with.
+
+    state: pending (announced, waiting for an operator) | enrolled | revoked. `offered_*` is the
+    last other key seen under this name and refused (a second machine, or a new key awaiting an
+    operator's re-approval); `refused_count` counts such messages.
+    """
+
+    __tablename__ = "unit_identities"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    first_address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    offered_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    offered_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    offered_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    offered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    refused_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from dvsan import __version__
 from dvsan.endpoint import Endpoint, Peer
 from dvsan.errors import AdapterError, Conflict, InvalidInput, Unavailable
+from dvsan.identity import STATION, Signer, StationPin
 from dvsan.model import Export, Partition
 from dvsan.naming import target_iqn
 from dvsan.protocol import Message, MsgType
@@ -34,7 +35,13 @@ class UnitAgent:
     """One unit's agent: owns its UDP endpoint and, through `lio`, the unit's LIO configuration."""
 
     def __init__(self, name: str, key: bytes, station: Peer, portal_address: str, portal_port: int,
-                 lio: LioPort, inventory: Callable[[], list[Partition]], dns_name: str | None = None):
+                 lio: LioPort, inventory: Callable[[], list[Partition]], dns_name: str | None = None,
+                 *, signer: Signer | None = None, station_pin: StationPin | None = None):
+        # signer: this unit's own key, enrolled at the station; station_pin: the station's key.
+        # NOTE: both or neither: a unit that signs but takes unsigned EXPORTS would obey any peer.
+        if (signer is None) != (station_pin is None):
+            raise ValueError("a unit agent needs both its own key and the station's, or neither")
+        self.signer, self.station_pin = signer, station_pin
         self.name = name
         self.key = key
         self.station = station
@@ -67,7 +74,9 @@ class UnitAgent:
 
     async def open(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
-        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name=f"unit {self.name}")
+        self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name=f"unit {self.name}",
+                                            signer=self.signer, verifier=self.station_pin,
+                                            recipient=lambda _body: STATION)
 
     def _spawn(self, coro: Any) -> "asyncio.Task[Any]":
         task = asyncio.ensure_future(coro)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from dvsan import __version__
 from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError
+from dvsan.identity import encode_public, fingerprint, load_or_create
 from dvsan.naming import check_unit_name
 from dvsan.traps import TrapSecurity, UnitIdentity, parse_destinations
 from unit_agent.agent import UnitAgent
@@ -58,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its privacy pass phrase (better: env DVSAN_UNIT_TRAP_V3_PRIV_KEY)")
     p.add_argument("--snmp-engine-id", metavar="HEX", help="this unit's SNMPv3 engine ID "
                    "(default: derived from the unit name; receivers such as snmptrapd need it: createUser -e)")
+    p.add_argument("--identity-key-file", type=Path, help="this unit's Ed25519 key (default STATE_DIR/unit.key, "
+                   "made at first start)")
+    p.add_argument("--station-key", help="the station's public key (base64; GET /api/v1/enrolment/station-key)")
+    p.add_argument("--station-key-file", type=Path,
+                   help="file holding the station's public key (the station's DATA_DIR/station_identity.pub)")
+    p.add_argument("--station-trust", choices=["pinned", "first-contact"],
+                   help="without a station key: refuse to start (pinned, default) or pin the key of the "
+                   "first station that answers (first-contact; see docs/security.md)")
+    p.add_argument("--show-key", action="store_true",
+                   help="print this unit's public key and fingerprint (making the key if needed) and exit")
+    p.add_argument("--rotate-key", action="store_true",
+                   help="make a new key, keeping the old one to sign for it at the next start, and exit")
     p.add_argument("--inventory", action="store_true", help="print the partitions this unit would offer and exit")
     p.add_argument("--state-dir", type=Path, help="local state (default /var/lib/dvsan-unit): the pinned pool")
     p.add_argument("--forget-pool", action="store_true",
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("inventory", "forget_pool")}
+                 if v is not None and k not in ("inventory", "forget_pool", "show_key", "rotate_key")}
     try:
         settings = UnitSettings(**overrides)
         check_unit_name(settings.name)
@@ -100,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         for dev, why in sorted(inv.excluded.items()):
             print(f"skip  {dev:10} {why}")
         return 0
+    if args.show_key or args.rotate_key:
+        return _key_command(settings, rotate=args.rotate_key)
     try:
         key = settings.load_cluster_key()
+        signer = settings.load_signer()
+        station_pin = settings.load_station_pin()
         finder = StationFinder(settings.station_domain, settings.station or None, settings.dns_server)
         traps = _trap_config(settings)
     except DvsanError as e:
@@ -124,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     lio = Lio(settings.name, portal, settings.portal_port)
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
-                      settings.dns_name)
+                      settings.dns_name, signer=signer, station_pin=station_pin)
+    log.info("unit %s: key %s%s", settings.name, fingerprint(signer.key),
+             " (rotating: the old key signs for it until the station takes it)" if signer.previous else "")
     agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
     try:
         agent.pin = PoolPin(settings.state_dir / "pool.json")
@@ -168,6 +187,20 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
     if notifier is not None:
         await notifier.aclose()
     log.info("unit %s: stopped (station %s)", agent.name, "acknowledged" if acked else "did not answer")
+    return 0
+
+
+def _key_command(settings: UnitSettings, rotate: bool) -> int:
+    """--show-key / --rotate-key: print what an operator checks before approving this unit."""
+    try:
+        if rotate:
+            old, new = settings.rotate_key()
+            print(f"unit {settings.name}: new key {new} (old {old} signs for it at the next start)")
+        key, _ = load_or_create(settings.key_path)
+    except (DvsanError, OSError) as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
+    print(f"unit {settings.name}\npublic key {encode_public(key)}\nfingerprint {fingerprint(key)}")
     return 0
 
 

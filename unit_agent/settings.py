@@ -2,10 +2,12 @@
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dvsan import identity
 from dvsan.errors import InvalidInput
 from dvsan.traps import TrapSecurity, UsmUser, engine_id_for
 
@@ -37,6 +39,15 @@ class UnitSettings(BaseSettings):
     trap_v3_auth_key: SecretStr | None = None
     trap_v3_priv_key: SecretStr | None = None
     snmp_engine_id: str | None = None       # hex, 5-32 octets; default derived from the unit name
+    # Identity (docs/security.md): this unit's Ed25519 key (made at first start, default
+    # STATE_DIR/unit.key) and the station's public key: given (base64, or a file such as the
+    # station's DATA_DIR/station_identity.pub), pinned earlier (STATE_DIR/station.pub), or, with
+    # station_trust "first-contact", pinned from the first station that answers. (STATE_DIR:
+    # state_dir below, shared with the pool pin.)
+    identity_key_file: Path | None = None
+    station_key: str | None = None
+    station_key_file: Path | None = None
+    station_trust: Literal["pinned", "first-contact"] = "pinned"
     log_level: str = "info"
     # Local state: the pinned pool (pool.json: which station's EXPORTS this unit obeys).
     state_dir: Path = Path("/var/lib/dvsan-unit")
@@ -80,3 +91,46 @@ class UnitSettings(BaseSettings):
         if len(key) < 16:
             raise InvalidInput("the cluster key is shorter than 16 characters")
         return key
+
+    @property
+    def key_path(self) -> Path:
+        return self.identity_key_file or (self.state_dir / "unit.key")
+
+    def load_signer(self) -> identity.Signer:
+        """This unit's key, made at first start; with a `.prev` key beside it, a rotation under way."""
+        key, _created = identity.load_or_create(self.key_path)
+        prev_path = self.key_path.with_name(self.key_path.name + ".prev")
+        previous = identity.load_private_key(prev_path) if prev_path.exists() else None
+        return identity.Signer(self.name, key, previous, on_rotated=lambda: prev_path.unlink(missing_ok=True))
+
+    def load_station_pin(self) -> identity.StationPin:
+        """The station's public key as configured or pinned; InvalidInput if there is none and
+        the site does not trust the first station that answers."""
+        pinned = self.state_dir / "station.pub"
+        if self.station_key:
+            return identity.StationPin(identity.decode_public(self.station_key))
+        if self.station_key_file is not None:
+            return identity.StationPin(identity.load_public_key(self.station_key_file))
+        if pinned.exists():
+            return identity.StationPin(identity.load_public_key(pinned))
+        if self.station_trust == "first-contact":
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return identity.StationPin(None, first_contact=True,
+                                       save=lambda k: identity.save_public_key(pinned, k))
+        raise InvalidInput("no station key: give --station-key-file (the station writes it as "
+                           "DATA_DIR/station_identity.pub) or --station-key, or allow pinning the first "
+                           "station that answers with --station-trust first-contact")
+
+    def rotate_key(self) -> tuple[str, str]:
+        """Make a new key; the old one stays (as .prev) to sign for it until the station takes it.
+
+        Returns the (old, new) fingerprints.
+        """
+        prev_path = self.key_path.with_name(self.key_path.name + ".prev")
+        if prev_path.exists():
+            raise InvalidInput(f"a key rotation is already under way ({prev_path} exists): start the "
+                               "agent so the station takes the new key")
+        old = identity.load_private_key(self.key_path)
+        self.key_path.rename(prev_path)
+        new, _ = identity.load_or_create(self.key_path)
+        return identity.fingerprint(old), identity.fingerprint(new)

@@ -42,7 +42,8 @@ class StationProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
              "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
-             "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port), *self.extra_args],
+             "--udp-host", "127.0.0.1", "--udp-port", str(self.udp_port),
+             "--enrolment", "first-come", *self.extra_args],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child owns it)
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30

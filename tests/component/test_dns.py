@@ -7,6 +7,7 @@ name; the host agent finds the REST API by SRV and resolves the unit's name itse
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pytest
 
 from dvsan.dnsresolve import resolve_host, resolve_srv
 from dvsan.errors import DiscoveryError
+from dvsan.identity import Ed25519PrivateKey, Signer, StationPin, generate
 from host_agent import cli as host_cli
 from host_agent.discovery import ApiFinder
 from tests.component.conftest import free_port
@@ -138,6 +140,11 @@ class SilentUdp:
         self.sock.close()
 
 
+@functools.cache
+def _unit_key(name: str) -> Ed25519PrivateKey:
+    return generate()
+
+
 class DnsUnit:
     """The real UnitAgent on its own loop, finding its station only through a StationFinder."""
 
@@ -145,8 +152,11 @@ class DnsUnit:
         self.lio = MemoryLio()
         self.loop = asyncio.new_event_loop()
         # the station address is a placeholder: with find_stations set, announce() asks the finder
+        # its own key (one per name for the whole module, as a unit keeps its key across
+        # restarts); the station's key is pinned on first contact: these tests are about DNS
         self.agent = UnitAgent(name, key, ("127.0.0.1", 9), "127.0.0.1", 3260, self.lio,
-                               lambda: list(PARTS), dns_name)
+                               lambda: list(PARTS), dns_name, signer=Signer(name, _unit_key(name)),
+                               station_pin=StationPin(None, first_contact=True))
         self.agent.find_stations = finder.find
         self.agent.failover_timeout = 1.0
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -463,7 +473,8 @@ def test_ep_unit_agent_process_does_not_exit_on_dns_failure(dnsmasq, tmp_path, c
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "unit_agent.cli", *where, "--name", "unit-q", "--cluster-key-file",
-             str(key), "--listen-host", "127.0.0.1", "--listen-port", "0", "--no-link-watch"],
+             str(key), "--listen-host", "127.0.0.1", "--listen-port", "0", "--no-link-watch",
+             "--state-dir", str(tmp_path / "unit"), "--station-trust", "first-contact"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         wait_for(lambda: log.read_text().count("cannot find the station") >= 2 or proc.poll() is not None,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from dvsan.endpoint import Endpoint
+from dvsan.identity import STATION, Signer, StationPin, load_or_create, load_public_key, seal
 from dvsan.model import Export, Partition
 from dvsan.protocol import MsgType, encode
 from dvsan.reconcile import Action, CreateExport, DeleteExport, SetInitiators
@@ -69,14 +70,19 @@ def wait_for(pred: Any, timeout: float = 10.0) -> Any:
 class UnitHarness:
     """Runs a UnitAgent on its own asyncio loop in a thread so the test can use blocking httpx."""
 
-    def __init__(self, station: Any, name: str = "unit-z", parts: list[Partition] | None = None):
+    def __init__(self, station: Any, name: str = "unit-z", parts: list[Partition] | None = None,
+                 signer: Signer | None = None):
         import threading
 
         self.lio = MemoryLio()
         self.parts = list(PARTS if parts is None else parts)
         self.loop = asyncio.new_event_loop()
+        # the unit's own key lives beside the station's data directory, as on a real unit's disk:
+        # the same name gets the same key again after a "reboot"
+        key, _ = load_or_create(station.data_dir.parent / f"unit-{name}" / "unit.key")
         self.agent = UnitAgent(name, station.key, ("127.0.0.1", station.udp_port), "127.0.0.1", 3260,
-                               self.lio, lambda: list(self.parts))
+                               self.lio, lambda: list(self.parts), signer=signer or Signer(name, key),
+                               station_pin=StationPin(load_public_key(station.data_dir / "station_identity.pub")))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.agent.open("127.0.0.1", 0))
@@ -204,7 +210,10 @@ def test_ep_forged_malformed_and_replayed_datagrams_leave_pool_unchanged(station
         target = ("127.0.0.1", station.udp_port)
         evil = Partition(device="vdz9", disk="vdz", number=9, start_lba=0, length_blocks=8, end_lba=7,
                          block_size=512, size_bytes=4096)
-        good = encode(station.key, MsgType.STORAGE_INFO, 777, {"unit": "unit-z", "partitions": [evil.to_wire()]})[0]
+        # signed by the unit's own key, as the station requires (tests/component/test_enrolment.py)
+        signed = seal(u.agent.signer, MsgType.STORAGE_INFO, 777, 0, STATION,
+                      {"unit": "unit-z", "partitions": [evil.to_wire()]}, int(time.time() * 1000))
+        good = encode(station.key, MsgType.STORAGE_INFO, 777, signed)[0]
         forged = encode(b"x" * 32, MsgType.STORAGE_INFO, 778, {"unit": "unit-z", "partitions": []})[0]
         tampered = bytearray(good)
         tampered[50] ^= 0xFF
@@ -319,8 +328,11 @@ def test_gp_pool_survives_station_restart(station):
 
 
 def test_ep_message_types_a_station_does_not_take(station):
+    signer = Signer("unit-z", load_or_create(station.data_dir.parent / "unit-z" / "unit.key")[0])
+
     async def go() -> dict[str, Any]:
-        ep = await Endpoint.open(station.key, lambda m, p: asyncio.sleep(0), "127.0.0.1", 0)
+        ep = await Endpoint.open(station.key, lambda m, p: asyncio.sleep(0), "127.0.0.1", 0,
+                                 signer=signer, recipient=lambda _body: STATION)
         try:
             return await ep.send(("127.0.0.1", station.udp_port), MsgType.EXPORTS,
                                  {"unit": "unit-z", "exports": []}, timeout=5)

@@ -1,0 +1,119 @@
+"""REST routes of unit enrolment (/api/v1/enrolment): list, approve, enrol a key, revoke, forget.
+
+NOTE: like every route of the station today, these are not authenticated yet (REST authentication
+is the management-plane issue); until then the REST port must only be reachable by operators.
+"""
+
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from station import enrolment
+from station.db import Database
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
+
+
+def _db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+DbDep = Annotated[Database, Depends(_db)]
+
+
+class IdentityPublic(BaseModel):
+    """A unit's identity as the station holds it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    state: str                         # pending | enrolled | revoked
+    public_key: str
+    fingerprint: str
+    first_address: str
+    created_at: datetime
+    enrolled_at: datetime | None
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+    # the last other key refused under this name (a second machine, or a new key to approve)
+    offered_key: str | None
+    offered_fingerprint: str | None
+    offered_address: str | None
+    offered_at: datetime | None
+    refused_count: int
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str                   # of the key checked on the unit (dvsan-unit-agent --show-key)
+
+
+class KeyEnrolment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str                    # base64 of the raw 32-byte Ed25519 public key
+
+
+class StationKeyPublic(BaseModel):
+    public_key: str
+    fingerprint: str
+    policy: str
+
+
+class RevocationPublic(IdentityPublic):
+    volumes_offline: int
+
+
+@router.get("/station-key", response_model=StationKeyPublic)
+def station_key(request: Request) -> StationKeyPublic:
+    """The station's public key, for units' `--station-key` (also DATA_DIR/station_identity.pub)."""
+    st = request.app.state
+    return StationKeyPublic(public_key=st.station_public_key, fingerprint=st.station_fingerprint,
+                            policy=st.enrolment_policy)
+
+
+@router.get("", response_model=list[IdentityPublic])
+def list_identities(db: DbDep, state: Annotated[str | None, Query()] = None) -> list[IdentityPublic]:
+    with db.session() as s:
+        return [IdentityPublic.model_validate(r) for r in enrolment.list_identities(s, state)]
+
+
+@router.get("/{name}", response_model=IdentityPublic)
+def get_identity(name: str, db: DbDep) -> IdentityPublic:
+    with db.session() as s:
+        return IdentityPublic.model_validate(enrolment.get_identity(s, name))
+
+
+@router.post("/{name}/approve", response_model=IdentityPublic)
+def approve(name: str, body: Approval, db: DbDep) -> IdentityPublic:
+    """Enrol the pending (or other offered) key of `name` whose fingerprint the operator checked."""
+    with db.session() as s:
+        return IdentityPublic.model_validate(enrolment.approve(s, name, body.fingerprint))
+
+
+@router.put("/{name}/key", response_model=IdentityPublic)
+def enrol_key(name: str, body: KeyEnrolment, db: DbDep) -> IdentityPublic:
+    """Enrol, re-enrol or rotate `name` to a key given out of band (pre-enrolment)."""
+    with db.session() as s:
+        return IdentityPublic.model_validate(enrolment.enrol_key(s, name, body.public_key))
+
+
+@router.post("/{name}/revoke", response_model=RevocationPublic)
+def revoke(name: str, db: DbDep) -> RevocationPublic:
+    """Refuse every message of `name` from now on; its volumes go offline, assignments kept."""
+    with db.session() as s:
+        row, offline = enrolment.revoke(s, name)
+        return RevocationPublic.model_validate({**IdentityPublic.model_validate(row).model_dump(),
+                                                "volumes_offline": offline})
+
+
+@router.delete("/{name}", status_code=204)
+def forget(name: str, db: DbDep) -> None:
+    """Drop a pending announcement nobody will approve."""
+    with db.session() as s:
+        enrolment.forget_pending(s, name)
