@@ -130,15 +130,21 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("safety-station")), lab.host_ip)
     station.start()
     f = Flow(lab, station)
-    f.start_unit(UNIT)
-    f.wait_pool(UNIT, 3)
-    yield f
-    for g in (HOST_B, HOST_C):
-        reset_host(lab, g)
-    if UNIT in f.unit_pids:
-        f.stop_unit(UNIT)
-    clean_unit(lab)
-    station.stop()
+    try:
+        f.start_unit(UNIT)
+        try:
+            f.wait_pool(UNIT, 3)
+        except Exception as e:
+            raise AssertionError(f"{e}\nunit agent log:\n{f.unit_log(UNIT)}\nstation log:\n"
+                                 f"{station.log_path.read_text()[-4000:]}") from e
+        yield f
+    finally:
+        for g in (HOST_B, HOST_C):
+            reset_host(lab, g)
+        if UNIT in f.unit_pids:
+            f.stop_unit(UNIT)
+        clean_unit(lab)
+        station.stop()
 
 
 def session_ids(flow: Flow, guest: str, target: str) -> list[str]:
