@@ -191,7 +191,7 @@ def enrol_key(s: Session, name: str, public_key: str) -> UnitIdentityRow:
     now = _now()
     if row is None:
         row = UnitIdentityRow(name=name, public_key=text, fingerprint=fp, state="enrolled",
-                              created_at=now, enrolled_at=now, refused_count=0)
+                              first_address="", created_at=now, enrolled_at=now, refused_count=0)
         s.add(row)
     elif row.state == "revoked" and row.public_key == text:
         raise Conflict(f"key {fp} of unit {name} is revoked and is never accepted again")

@@ -328,7 +328,7 @@ def test_gp_pool_survives_station_restart(station):
 
 
 def test_ep_message_types_a_station_does_not_take(station):
-    signer = Signer("unit-z", load_or_create(station.data_dir.parent / "unit-z" / "unit.key")[0])
+    signer = Signer("unit-z", load_or_create(station.data_dir.parent / "unit-unit-z" / "unit.key")[0])
 
     async def go() -> dict[str, Any]:
         ep = await Endpoint.open(station.key, lambda m, p: asyncio.sleep(0), "127.0.0.1", 0,
