@@ -20,12 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim import NullLio, parts, station
 
+from dvsan.identity import Signer, StationPin, generate
 from unit_agent.agent import UnitAgent
 
 
 async def run(n: int, wave: int, url: str, udp: int, key: bytes) -> tuple[float, int]:
     inv = parts()
-    agents = [UnitAgent(f"sim-{i:05d}", key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv)
+    # each simulated unit has its own key (enrolled first-come) and pins the station's on first contact
+    agents = [UnitAgent(f"sim-{i:05d}", key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv,
+                        signer=Signer(f"sim-{i:05d}", generate()), station_pin=StationPin(None, first_contact=True))
               for i in range(n)]
     for a in agents:
         await a.open("127.0.0.1", 0)

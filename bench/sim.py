@@ -48,7 +48,7 @@ def station(data_dir: str, *extra_args: str) -> Iterator[tuple[str, int, bytes]]
         proc = subprocess.Popen(
             [sys.executable, "-m", "station.cli", "--data-dir", data_dir, "--api-host", "127.0.0.1",
              "--api-port", str(api), "--udp-host", "127.0.0.1", "--udp-port", str(udp),
-             "--log-level", "warning", *extra_args],
+             "--log-level", "warning", "--enrolment", "first-come", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
         url = f"http://127.0.0.1:{api}"
         try:

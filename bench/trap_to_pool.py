@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim import NullLio, free_port, parts, station
 
+from dvsan.identity import Signer, StationPin, generate
 from dvsan.traps import MIB_DIR, TrapSecurity, UnitIdentity, UsmUser, engine_id_for
 from unit_agent.agent import UnitAgent
 from unit_agent.snmp import TrapSender
@@ -40,7 +41,8 @@ USER = UsmUser("bench", "bench-auth-1", "bench-priv-1")
 async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, udp: int,
                   http: httpx.AsyncClient, env: dict[str, str]) -> tuple[float, float]:
     inv = parts()
-    agent = UnitAgent(name, key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv)
+    agent = UnitAgent(name, key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv,
+                      signer=Signer(name, generate()), station_pin=StationPin(None, first_contact=True))
     await agent.open("127.0.0.1", 0)
     assert agent.endpoint is not None
     port = agent.endpoint.address[1]

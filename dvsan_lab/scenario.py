@@ -67,7 +67,9 @@ class Station:
         exe = Path(sys.executable).with_name("dvsan-station")
         self.proc = subprocess.Popen(
             [str(exe), "--data-dir", str(self.data_dir), "--api-host", self.host, "--api-port",
-             str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT), *self.args],
+             str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT),
+             # the lab's units enrol on first contact (docs/security.md); self.args may override
+             "--enrolment", "first-come", *self.args],
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -111,6 +113,7 @@ class Flow:
     def start_unit(self, guest: str, disk: str = "vda", extra: str = "") -> int:
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
+               f"--station-key-file {self.station.data_dir / 'station_identity.pub'} "
                f"--listen-port {UNIT_PORT} --disk {disk} --log-level info "
                # one pool pin per station: each test module's station is a pool of its own
                f"--state-dir /var/lib/dvsan-unit/{self.station.data_dir.name} {extra}")
