@@ -580,3 +580,11 @@ def test_gp_retransmissions_are_resigned_and_each_verifies():
             ids = {json.loads(decode(KEY, d).payload)["auth"]["id"] for d in seen}
             assert len(ids) == len(seen) >= 3
     asyncio.run(go())
+
+
+def test_ep_unit_agent_takes_both_keys_or_neither():
+    from unit_agent.agent import UnitAgent
+
+    for kw in ({"signer": Signer("unit-a", A)}, {"station_pin": StationPin(S.public_key())}):
+        with pytest.raises(ValueError, match="both its own key and the station's"):
+            UnitAgent("unit-a", KEY, ("127.0.0.1", 9), "127.0.0.1", 3260, object(), list, **kw)  # type: ignore[arg-type]
