@@ -1,6 +1,5 @@
 """Station settings: environment variables (DVSAN_*), overridden by command-line options."""
 
-import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -8,11 +7,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dvsan import identity
+from dvsan import identity, keyfiles
 from dvsan.errors import InvalidInput
 from dvsan.traps import UsmUser
-
-WEAK_KEYS = {"changeme", "secret", "password", "dvsan", "default", "test"}
 
 
 class StationSettings(BaseSettings):
@@ -73,9 +70,11 @@ class StationSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'station.db'}"
 
     def load_cluster_key(self) -> bytes:
-        """The shared protocol key: given, read from a file, or made once and kept in data_dir.
+        """The shared protocol key: given, read from a file, or made once (mode 0600) in data_dir.
 
-        A key that is short or a well-known word is refused outside development.
+        Outside development a key that breaks the rule of dvsan/keyfiles.py (short, few distinct
+        characters, a well-known word) is refused; a key file that group or others may read is
+        refused always.
         """
         if self.cluster_key is not None:
             key = self.cluster_key.get_secret_value().encode()
@@ -86,14 +85,12 @@ class StationSettings(BaseSettings):
                     raise InvalidInput(f"cluster key file {path} does not exist")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_secret_file(path, secrets.token_hex(32) + "\n")
-            key = path.read_text().strip().encode()
-        if self.environment != "development" and (len(key) < 16 or key.decode(errors="replace").lower() in WEAK_KEYS):
-            raise InvalidInput("the cluster key is too weak: use at least 16 random characters "
-                               "(or leave it unset and the station makes one in its data directory)")
-        if len(key) < 16:
-            key = key.ljust(16, b"\0")
+            key = keyfiles.read_secret_file(path).strip().encode()
+        if self.environment != "development":
+            keyfiles.check_cluster_key(key)
+        if len(key) < keyfiles.MIN_KEY_BYTES:
+            key = key.ljust(keyfiles.MIN_KEY_BYTES, b"\0")
         return key
-
 
     def load_identity(self) -> "identity.Ed25519PrivateKey":
         """The station's signing key, made at first start; its public key is kept beside it (.pub)."""
@@ -110,11 +107,5 @@ class StationSettings(BaseSettings):
 
 
 def write_secret_file(path: Path, text: str) -> None:
-    """Atomic write of a secret: temp file, fsync, rename, mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomic write of a secret, mode 0600 (dvsan/keyfiles.py)."""
+    keyfiles.write_secret_file(path, text)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dvsan import identity
+from dvsan import identity, keyfiles
 from dvsan.errors import InvalidInput
 from dvsan.traps import TrapSecurity, UsmUser, engine_id_for
 
@@ -78,19 +78,16 @@ class UnitSettings(BaseSettings):
         return raw
 
     def load_cluster_key(self) -> bytes:
+        """The key shared with the station, given or read from a file that only its owner may read;
+        refused if it breaks the rule of dvsan/keyfiles.py (short, few distinct characters, a word)."""
         if self.cluster_key is not None:
             key = self.cluster_key.get_secret_value().encode()
         elif self.cluster_key_file is not None:
-            try:
-                key = self.cluster_key_file.read_text().strip().encode()
-            except OSError as e:
-                raise InvalidInput(f"cannot read cluster key file {self.cluster_key_file}: {e.strerror}") from e
+            key = keyfiles.read_secret_file(self.cluster_key_file).strip().encode()
         else:
             raise InvalidInput("no cluster key: give --cluster-key-file (the station keeps it in its "
                                "data directory as cluster.key) or DVSAN_UNIT_CLUSTER_KEY")
-        if len(key) < 16:
-            raise InvalidInput("the cluster key is shorter than 16 characters")
-        return key
+        return keyfiles.check_cluster_key(key)
 
     @property
     def key_path(self) -> Path:

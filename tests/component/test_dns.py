@@ -462,7 +462,8 @@ def test_ep_unit_agent_retries_dns_until_it_answers_then_finds_the_station(stati
 def test_ep_unit_agent_process_does_not_exit_on_dns_failure(dnsmasq, tmp_path, case):
     dns = dnsmasq(f"--host-record=station.{MGMT},127.0.0.1")
     key = tmp_path / "cluster.key"
-    key.write_text("k" * 32)
+    key.write_text(os.urandom(16).hex())
+    key.chmod(0o600)      # a weak key, or a key file others may read, is refused
     where = {"no-record": ["--station-domain", STORAGE, "--dns-server", dns.server],
              "no-answer": ["--station-domain", MGMT, "--dns-server", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"],
              "no-address": ["--station", f"ghost.{MGMT}", "--dns-server", dns.server]}[case]

@@ -392,7 +392,8 @@ def test_gp_unit_agent_shows_and_rotates_its_key(tmp_path):
 
 
 def test_ep_unit_agent_without_a_station_key_refuses_to_start(tmp_path):
-    (tmp_path / "cluster.key").write_text("k" * 32)
+    (tmp_path / "cluster.key").write_text(os.urandom(16).hex())
+    (tmp_path / "cluster.key").chmod(0o600)      # a key file others may read is refused
     t0 = time.monotonic()
     r = _unit_cli(tmp_path, "--station", "127.0.0.1:9", "--cluster-key-file", str(tmp_path / "cluster.key"),
                   "--no-link-watch")
