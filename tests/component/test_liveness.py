@@ -1,7 +1,6 @@
 """Liveness: heartbeats keep a unit online; a silent unit becomes unreachable, then comes back."""
 
 import asyncio
-import time
 
 import pytest
 
@@ -16,11 +15,22 @@ def test_gp_heartbeats_keep_a_unit_online(station):
     try:
         u.start()
         online(station, 3)
+        reannounced: list[int] = []
+        again = u.agent.reannounce
+        u.agent.reannounce = lambda: (reannounced.append(1), again())[1]  # type: ignore[method-assign]
+        startups = station.log.read_text().count("unit unit-z started")
+        h0 = station.get("/api/v1/protocol/stats").json().get("received_heartbeat", 0)
         hb = asyncio.run_coroutine_threadsafe(u.agent.heartbeat(0.3), u.loop)
-        time.sleep(4)                       # well past the 1.5 s liveness timeout
+        # 16 heartbeats 0.3 s apart: over 3 liveness periods (1.5 s), counted, not slept through
+        wait_for(lambda: station.get("/api/v1/protocol/stats").json().get("received_heartbeat", 0)
+                 >= h0 + 16, 30)
+        hb.cancel()
+        # held online the whole time: never unreachable, never told to announce again
         assert station.get("/api/v1/units/unit-z").json()["state"] == "online"
         assert {v["state"] for v in volumes(station)} == {"online"}
-        hb.cancel()
+        log = station.log.read_text()
+        assert "unreachable" not in log and "volumes offline" not in log
+        assert log.count("unit unit-z started") == startups and reannounced == []
     finally:
         u.close()
 

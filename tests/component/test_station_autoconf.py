@@ -225,15 +225,18 @@ def test_ep_forged_malformed_and_replayed_datagrams_leave_pool_unchanged(station
             for d in sent:
                 s.sendto(d, target)
             s.sendto(good, target)      # the one good datagram, now applied...
-            time.sleep(0.5)
         wait_for(lambda: any(v["device"] == "vdz9" for v in volumes(station)))
+        # every bad datagram was counted as dropped (a count, not a pause, says they all arrived)
+        wait_for(lambda: station.get("/api/v1/protocol/stats").json().get("dropped", 0)
+                 - stats0.get("dropped", 0) >= len(sent))
         # ...then replayed byte for byte: refused (and the pool does not go back and forth)
         u.parts = list(PARTS)
         u.call(u.agent.send_storage_info(("127.0.0.1", station.udp_port)))
         online(station, 3)
+        replayed0 = station.get("/api/v1/protocol/stats").json().get("dropped_replayed", 0)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(good, target)
-            time.sleep(0.5)
+        wait_for(lambda: station.get("/api/v1/protocol/stats").json().get("dropped_replayed", 0) > replayed0)
         stats = station.get("/api/v1/protocol/stats").json()
         dropped = stats.get("dropped", 0) - stats0.get("dropped", 0)
         assert dropped >= len(sent), stats

@@ -257,7 +257,7 @@ def test_ep_close_fails_pending_sends():
             task = asyncio.ensure_future(
                 a.send(silent.getsockname(), MsgType.STARTUP, {}, timeout=5)
             )
-            await asyncio.sleep(0.05)
+            await until(lambda: a.stats["datagrams_sent"] >= 1)     # the send is under way
             a.close()
             with pytest.raises(Unavailable, match="closed"):
                 await task
