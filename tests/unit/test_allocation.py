@@ -1,17 +1,8 @@
-"""Allocation: best fit over free online volumes; a stateful pool model tries to double-allocate."""
+"""Allocation: best fit over free online volumes (the pure core, table-driven and property-based)."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
 
 from dvsan.allocation import best_fit
 from dvsan.errors import Conflict, InsufficientCapacity
@@ -123,91 +114,5 @@ def test_gp_best_fit_property(free, size):
     )
 
 
-# --- a stateful model of the pool ---------------------------------------------------------------
-
-UNITS = ("unit-a", "unit-b", "unit-c")
-HOSTS = ("host-1", "host-2", "host-3", "host-4")
-
-
-class Pool(RuleBasedStateMachine):
-    """Units bring volumes; hosts ask for storage and give it back; units go offline and come back.
-
-    The pool keeps assignments as a plain list, so a second assignment of one volume would be seen
-    rather than silently overwrite the first.
-    """
-
-    assignments = Bundle("assignments")
-
-    @initialize()
-    def empty(self):
-        self.volumes: dict[int, Candidate] = {}
-        self.online = dict.fromkeys(UNITS, True)
-        self.assigned: list[tuple[int, str, int]] = []  # (volume_id, host, requested)
-        self.history: list[tuple[int, bool]] = []  # (volume_id, its unit was online) per allocation
-        self.next_id = 1
-
-    def free(self) -> list[Candidate]:
-        taken = {vid for vid, _, _ in self.assigned}
-        return [v for vid, v in self.volumes.items() if vid not in taken and self.online[v.unit]]
-
-    @rule(unit=st.sampled_from(UNITS), size=st.integers(1, 64).map(lambda g: g * GiB // 4))
-    def add_volume(self, unit, size):
-        vid = self.next_id
-        self.next_id += 1
-        self.volumes[vid] = Candidate(vid, unit, f"vd{vid}", size)
-
-    @rule(target=assignments, host=st.sampled_from(HOSTS), size=st.integers(1, 16 * GiB))
-    def request(self, host, size):
-        free = self.free()
-        try:
-            got = best_fit(free, size)
-        except InsufficientCapacity as e:
-            assert all(v.size_bytes < size for v in free), "refused although a free volume fits"
-            assert e.largest_free == (max(v.size_bytes for v in free) if free else None)
-            return None
-        assert got in free
-        assert got.size_bytes == min(v.size_bytes for v in free if v.size_bytes >= size)
-        self.history.append((got.volume_id, self.online[got.unit]))
-        a = (got.volume_id, host, size)
-        self.assigned.append(a)
-        return a
-
-    @rule(a=consumes(assignments))
-    def release(self, a):
-        if a is not None:
-            self.assigned.remove(a)
-
-    @rule(unit=st.sampled_from(UNITS))
-    def take_offline(self, unit):
-        self.online[unit] = False
-
-    @rule(unit=st.sampled_from(UNITS))
-    def bring_online(self, unit):
-        self.online[unit] = True
-
-    @precondition(lambda self: any(not up for up in self.online.values()))
-    @rule(size=st.integers(1, 16 * GiB))
-    def offline_capacity_is_never_offered(self, size):
-        offline = {vid for vid, v in self.volumes.items() if not self.online[v.unit]}
-        try:
-            assert best_fit(self.free(), size).volume_id not in offline
-        except InsufficientCapacity:
-            pass
-
-    @invariant()
-    def no_volume_is_assigned_twice(self):
-        vids = [vid for vid, _, _ in self.assigned]
-        assert len(vids) == len(set(vids))
-
-    @invariant()
-    def every_assignment_is_large_enough(self):
-        for vid, _host, requested in self.assigned:
-            assert self.volumes[vid].size_bytes >= requested
-
-    @invariant()
-    def offline_volumes_were_never_allocated(self):
-        assert all(was_online for _vid, was_online in self.history)
-
-
-Pool.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
-TestPool = Pool.TestCase
+# The stateful test drives the station's own allocation path and database, not a model of it:
+# tests/unit/test_allocation_stateful.py (and, over HTTP, tests/component/test_concurrent_allocation.py).
