@@ -176,6 +176,9 @@ def test_gp_a_new_portal_address_keeps_the_sessions_on_the_old_one(lab: Any, flo
         assert f"{lab.ip(UNIT)}:3260" in lab.exec(UNIT, f"ls {np}").out     # the old one kept
         assert session_ids(flow, HOST_B, a["target_iqn"]) == sids
         assert flow.read_sha(HOST_B, dev, 4) == sha
+        # the kernel's count of logged-in initiators, as the agent reads it before any drop
+        n = run_py(lab, UNIT, lio_snippet(lab, f"result(n=lio.sessions({a['target_iqn']!r}))"))["n"]
+        assert n == 1
         # hosts are told the new portal
         assert flow.station.get(f"/api/v1/assignments/{a['id']}")["unit_address"] == second
     finally:
