@@ -226,7 +226,7 @@ class Endpoint(asyncio.DatagramProtocol):
                         self.name, msg.type.name, peer[0], peer[1], e)
         if msg.type != MsgType.ACK and msg.wants_ack:
             to = env.sender if env is not None else str(msg.body.get("unit", ""))
-            reply = {"status": "error", "error": str(e), "refused": e.reason}
+            reply = {"status": "error", "error": str(e), "refusal": e.reason}
             self._sendto(self._encode(MsgType.ACK, self.next_seq(), reply, to, ack=msg.seq,
                                       wants_ack=False), peer)
 

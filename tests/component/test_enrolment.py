@@ -62,20 +62,22 @@ def record_datagrams(u: UnitHarness) -> list[bytes]:
     return seen
 
 
-def station_exports(station: Any, seen: list[bytes]) -> list[dict[str, Any]]:
-    """The signed bodies of the station's EXPORTS among captured datagrams (one fragment each)."""
+def station_exports(station: Any, seen: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, signed body) of the station's EXPORTS among captured datagrams (one fragment each)."""
     out = []
     for d in list(seen):
         f = decode(station.key, d)
         if f.type == MsgType.EXPORTS and f.frag_count == 1:
-            out.append(json.loads(f.payload))
+            out.append((f.seq, json.loads(f.payload)))
     return out
 
 
-def resend(station: Any, body: dict[str, Any], to: tuple[str, int], seq: int = 4711) -> None:
-    """What a holder of the cluster key can do with a captured body: a fresh datagram, fresh nonce."""
+def resend(station: Any, captured: tuple[int, dict[str, Any]], to: tuple[str, int]) -> None:
+    """What a holder of the cluster key can do with a captured message: the same seq and signed
+    body in a fresh datagram (fresh nonce and timestamp), from another port."""
     import socket
 
+    seq, body = captured
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.sendto(encode(station.key, MsgType.EXPORTS, seq, body)[0], to)
@@ -124,13 +126,13 @@ def test_ep_peer_unit_cannot_forge_or_replay_station_exports_to_another_unit(sta
 
         # 1. signed by unit-a as itself: a unit takes messages from the station only
         ack = send_as(a, a.agent.signer, control(b), MsgType.EXPORTS, wipe, to="unit-b")
-        assert (ack["status"], ack["refused"]) == ("error", "not-station"), ack
+        assert (ack["status"], ack["refusal"]) == ("error", "not-station"), ack
         # 2. calling itself the station, signed with unit-a's key
         ack = send_as(a, Signer(STATION, key_a), control(b), MsgType.EXPORTS, wipe, to="unit-b")
-        assert (ack["status"], ack["refused"]) == ("error", "bad-signature"), ack
+        assert (ack["status"], ack["refusal"]) == ("error", "bad-signature"), ack
         # 3. the cluster key alone (no identity at all)
         ack = send_as(a, None, control(b), MsgType.EXPORTS, wipe, to="unit-b")
-        assert (ack["status"], ack["refused"]) == ("error", "unsigned"), ack
+        assert (ack["status"], ack["refusal"]) == ("error", "unsigned"), ack
         # 4. a captured station-signed EXPORTS for unit-a, re-sent to unit-b in a fresh datagram
         before = stats(b).get("refused", 0)
         resend(station, exports_a, control(b))
@@ -138,13 +140,13 @@ def test_ep_peer_unit_cannot_forge_or_replay_station_exports_to_another_unit(sta
         assert stats(b).get("refused_misaddressed") == 1
         # 5. b's own station-signed EXPORTS, replayed to b: the latest, and the one from boot
         #    that would take the new export away again
-        resend(station, latest_b, control(b), seq=4712)
-        resend(station, boot_exports_b, control(b), seq=4713)
+        resend(station, latest_b, control(b))
+        resend(station, boot_exports_b, control(b))
         wait_for(lambda: stats(b).get("refused", 0) == before + 3)
         assert stats(b).get("refused_replayed") == 2
         # ...and the captured EXPORTS for unit-a, replayed to unit-a itself
         before_a = stats(a).get("refused", 0)
-        resend(station, exports_a, control(a), seq=4714)
+        resend(station, exports_a, control(a))
         wait_for(lambda: stats(a).get("refused", 0) == before_a + 1)
         assert stats(a).get("refused_replayed") == 1
 
@@ -182,7 +184,7 @@ def test_ep_unit_cannot_announce_heartbeat_shutdown_or_report_storage_for_anothe
         impostor = Signer("unit-b", a.agent.signer.key)  # type: ignore[union-attr]
         for mtype, body in forged:
             ack = send_as(a, impostor, st, mtype, body)
-            assert (ack["status"], ack["refused"]) == ("error", "key-mismatch"), ack
+            assert (ack["status"], ack["refusal"]) == ("error", "key-mismatch"), ack
         assert volumes(station) == pool_before
         after = unit_row(station, "unit-b")
         for k in ("state", "control_host", "control_port", "portal_address", "agent_version", "health"):
@@ -237,7 +239,7 @@ def test_ep_revoked_unit_is_refused_and_its_volumes_go_offline(station):
                             (MsgType.STARTUP, b.agent._identity()),
                             (MsgType.STORAGE_INFO, {"unit": "unit-b", "partitions": [p.to_wire() for p in PARTS]})]:
             ack = send_as(b, b.agent.signer, st, mtype, body)
-            assert (ack["status"], ack["refused"]) == ("error", "revoked"), ack
+            assert (ack["status"], ack["refusal"]) == ("error", "revoked"), ack
         assert {v["state"] for v in volumes(station)} == {"offline"}
         assert unit_row(station, "unit-b")["state"] == "offline"
         # its key never comes back; an unknown unit under the name waits for the operator
@@ -326,7 +328,7 @@ def test_gp_unit_rotates_its_key_signed_by_the_old_one(station):
     u3 = UnitHarness(station, "unit-r", signer=Signer("unit-r", old))
     try:
         ack = send_as(u3, u3.agent.signer, ("127.0.0.1", station.udp_port), MsgType.HEARTBEAT, {"unit": "unit-r"})
-        assert (ack["status"], ack["refused"]) == ("error", "key-mismatch")
+        assert (ack["status"], ack["refusal"]) == ("error", "key-mismatch")
     finally:
         u3.close()
 

@@ -439,8 +439,10 @@ class Trust:
 
     def __init__(self, keys: dict[str, Any]):
         self.keys = keys
+        self.calls = 0
 
     async def __call__(self, env, msg, peer):
+        self.calls += 1
         if env.sender not in self.keys:
             raise IdentityRefused("unknown", f"unknown sender {env.sender}")
         return self.keys[env.sender].public_key()
@@ -497,7 +499,7 @@ def test_ep_unsigned_misaddressed_and_unknown_senders_are_refused_with_an_error_
                 plain.close()
                 other.close()
                 to_other.close()
-            assert [a["refused"] for a in acks] == ["unsigned", "unknown", "misaddressed"]
+            assert [a["refusal"] for a in acks] == ["unsigned", "unknown", "misaddressed"]
             assert all(a["status"] == "error" for a in acks)
             assert rec.calls == []
             assert (st.stats["refused_unsigned"], st.stats["refused_unknown"], st.stats["refused_misaddressed"]) \
@@ -527,6 +529,8 @@ def test_ep_captured_signed_message_replayed_under_a_fresh_nonce_is_refused():
                 await _until(lambda: st.stats["refused"] >= 3)
             assert [m.body.get("n") for m in rec.calls] == [1, 5]
             assert st.stats["refused_replayed"] == 2 and st.stats["refused_bad-signature"] == 1
+            # a replay is refused before the verifier sees it (the station's records it nothing)
+            assert st.verifier.calls == 3  # type: ignore[union-attr]
     asyncio.run(go())
 
 
