@@ -35,9 +35,10 @@ def create_app(settings: StationSettings) -> FastAPI:
         app.state.enrolment_policy = settings.enrolment
         log.info("station key %s; unit enrolment policy: %s", app.state.station_fingerprint,
                  settings.enrolment)
+        app.state.enrolment_gate = EnrolmentGate(db, settings.enrolment)
         autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout,
                                   signer=identity.Signer(identity.STATION, station_key),
-                                  verifier=EnrolmentGate(db, settings.enrolment))
+                                  verifier=app.state.enrolment_gate)
         await autoconf.start(settings.udp_host, settings.udp_port)
         app.state.db, app.state.autoconf = db, autoconf
         app.state.snmp = None

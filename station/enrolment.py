@@ -113,23 +113,40 @@ def _clear_offer(row: UnitIdentityRow) -> None:
 
 
 class EnrolmentGate:
-    """The station endpoint's verifier: the enrolled key of a message's sender, or a refusal."""
+    """The station endpoint's verifier: the enrolled key of a message's sender, or a refusal.
+
+    Enrolled keys are kept in memory once seen, so that a heartbeat or an ACK costs no database
+    transaction; every operator action on a name (station/enrolment_api.py) calls `forget(name)`
+    before and after its transaction. Anything but "the enrolled key, again" goes to `admit`.
+    """
 
     def __init__(self, db: Database, policy: Policy = "manual"):
         if policy not in POLICIES:
             raise InvalidInput(f"enrolment policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         self.db = db
         self.policy = policy
+        self._enrolled: dict[str, tuple[str, Ed25519PublicKey]] = {}
+
+    def forget(self, name: str) -> None:
+        self._enrolled.pop(name, None)
 
     async def __call__(self, env: Envelope, msg: Message, peer: tuple[str, int]) -> Ed25519PublicKey:
-        def tx() -> Admission:
-            with self.db.session() as s:
-                return admit(s, env, peer[0], self.policy)
+        known = self._enrolled.get(env.sender)
+        if known is not None and known[0] == env.public_key and env.previous is None:
+            return known[1]
 
-        adm = await asyncio.to_thread(tx)
+        def tx() -> tuple[Admission, bool]:
+            with self.db.session() as s:
+                adm = admit(s, env, peer[0], self.policy)
+                row = s.get(UnitIdentityRow, env.sender) if adm.key is not None else None
+                return adm, row is not None and row.state == "enrolled" and row.public_key == env.public_key
+
+        adm, enrolled = await asyncio.to_thread(tx)
         if adm.refusal is not None:
             raise adm.refusal
         assert adm.key is not None
+        if enrolled:
+            self._enrolled[env.sender] = (env.public_key, adm.key)
         return adm.key
 
 

@@ -5,11 +5,14 @@ is the management-plane issue); until then the REST port must only be reachable 
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
 
 from station import enrolment
 from station.db import Database
@@ -23,6 +26,18 @@ def _db(request: Request) -> Database:
 
 
 DbDep = Annotated[Database, Depends(_db)]
+
+
+@contextmanager
+def _changing(request: Request, db: Database, name: str) -> Iterator[Session]:
+    """A transaction that changes `name`'s identity: the gate's memory of it is dropped around it."""
+    gate = getattr(request.app.state, "enrolment_gate", None)
+    if gate is not None:
+        gate.forget(name)
+    with db.session() as s:
+        yield s
+    if gate is not None:
+        gate.forget(name)
 
 
 class IdentityPublic(BaseModel):
@@ -90,30 +105,30 @@ def get_identity(name: str, db: DbDep) -> IdentityPublic:
 
 
 @router.post("/{name}/approve", response_model=IdentityPublic)
-def approve(name: str, body: Approval, db: DbDep) -> IdentityPublic:
+def approve(name: str, body: Approval, db: DbDep, request: Request) -> IdentityPublic:
     """Enrol the pending (or other offered) key of `name` whose fingerprint the operator checked."""
-    with db.session() as s:
+    with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.approve(s, name, body.fingerprint))
 
 
 @router.put("/{name}/key", response_model=IdentityPublic)
-def enrol_key(name: str, body: KeyEnrolment, db: DbDep) -> IdentityPublic:
+def enrol_key(name: str, body: KeyEnrolment, db: DbDep, request: Request) -> IdentityPublic:
     """Enrol, re-enrol or rotate `name` to a key given out of band (pre-enrolment)."""
-    with db.session() as s:
+    with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.enrol_key(s, name, body.public_key))
 
 
 @router.post("/{name}/revoke", response_model=RevocationPublic)
-def revoke(name: str, db: DbDep) -> RevocationPublic:
+def revoke(name: str, db: DbDep, request: Request) -> RevocationPublic:
     """Refuse every message of `name` from now on; its volumes go offline, assignments kept."""
-    with db.session() as s:
+    with _changing(request, db, name) as s:
         row, offline = enrolment.revoke(s, name)
         return RevocationPublic.model_validate({**IdentityPublic.model_validate(row).model_dump(),
                                                 "volumes_offline": offline})
 
 
 @router.delete("/{name}", status_code=204)
-def forget(name: str, db: DbDep) -> None:
+def forget(name: str, db: DbDep, request: Request) -> None:
     """Drop a pending announcement nobody will approve."""
-    with db.session() as s:
+    with _changing(request, db, name) as s:
         enrolment.forget_pending(s, name)
