@@ -592,3 +592,44 @@ def test_ep_unit_agent_takes_both_keys_or_neither():
     for kw in ({"signer": Signer("unit-a", A)}, {"station_pin": StationPin(S.public_key())}):
         with pytest.raises(ValueError, match="both its own key and the station's"):
             UnitAgent("unit-a", KEY, ("127.0.0.1", 9), "127.0.0.1", 3260, object(), list, **kw)  # type: ignore[arg-type]
+
+
+# --- the unit's settings: its key, rotation, the station's key -------------------------------
+def _settings(tmp_path: Path, **kw: Any) -> Any:
+    from unit_agent.settings import UnitSettings
+
+    return UnitSettings(name="unit-a", state_dir=tmp_path / "state", **kw)
+
+
+def test_gp_unit_key_rotation_keeps_the_old_key_until_the_station_takes_the_new_one(tmp_path):
+    st = _settings(tmp_path)
+    first = st.load_signer()
+    assert first.previous is None and (tmp_path / "state" / "unit.key").exists()
+    old_fp, new_fp = st.rotate_key()
+    assert old_fp == fingerprint(first.key) != new_fp
+    with pytest.raises(InvalidInput, match="already under way"):
+        st.rotate_key()
+    rotating = st.load_signer()
+    assert fingerprint(rotating.key) == new_fp and fingerprint(rotating.previous) == old_fp
+    env, _ = open_envelope(MsgType.STARTUP, 7, 0, sealed(rotating))
+    env.verify_previous(first.key.public_key())
+    rotating.confirmed()                       # the station answered a message signed by the new key
+    assert not (tmp_path / "state" / "unit.key.prev").exists()
+    assert st.load_signer().previous is None
+
+
+def test_gp_station_key_sources_in_order(tmp_path):
+    save_public_key(tmp_path / "given.pub", S)
+    assert encode_public(_settings(tmp_path, station_key=encode_public(S)).load_station_pin().key) == encode_public(S)
+    pin = _settings(tmp_path, station_key_file=tmp_path / "given.pub").load_station_pin()
+    assert encode_public(pin.key) == encode_public(S)
+    with pytest.raises(InvalidInput, match="no station key: give --station-key-file"):
+        _settings(tmp_path).load_station_pin()
+    tofu = _settings(tmp_path, station_trust="first-contact").load_station_pin()
+    assert tofu.key is None and tofu.first_contact
+    asyncio.run(tofu(_station_env(Signer(STATION, S)), None, ("127.0.0.1", 1)))
+    # pinned: the next start takes the saved key, whatever the trust setting says
+    again = _settings(tmp_path).load_station_pin()
+    assert encode_public(again.key) == encode_public(S) and not again.first_contact
+    with pytest.raises(InvalidInput):
+        _settings(tmp_path, station_key="nope").load_station_pin()
