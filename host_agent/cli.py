@@ -1,4 +1,7 @@
-"""`dvsan-host-agent`: ask the station for a volume, log in to it with open-iscsi, release it."""
+"""`dvsan-host-agent`: ask the station for a volume, log in to it with open-iscsi, release it.
+
+Every command holds the state file's lock from start to end, so two at once never lose a record.
+"""
 
 import argparse
 import json
@@ -11,9 +14,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dvsan.addresses import local_address_towards
-from dvsan.errors import DvsanError, InvalidInput
+from dvsan.errors import DvsanError, InvalidInput, NotFound
 from dvsan.sizes import format_size, parse_size
+from host_agent import sync
 from host_agent.client import StationClient
+from host_agent.detach import BlockPort, IscsiPort, detach, portals_of
 from host_agent.discovery import ApiFinder
 from host_agent.state import HostState
 
@@ -51,40 +56,61 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initiator-name", help="default: from /etc/iscsi/initiatorname.iscsi")
     r.add_argument("--host-address", help="this host's storage address (default: the one facing the station)")
     r.add_argument("--device-timeout", type=float, default=60.0)
-    rel = sub.add_parser("release", help="log out of a volume and give it back to the pool")
+    rel = sub.add_parser("release", help="log out of a volume and give it back to the pool; refused "
+                         "while its device (or anything on it) is mounted, held, swapped on or open")
     rel.add_argument("assignment", type=int)
+    rel.add_argument("--force", action="store_true",
+                     help="release even if the device is in use (its users lose it), and remove a "
+                     "session stuck reconnecting to a dead unit")
     sub.add_parser("status", help="volumes this host holds, with their sessions")
+    sy = sub.add_parser("sync", help="reconcile this host's records with the station's list, both ways")
+    sy.add_argument("--login", action=argparse.BooleanOptionalAction, default=True,
+                    help="log in to the assignments this host did not know (default: yes)")
+    sy.add_argument("--device-timeout", type=float, default=60.0)
     return p
 
 
-def main(argv: list[str] | None = None, iscsi: Any = None) -> int:
-    """Run one command; `iscsi` replaces the iscsiadm adapter (tests without open-iscsi)."""
+def main(argv: list[str] | None = None, iscsi: Any = None, block: Any = None) -> int:
+    """Run one command; `iscsi` and `block` replace the iscsiadm and block device adapters
+    (tests without open-iscsi or the devices)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.station and not args.station_domain:
         parser.error("give --station URL or --station-domain DOMAIN")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _dispatch(args, iscsi)
+        return _dispatch(args, iscsi, block)
     except DvsanError as e:
         print(f"dvsan-host-agent: {e}", file=sys.stderr)
         return 1
 
 
-def _dispatch(args: argparse.Namespace, iscsi: Any = None) -> int:
+def _dispatch(args: argparse.Namespace, iscsi: Any = None, block: Any = None) -> int:
     if iscsi is None:
         from host_agent.iscsiadm import Iscsiadm
 
         iscsi = Iscsiadm()
+    if block is None:
+        from host_agent.blockdev import BlockDevices
+
+        block = BlockDevices()
     finder = ApiFinder(args.station_domain, args.station, args.dns_server)
     state = HostState(args.state_file)
-    if args.cmd == "request":
-        return _request(args, StationClient(finder.find()), state, iscsi, finder)
-    if args.cmd == "release":
-        return _release(args, StationClient(finder.find()), state, iscsi)
+    with state.locked():
+        if args.cmd == "request":
+            return _request(args, StationClient(finder.find()), state, iscsi, finder)
+        if args.cmd == "release":
+            return _release(args, StationClient(finder.find()), state, iscsi, block)
+        if args.cmd == "sync":
+            return _sync(args, StationClient(finder.find()), state, iscsi, block, finder)
+        return _status(args, state, iscsi)
+
+
+def _status(args: argparse.Namespace, state: HostState, iscsi: IscsiPort) -> int:
     held = state.load()
     sessions = {(s.target_iqn, s.portal_ip) for s in iscsi.sessions()}
-    out = [{**a, "logged_in": (a["target_iqn"], _portal(a)) in sessions} for a in held.values()]
+    out = [{**a, "logged_in": any((a["target_iqn"], ip) in sessions for ip, _ in portals_of(a))}
+           for a in held.values()]
     print(json.dumps(out, indent=2) if args.json else
           "\n".join(f"{a['id']}: {a['target_iqn']} @ {_portal(a)} "
                     f"{format_size(a['size_bytes'])} {a.get('device_path', '?')} "
@@ -124,16 +150,83 @@ def _request(args: argparse.Namespace, client: StationClient, state: HostState, 
     return 0
 
 
-def _release(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any) -> int:
-    held = state.load().get(str(args.assignment))
+def _release(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: IscsiPort,
+             block: BlockPort) -> int:
+    held = state.get(args.assignment)
     if held is None:
         raise InvalidInput(f"this host holds no assignment {args.assignment} (see 'status')")
-    iscsi.logout(held["target_iqn"], _portal(held), held["portal_port"])
-    iscsi.delete_node(held["target_iqn"], _portal(held), held["portal_port"])
-    res = client.release(args.assignment)
+    warnings = detach(held, iscsi, block, force=args.force)
+    try:
+        res = client.release(args.assignment)
+    except NotFound:
+        # NOTE: a release retried after a lost answer: the station let it go the first time.
+        res = {"id": args.assignment, "unit": held.get("unit"), "unit_confirmed": None,
+               "detail": "the station had already released it"}
     state.remove(args.assignment)
+    res = {**res, "warnings": warnings} if warnings else res
     print(json.dumps(res) if args.json else f"released assignment {args.assignment}: {res['detail']}")
     return 0
+
+
+def _sync(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: IscsiPort,
+          block: BlockPort, finder: ApiFinder) -> int:
+    """Both ways: add what the station has and this host lacks, drop (after logout) what it no
+    longer has, add new portals beside the old ones. Applies what it can, reports the rest."""
+    station = client.assignments(args.name)
+    held = state.load()
+    todo = sync.plan(station, held, args.name, finder.portal_address)
+    report: dict[str, list[Any]] = {"added": [], "dropped": [], "new_portals": [],
+                                    "problems": list(todo.conflicts)}
+    for a in todo.add:
+        portal = finder.portal_address(a)
+        rec = {**a, "portal_address": portal}
+        state.put(rec)
+        report["added"].append(a["id"])
+        log.info("assignment %s: the station has it, this host did not: recorded", a["id"])
+        if args.login:
+            try:
+                iscsi.discover(portal, a["portal_port"])
+                iscsi.login(a["target_iqn"], portal, a["portal_port"])
+                dev = iscsi.wait_for_device(a["target_iqn"], portal, a["lun"], timeout=args.device_timeout)
+                state.put({**rec, "device_path": dev})
+            except DvsanError as e:
+                report["problems"].append(f"assignment {a['id']}: recorded, but login failed: {e}")
+    for rec, portals in todo.new_portals:
+        known = [list(p) for p in portals_of(rec)]
+        for ip, port in portals:
+            try:
+                iscsi.login(rec["target_iqn"], ip, port)
+            except DvsanError as e:
+                report["problems"].append(f"assignment {rec['id']}: new portal {ip}:{port}: {e}")
+                continue
+            known.append([ip, port])
+            report["new_portals"].append({"id": rec["id"], "portal": f"{ip}:{port}"})
+        # the first portal keeps its place in portal_address; every known one is in `portals`
+        state.put({**rec, "portals": known})
+    for rec in todo.drop:
+        try:
+            detach(rec, iscsi, block)
+        except DvsanError as e:
+            report["problems"].append(f"assignment {rec['id']}: the station no longer has it, "
+                                      f"but it stays on this host: {e}")
+            continue
+        state.remove(rec["id"])
+        report["dropped"].append(rec["id"])
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for aid in report["added"]:
+            print(f"assignment {aid}: the station had it, this host did not: added"
+                  + (" and logged in" if args.login else ""))
+        for p in report["new_portals"]:
+            print(f"assignment {p['id']}: logged in at the new portal {p['portal']} (old ones kept)")
+        for aid in report["dropped"]:
+            print(f"assignment {aid}: the station no longer has it: logged out and dropped")
+        for msg in report["problems"]:
+            print(f"problem: {msg}", file=sys.stderr)
+        if not any(report.values()):
+            print("in sync: nothing to do")
+    return 1 if report["problems"] else 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ ISCSI_ERR_BUSY = 28
 ISCSI_ERR_AGAIN = 29
 ISCSI_ERR_UNKNOWN_DISCOVERY_TYPE = 30
 ISCSI_ERR_CHILD_TERMINATED = 31
+# open-iscsi 2.0.877+: iscsid refuses to log out a session that is reconnecting (to a dead unit,
+# say): "session N cannot be terminated because it's trying to reconnect: try again later".
+ISCSI_ERR_SESSION_NOT_CONNECTED = 32
+ISCSI_ERR_REQ_TIMEDOUT = 33       # open-iscsi 2.1.6+: a request to iscsid timed out
 
 _RC_NAMES: dict[int, str] = {v: k for k, v in globals().items()
                              if k.startswith("ISCSI_ERR") and isinstance(v, int)}
@@ -55,6 +59,16 @@ RC_TIMEOUT = -1        # our own: iscsiadm did not finish in time (no iscsiadm e
 RC_NOT_INSTALLED = 127  # our own, like the shell's: the iscsiadm program was not found
 
 DEFAULT_PORT = 3260
+
+# The login budget. iscsiadm --login waits while iscsid retries the first login
+# node.session.initial_login_retry_max times, each bounded by node.conn[0].timeo.login_timeout
+# (open-iscsi's defaults: 8 x 15 s = 120 s). We set both on the node record before every login, so
+# a site's iscsid.conf cannot stretch it, and wait longer than their product: killing iscsiadm
+# sooner would report a failure while iscsid goes on and logs in behind our back.
+LOGIN_TIMEO = 15                  # node.conn[0].timeo.login_timeout, seconds
+INITIAL_LOGIN_RETRY_MAX = 8       # node.session.initial_login_retry_max
+LOGIN_BUDGET = LOGIN_TIMEO * INITIAL_LOGIN_RETRY_MAX                  # 120 s
+LOGIN_RUN_TIMEOUT = LOGIN_BUDGET + 30.0                               # 150 s, > the budget
 _SECRET_NAME = re.compile(r"password", re.IGNORECASE)
 MASK = "********"
 
@@ -90,6 +104,16 @@ def rc_name(rc: int | None) -> str:
 @dataclass(frozen=True, slots=True)
 class DiscoveredTarget:
     """One target a portal offered in sendtargets discovery."""
+
+    portal_ip: str
+    port: int
+    tpgt: int
+    target_iqn: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One node record of open-iscsi's database, as `iscsiadm -m node` lists it."""
 
     portal_ip: str
     port: int
@@ -155,6 +179,16 @@ def parse_discovery(output: str) -> list[DiscoveredTarget]:
         ip, port, tpgt = _parse_portal(fields[0], line)
         out.append(DiscoveredTarget(ip, port, tpgt, _parse_iqn(fields[1], line)))
     return out
+
+
+def parse_node_records(output: str) -> list[NodeRecord]:
+    """Parse `iscsiadm -m node` output (the same shape as discovery's).
+
+    Sample:
+        10.213.77.11:3260,1 iqn.2026-11.org.dvsan:unit-a:vda2
+        10.213.77.12:3260,1 iqn.2026-11.org.dvsan:unit-a:vda2
+    """
+    return [NodeRecord(t.portal_ip, t.port, t.tpgt, t.target_iqn) for t in parse_discovery(output)]
 
 
 def parse_sessions(output: str) -> list[Session]:
@@ -253,6 +287,25 @@ def find_session_device(sysfs: str, target_iqn: str, portal_ip: str | None = Non
     return None
 
 
+def find_session_devices(sysfs: str, target_iqn: str) -> list[str]:
+    """The block device names (sda, ...) of every session to `target_iqn`, on any portal, any LUN."""
+    base = Path(sysfs) / "class" / "iscsi_session"
+    try:
+        sessions = sorted(os.listdir(base))
+    except OSError:
+        return []
+    out: list[str] = []
+    for sname in sessions:
+        if _read(base / sname / "targetname") != target_iqn:
+            continue
+        for hctl in sorted((base / sname / "device").glob("target*/*:*:*:*")):
+            try:
+                out += sorted(os.listdir(hctl / "block"))
+            except OSError:
+                continue
+    return list(dict.fromkeys(out))
+
+
 def _session_has_portal(base: Path, sname: str, portal_ip: str) -> bool:
     sid = sname.removeprefix("session")
     want = portal_ip.strip("[]")
@@ -290,23 +343,33 @@ class Iscsiadm:
     """Discovery, login, logout and sessions through iscsiadm; every call goes through `_run`."""
 
     def __init__(self, executable: str = "iscsiadm", sysfs: str = "/sys", timeout: float = 60.0,
-                 runner: Runner | None = None) -> None:
-        """`runner(argv, timeout)` stands in for subprocess.run in tests; devices are in `sysfs`."""
+                 runner: Runner | None = None, login_timeout: float = LOGIN_RUN_TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """`runner(argv, timeout)` stands in for subprocess.run in tests; devices are in `sysfs`.
+
+        `login_timeout` bounds a login; it must exceed LOGIN_BUDGET (see there).
+        """
+        if login_timeout <= LOGIN_BUDGET:
+            raise ValueError(f"login_timeout {login_timeout} s must exceed open-iscsi's login "
+                             f"budget of {LOGIN_BUDGET} s")
         self.executable = executable
         self.sysfs = sysfs
         self.timeout = timeout
+        self.login_timeout = login_timeout
         self._runner = runner or _subprocess_runner
+        self._sleep = sleep
 
-    def _run(self, args: Sequence[str],
-             ok: Sequence[int] = (ISCSI_ERR_SUCCESS,)) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: Sequence[str], ok: Sequence[int] = (ISCSI_ERR_SUCCESS,),
+             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run iscsiadm; an exit code outside `ok` raises IscsiadmError with a readable message."""
         argv = [self.executable, *args]
         shown = " ".join(mask_args(argv))
+        limit = self.timeout if timeout is None else timeout
         t0 = time.monotonic()
         try:
-            proc = self._runner(argv, self.timeout)
+            proc = self._runner(argv, limit)
         except subprocess.TimeoutExpired as e:
-            raise IscsiadmError(f"{shown}: no answer within {self.timeout:.0f} s",
+            raise IscsiadmError(f"{shown}: no answer within {limit:.0f} s",
                                 RC_TIMEOUT) from e
         except FileNotFoundError as e:
             raise IscsiadmError(f"{shown}: iscsiadm is not installed (open-iscsi)",
@@ -329,22 +392,75 @@ class Iscsiadm:
     def login(self, target_iqn: str, portal_ip: str, port: int = DEFAULT_PORT) -> None:
         """Log in to a target; an existing session counts as success.
 
-        Creates the node record first when discovery has not (exit 21 on login).
+        Creates the node record first when discovery has not (exit 21), sets the login budget on
+        it (LOGIN_TIMEO x INITIAL_LOGIN_RETRY_MAX) and waits `login_timeout`, longer than that.
         """
         node = ["-m", "node", "-T", target_iqn, "-p", _portal(portal_ip, port)]
         try:
-            self._run([*node, "--login"], ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_SESS_EXISTS))
+            self._set_login_budget(node)
         except IscsiadmError as e:
             if e.rc != ISCSI_ERR_NO_OBJS_FOUND:
                 raise
             # NOTE: no node record for this target yet: make one, then log in.
             self._run([*node, "-o", "new"])
-            self._run([*node, "--login"], ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_SESS_EXISTS))
+            self._set_login_budget(node)
+        self._run([*node, "--login"], ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_SESS_EXISTS),
+                  timeout=self.login_timeout)
+
+    def _set_login_budget(self, node: list[str]) -> None:
+        for name, value in (("node.session.initial_login_retry_max", INITIAL_LOGIN_RETRY_MAX),
+                            ("node.conn[0].timeo.login_timeout", LOGIN_TIMEO)):
+            self._run([*node, "-o", "update", "-n", name, "-v", str(value)])
 
     def logout(self, target_iqn: str, portal_ip: str, port: int = DEFAULT_PORT) -> None:
-        """Log out of a target; no session (or no record) counts as success."""
+        """Log out of a target at one portal; no session (or no record) there counts as success.
+
+        The caller verifies with `sessions()` that nothing is left: exit 21 only says that this
+        one portal's record had no session.
+        """
         self._run(["-m", "node", "-T", target_iqn, "-p", _portal(portal_ip, port), "--logout"],
                   ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_NO_OBJS_FOUND))
+
+    def logout_session(self, sid: int) -> None:
+        """Log out of one session by its id, whatever portal or record it came from."""
+        self._run(["-m", "session", "-r", str(sid), "-u"],
+                  ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_NO_OBJS_FOUND, ISCSI_ERR_SESS_NOT_FOUND))
+
+    def remove_session(self, session: Session, attempts: int = 5, wait: float = 3.0) -> None:
+        """Remove a session even while it is stuck reconnecting to a dead unit (`release --force`).
+
+        open-iscsi refuses to log out a session in reopen with ISCSI_ERR_SESSION_NOT_CONNECTED
+        (32, "try again later"). Then: delete its node record (so nothing logs it in again at boot
+        or on an iscsid restart) and retry the logout by session id, `attempts` times `wait` s
+        apart: iscsid accepts it between two reconnect attempts. The caller has already deleted
+        the session's SCSI devices through sysfs, so no I/O can reach the extent meanwhile.
+        NOTE: the kernel has no sysfs file that removes an iSCSI session (only iscsid, over
+        netlink); if it stays, the error says so (open-iscsi issue 513).
+        """
+        try:
+            self.logout_session(session.sid)
+            return
+        except IscsiadmError as e:
+            if e.rc not in (ISCSI_ERR_SESSION_NOT_CONNECTED, ISCSI_ERR_LOGOUT, ISCSI_ERR_REQ_TIMEDOUT,
+                            RC_TIMEOUT, ISCSI_ERR_BUSY, ISCSI_ERR_AGAIN):
+                raise
+            first = e
+        log.warning("session %d to %s is stuck (%s): deleting its node record and retrying",
+                    session.sid, session.target_iqn, first.rc_name)
+        self.delete_node(session.target_iqn, session.portal_ip, session.port)
+        last = first
+        for _ in range(attempts):
+            self._sleep(wait)
+            try:
+                self.logout_session(session.sid)
+                return
+            except IscsiadmError as e:
+                last = e
+        raise IscsiadmError(
+            f"session {session.sid} to {session.target_iqn} at {_portal(session.portal_ip, session.port)} "
+            f"is still there after {attempts + 1} logouts ({last}); its node record and SCSI devices "
+            "are gone, so it carries no I/O and will not come back at boot; iscsid drops it once the "
+            "unit answers again or iscsid is restarted", last.rc) from last
 
     def delete_node(self, target_iqn: str, portal_ip: str, port: int = DEFAULT_PORT) -> None:
         """Forget the node record of a target (so it is not logged in at boot); none is success."""
@@ -359,6 +475,17 @@ class Iscsiadm:
                             ("node.session.auth.username", username),
                             ("node.session.auth.password", password)):
             self._run([*node, "-n", name, "-v", value])
+
+    def node_records(self) -> list[NodeRecord]:
+        """Every node record in open-iscsi's database; none is an empty list (exit 21)."""
+        proc = self._run(["-m", "node"], ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_NO_OBJS_FOUND))
+        if proc.returncode == ISCSI_ERR_NO_OBJS_FOUND:
+            return []
+        return parse_node_records(proc.stdout)
+
+    def session_devices(self, target_iqn: str) -> list[str]:
+        """Block device names of every session to `target_iqn` (sysfs), on any portal."""
+        return find_session_devices(self.sysfs, target_iqn)
 
     def sessions(self) -> list[Session]:
         """This host's iSCSI sessions; none is an empty list (iscsiadm exits 21 then)."""

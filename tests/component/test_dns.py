@@ -205,6 +205,12 @@ class FakeIscsi:
     def sessions(self) -> list[Any]:
         return []
 
+    def node_records(self) -> list[Any]:
+        return []
+
+    def session_devices(self, iqn: str) -> list[str]:
+        return []
+
 
 # --- good paths ------------------------------------------------------------------------------
 

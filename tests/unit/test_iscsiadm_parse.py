@@ -160,6 +160,9 @@ def test_gp_rc_names_follow_iscsi_err_h() -> None:
             ia.ISCSI_ERR_SESS_EXISTS, ia.ISCSI_ERR_NO_OBJS_FOUND,
             ia.ISCSI_ERR_LOGIN_AUTH_FAILED) == (0, 6, 8, 15, 21, 24)
     assert ia.rc_name(24) == "ISCSI_ERR_LOGIN_AUTH_FAILED"
+    # open-iscsi 2.0.877+ (32) and 2.1.6+ (33)
+    assert ia.rc_name(32) == "ISCSI_ERR_SESSION_NOT_CONNECTED"
+    assert ia.rc_name(33) == "ISCSI_ERR_REQ_TIMEDOUT"
     assert ia.rc_name(0) == "ISCSI_ERR_SUCCESS"
     assert ia.rc_name(99) == "unknown exit code 99"
     assert ia.rc_name(None) == "no exit code"
@@ -182,22 +185,66 @@ class Script:
         return subprocess.CompletedProcess(argv, a[0], a[1], a[2])
 
 
+NODE2 = ["iscsiadm", "-m", "node", "-T", T2, "-p", "10.213.77.11:3260"]
+
+
+def budget(node: list[str]) -> list[list[str]]:
+    """The two updates that pin the login budget on a node record before each login."""
+    return [[*node, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "8"],
+            [*node, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "15"]]
+
+
 def test_gp_login_existing_session_is_success() -> None:
-    run = Script((15, "", "iscsiadm: default: 1 session requested, but 1 already present.\n"))
+    run = Script((0, "", ""), (0, "", ""),
+                 (15, "", "iscsiadm: default: 1 session requested, but 1 already present.\n"))
     Iscsiadm(runner=run).login(T2, "10.213.77.11")
-    assert run.calls == [["iscsiadm", "-m", "node", "-T", T2, "-p", "10.213.77.11:3260", "--login"]]
+    assert run.calls == [*budget(NODE2), [*NODE2, "--login"]]
 
 
 def test_gp_login_without_node_record_creates_one() -> None:
-    run = Script((21, "", "iscsiadm: No records found\n"), (0, "", ""),
+    run = Script((21, "", "iscsiadm: No records found\n"), (0, "", ""), (0, "", ""), (0, "", ""),
                  (0, "Login ... successful.\n", ""))
     Iscsiadm(runner=run).login(T2, "fd00::11", 3261)
     node = ["iscsiadm", "-m", "node", "-T", T2, "-p", "[fd00::11]:3261"]
-    assert run.calls == [[*node, "--login"], [*node, "-o", "new"], [*node, "--login"]]
+    assert run.calls == [budget(node)[0], [*node, "-o", "new"], *budget(node), [*node, "--login"]]
+
+
+class TimedScript(Script):
+    """A Script that also records the timeout each call was given."""
+
+    def __init__(self, *answers: tuple[int, str, str] | BaseException) -> None:
+        super().__init__(*answers)
+        self.timeouts: list[float] = []
+
+    def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.timeouts.append(timeout)
+        return super().__call__(argv, timeout)
+
+
+def test_gp_login_waits_longer_than_open_iscsis_own_login_budget() -> None:
+    """Item 12: the budget is pinned on the record (8 x 15 s = 120 s) and the login waits 150 s."""
+    assert ia.LOGIN_BUDGET == ia.INITIAL_LOGIN_RETRY_MAX * ia.LOGIN_TIMEO == 120
+    run = TimedScript((0, "", ""), (0, "", ""), (0, "", ""))
+    Iscsiadm(runner=run).login(T2, "10.213.77.11")
+    assert run.calls[-1][-1] == "--login"
+    assert run.timeouts[-1] == ia.LOGIN_RUN_TIMEOUT == 150 > ia.LOGIN_BUDGET
+    assert run.timeouts[:2] == [60.0, 60.0]   # other calls keep the ordinary timeout
+
+
+def test_ep_a_login_timeout_inside_the_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="must exceed open-iscsi's login budget of 120 s"):
+        Iscsiadm(runner=Script(), login_timeout=120)
+
+
+def test_ep_login_that_outlives_our_wait_says_so() -> None:
+    run = Script((0, "", ""), (0, "", ""), subprocess.TimeoutExpired(["iscsiadm"], 150))
+    with pytest.raises(IscsiadmError, match="no answer within 150 s") as ei:
+        Iscsiadm(runner=run).login(T2, "10.213.77.11")
+    assert ei.value.rc == ia.RC_TIMEOUT
 
 
 def test_ep_login_refused_carries_rc_and_a_readable_message() -> None:
-    run = Script((24, "Logging in to [...]\n", LOGIN_AUTH_FAILED_STDERR))
+    run = Script((0, "", ""), (0, "", ""), (24, "Logging in to [...]\n", LOGIN_AUTH_FAILED_STDERR))
     with pytest.raises(IscsiadmError) as ei:
         Iscsiadm(runner=run).login(T2, "10.213.77.11")
     e = ei.value
@@ -298,3 +345,75 @@ def test_ep_wait_for_device_times_out_with_a_clear_error(tmp_path: Path) -> None
     a = Iscsiadm(sysfs=str(tmp_path), runner=Script())
     with pytest.raises(IscsiadmError, match="no block device for LUN 0"):
         a.wait_for_device(T2, "10.213.77.11", timeout=0.2)
+
+
+# ---- node records, logout by session id, and a session stuck reconnecting ----------------------
+
+NODES_REAL = f"10.213.77.11:3260,1 {T2}\n10.213.77.12:3260,1 {T2}\n10.213.77.11:3260,1 {T3}\n"
+STUCK_STDERR = (f"iscsiadm: Could not logout of [sid: 4, target: {T2}, portal: 10.213.77.11,3260].\n"
+                "iscsiadm: initiator reported error (32 - target likely not connected)\n"
+                "iscsiadm: Could not logout of all requested sessions\n")
+STUCK = Session("tcp", 4, "10.213.77.11", 3260, 1, T2)
+
+
+def test_gp_node_records_parse_and_none_is_empty() -> None:
+    run = Script((0, NODES_REAL, ""), (21, "", "iscsiadm: No records found\n"))
+    a = Iscsiadm(runner=run)
+    assert a.node_records() == [ia.NodeRecord("10.213.77.11", 3260, 1, T2),
+                                ia.NodeRecord("10.213.77.12", 3260, 1, T2),
+                                ia.NodeRecord("10.213.77.11", 3260, 1, T3)]
+    assert a.node_records() == []
+    assert run.calls[0] == ["iscsiadm", "-m", "node"]
+
+
+def test_ep_node_records_garbage_is_a_parse_error() -> None:
+    with pytest.raises(IscsiadmParseError):
+        Iscsiadm(runner=Script((0, "10.0.0.1 garbage\n", ""))).node_records()
+
+
+def test_gp_remove_session_logs_out_by_session_id() -> None:
+    run = Script((0, "Logout of [sid: 4, ...] successful.\n", ""))
+    Iscsiadm(runner=run, sleep=lambda s: None).remove_session(STUCK)
+    assert run.calls == [["iscsiadm", "-m", "session", "-r", "4", "-u"]]
+
+
+def test_gp_remove_session_stuck_reconnecting_deletes_the_record_and_retries() -> None:
+    """Item 12: exit 32 is not the end: the record goes and a later logout by id succeeds."""
+    waits: list[float] = []
+    run = Script((32, "", STUCK_STDERR), (0, "", ""), (32, "", STUCK_STDERR), (0, "", ""))
+    Iscsiadm(runner=run, sleep=waits.append).remove_session(STUCK, attempts=3, wait=2.0)
+    logout = ["iscsiadm", "-m", "session", "-r", "4", "-u"]
+    assert run.calls == [logout, [*NODE2, "-o", "delete"], logout, logout]
+    assert waits == [2.0, 2.0]
+
+
+def test_ep_remove_session_that_stays_stuck_says_what_is_left_and_why() -> None:
+    run = Script((32, "", STUCK_STDERR), (0, "", ""), (32, "", STUCK_STDERR), (32, "", STUCK_STDERR))
+    with pytest.raises(IscsiadmError) as ei:
+        Iscsiadm(runner=run, sleep=lambda s: None).remove_session(STUCK, attempts=2)
+    msg = str(ei.value)
+    assert ei.value.rc == ia.ISCSI_ERR_SESSION_NOT_CONNECTED
+    assert "session 4" in msg and "still there after 3 logouts" in msg
+    assert "ISCSI_ERR_SESSION_NOT_CONNECTED" in msg and "node record and SCSI devices are gone" in msg
+
+
+def test_ep_remove_session_other_failures_are_not_retried() -> None:
+    run = Script((20, "", "iscsiadm: can not connect to iSCSI daemon (111)!\n"))
+    with pytest.raises(IscsiadmError, match="iSCSI daemon") as ei:
+        Iscsiadm(runner=run, sleep=lambda s: None).remove_session(STUCK)
+    assert ei.value.rc == ia.ISCSI_ERR_ISCSID_NOTCONN and len(run.calls) == 1
+
+
+def test_ep_plain_logout_of_a_stuck_session_is_an_error_naming_32() -> None:
+    with pytest.raises(IscsiadmError, match=r"exit 32 \(ISCSI_ERR_SESSION_NOT_CONNECTED\)"):
+        Iscsiadm(runner=Script((32, "", STUCK_STDERR))).logout_session(4)
+
+
+def test_gp_find_session_devices_on_every_portal(tmp_path: Path) -> None:
+    fake_session(tmp_path, 1, T2, "10.213.77.11", "2:0:0:0", "sda")
+    fake_session(tmp_path, 2, T2, "10.213.77.12", "3:0:0:0", "sdb")
+    fake_session(tmp_path, 3, T3, "10.213.77.11", "4:0:0:0", "sdc")
+    fake_session(tmp_path, 5, T2, "10.213.77.13", "5:0:0:0", None)   # before the scan
+    assert ia.find_session_devices(str(tmp_path), T2) == ["sda", "sdb"]
+    assert Iscsiadm(sysfs=str(tmp_path), runner=Script()).session_devices(T3) == ["sdc"]
+    assert ia.find_session_devices(str(tmp_path / "none"), T2) == []
