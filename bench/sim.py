@@ -22,6 +22,9 @@ class NullLio:
     def apply(self, actions: object) -> None:
         pass
 
+    def sessions(self, target_iqn: str) -> int:
+        return 0
+
 
 def free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:

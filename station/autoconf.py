@@ -7,6 +7,7 @@ SHUTDOWN -> the unit's volumes go offline. Database work runs in worker threads.
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,8 @@ class AutoconfServer:
         self.liveness_timeout = liveness_timeout
         self.endpoint: Endpoint | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._asked: dict[str, float] = {}     # unit -> when we last asked for its storage info
+        self._downed: dict[str, float] = {}    # unit -> when it last went down
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self, host: str, port: int) -> None:
@@ -161,12 +164,14 @@ class AutoconfServer:
 
     async def unit_down(self, unit: str, state: str = "offline") -> int:
         """A unit went away (UDP SHUTDOWN, SNMP linkDown, liveness): its volumes go offline, kept."""
+        self._downed[unit] = time.monotonic()
         n: int = await run_in_threadpool(self._in_tx, pool.record_shutdown, unit, state)
         log.info("unit %s is %s: %d volumes offline", unit, state, n)
         return n
 
     async def _ask_storage_info(self, unit: str, peer: Peer) -> None:
         assert self.endpoint is not None
+        self._asked[unit] = time.monotonic()
         try:
             await self.endpoint.send(peer, MsgType.NEED_STORAGE_INFO, {"unit": unit}, timeout=30)
         except DvsanError as e:
@@ -179,7 +184,10 @@ class AutoconfServer:
         parts = [Partition.from_wire(p) for p in raw]
         if len({p.device for p in parts}) != len(parts):
             raise InvalidInput("storage info lists a device twice")
-        change = await run_in_threadpool(self._in_tx, pool.record_storage_info, unit, parts)
+        # NOTE: a report asked for before the unit went down (a linkDown trap or SHUTDOWN that
+        # overtook it) must not bring the unit back online: only a newer request can.
+        fresh = self._asked.get(unit, -1.0) >= self._downed.get(unit, -1.0)
+        change = await run_in_threadpool(self._in_tx, pool.record_storage_info, unit, parts, fresh)
         log.info("pool updated from unit %s: %d online (%d new), %d missing, %d changed under an "
                  "assignment", unit, change.online, change.added, change.missing, change.changed)
         self._background(self._push_quietly(unit))

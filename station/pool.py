@@ -45,18 +45,26 @@ def record_startup(s: Session, name: str, control: tuple[str, int], portal_addre
     return unit
 
 
-def record_storage_info(s: Session, name: str, partitions: list[Partition]) -> PoolChange:
+def record_storage_info(s: Session, name: str, partitions: list[Partition],
+                        bring_online: bool = True) -> PoolChange:
     """Replace what the pool knows of a unit's partitions. Unreported volumes become 'missing' (kept).
 
     A free volume reported with a new extent is updated in place. An assigned one is never moved:
     it keeps the extent its host was given and becomes 'changed' (its export is withheld) until an
     operator releases it, or until the unit reports the original extent again.
+
+    `bring_online` False (the unit went down after the station asked for this report) records
+    the partitions but leaves a down unit down and its volumes offline.
     """
     unit = s.get(UnitRow, name)
     if unit is None:
         raise NotFound(f"unit {name!r} sent storage info before announcing itself")
-    unit.state = "online"
-    unit.last_seen = utcnow()
+    vstate = "online"
+    if bring_online or unit.state == "online":
+        unit.state = "online"
+        unit.last_seen = utcnow()
+    else:
+        vstate = "offline"
     existing = {v.device: v for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name))}
     added = updated = changed = 0
     now = utcnow()
@@ -82,7 +90,7 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition]) -> P
         v.start_lba, v.length_blocks, v.end_lba = p.start_lba, p.length_blocks, p.end_lba
         v.block_size, v.size_bytes = p.block_size, p.size_bytes
         v.uid = p.uid or v.uid
-        v.state, v.detail = "online", None
+        v.state, v.detail = vstate, None
         v.updated_at = now
     for v in existing.values():
         v.state = "missing"
