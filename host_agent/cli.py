@@ -126,6 +126,7 @@ def _portal(held: dict[str, Any]) -> str:
 def _request(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any,
              finder: ApiFinder) -> int:
     parse_size(args.size)  # refuse a bad size before bothering the station
+    state.load()           # and a broken state file, before the station allocates what we cannot record
     initiator = args.initiator_name or read_initiator_name()
     address = args.host_address or local_address_towards(urlsplit(client.base_url).hostname or "127.0.0.1")
     t0 = time.monotonic()
