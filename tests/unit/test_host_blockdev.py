@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from host_agent.blockdev import (
     BlockDeviceError,
@@ -105,6 +107,18 @@ def test_gp_parse_swaps() -> None:
 def test_ep_parse_swaps_malformed_fails_closed(text: str) -> None:
     with pytest.raises(BlockDeviceError, match="/proc/swaps"):
         parse_swaps(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_ep_parsers_never_crash_on_garbage(text: str) -> None:
+    """Anything /proc could hold is parsed or refused with BlockDeviceError: never an IndexError
+    that a caller might mistake for "not in use"."""
+    for parser in (parse_mountinfo, parse_swaps):
+        try:
+            parser(text)
+        except BlockDeviceError:
+            pass
 
 
 # ---- users -----------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_ep_parse_sessions_malformed_is_a_clear_error(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
 def test_ep_parsers_never_crash_on_garbage(text: str) -> None:
-    for parser in (parse_discovery, parse_sessions, parse_initiator_name):
+    for parser in (parse_discovery, parse_sessions, parse_initiator_name, ia.parse_node_records):
         try:
             parser(text)
         except IscsiadmParseError:
