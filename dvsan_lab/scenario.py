@@ -114,7 +114,8 @@ class Flow:
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
                f"--station-key-file {self.station.data_dir / 'station_identity.pub'} "
-               f"--listen-port {UNIT_PORT} --disk {disk} --log-level info "
+               # NOTE: the lab's unit disk is scratch that hosts format in tests: offer it all
+               f"--listen-port {UNIT_PORT} --disk {disk} --offer all-unmounted --log-level info "
                # one pool pin per station: each test module's station is a pool of its own
                f"--state-dir /var/lib/dvsan-unit/{self.station.data_dir.name} {extra}")
         pid = self.lab.spawn(guest, cmd, f"/tmp/dvsan-unit-agent-{guest}.log")

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portal-port", type=int, help="iSCSI portal port (default 3260)")
     p.add_argument("--dns-name", help="a DNS name hosts may use for this unit")
     p.add_argument("--disk", dest="disks", action="append", help="offer only partitions of this disk (repeat)")
+    p.add_argument("--offer", choices=["empty", "marked", "all-unmounted"],
+                   help="which unmounted partitions to offer: empty (no filesystem, LVM, md or other "
+                   "signature; the default), marked (GPT partition name dvsan*), all-unmounted")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 10)")
     p.add_argument("--storage-interface", help="interface to watch for link up/down "
                    "(default: the one holding the portal address)")
@@ -92,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from unit_agent.inventory import scan
+    from unit_agent.inventory import blkid_probe, scan
+
+    keep: list[Callable[[], frozenset[str]]] = [frozenset]   # set once the agent and its LIO exist
 
     def inventory() -> list:  # type: ignore[type-arg]
-        return scan(settings.sysfs_root, settings.disks or None).offered
+        return scan(settings.sysfs_root, settings.disks or None, probe=blkid_probe,
+                    offer=settings.offer, keep=keep[0]()).offered
 
     if args.forget_pool:
         pin = settings.state_dir / "pool.json"
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no pool pinned in {pin}")
         return 0
     if args.inventory:
-        inv = scan(settings.sysfs_root, settings.disks or None)
+        inv = scan(settings.sysfs_root, settings.disks or None, probe=blkid_probe, offer=settings.offer)
         for p in inv.offered:
             print(f"offer {p.device:10} start {p.start_lba:>12} length {p.length_blocks:>12} "
                   f"end {p.end_lba:>12} block {p.block_size} size {p.size_bytes}")
@@ -150,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
+    pool_pin = agent.pin
+
+    def exported() -> frozenset[str]:
+        """Offered whatever they hold: what LIO exports now, and what this pool took before."""
+        return pool_pin.owned | {e.device for e in lio.actual_exports()}
+
+    keep[0] = exported
+
     if traps is not None:
         from unit_agent.snmp import TrapSender
 

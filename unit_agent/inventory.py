@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvsan.errors import AdapterError, DvsanError
+from dvsan.errors import AdapterError, DvsanError, InvalidInput
 from dvsan.model import VALID_BLOCK_SIZES, Partition
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,19 @@ class Inventory:
     excluded: dict[str, str] = field(default_factory=dict)
 
 
+# Which unmounted partitions a unit offers (setting `offer`, docs/operations.md):
+#   empty          only those blkid finds no signature on (no filesystem, LVM PV, md member, swap,
+#                  partition table): the default, so a unit never offers somebody's data
+#   marked         only those whose GPT partition name starts with "dvsan", whatever they hold
+#   all-unmounted  every unmounted, unused partition (a lab, or a disk given wholly to dvsan)
+# Partitions in `keep` (those the unit exports or its pool already took) are offered under every
+# policy: they hold the hosts' data, signatures included.
+OFFER_POLICIES = ("empty", "marked", "all-unmounted")
+MARK_PREFIX = "dvsan"
+
+Probe = Callable[[str], dict[str, str]]
+
+
 def read_partitions(root: str = "/", include: list[str] | None = None) -> list[Partition]:
     """The partitions this unit may offer, sorted by disk and partition number.
 
@@ -41,8 +57,51 @@ def read_partitions(root: str = "/", include: list[str] | None = None) -> list[P
     return scan(root, include).offered
 
 
-def scan(root: str = "/", include: list[str] | None = None) -> Inventory:
-    """Scan every block disk under `root`/sys/block; see `read_partitions` for the arguments."""
+def blkid_probe(device: str) -> dict[str, str]:
+    """What libblkid's low-level probe (no cache) finds on /dev/<device>, as KEY: value.
+
+    Sample `blkid -p -o export /dev/vda1` output (exit 0; exit 2 means nothing was found):
+        DEVNAME=/dev/vda1
+        UUID=0f3c...            TYPE=ext4 (only when a filesystem or other signature is there)
+        PART_ENTRY_SCHEME=gpt
+        PART_ENTRY_NAME=dvsan-data
+        PART_ENTRY_UUID=4f1c2a9e-0d3b-4c55-9e1a-2b7d5c3e8f10
+        PART_ENTRY_OFFSET=2048
+        PART_ENTRY_SIZE=1048576
+    """
+    try:
+        r = subprocess.run(["blkid", "-p", "-o", "export", f"/dev/{device}"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise AdapterError(f"cannot run blkid on /dev/{device}: {e}") from e
+    if r.returncode == 2:
+        return {}
+    if r.returncode != 0:
+        raise AdapterError(f"blkid -p /dev/{device} failed (exit {r.returncode}): {r.stderr.strip()}")
+    return parse_blkid_export(r.stdout)
+
+
+def parse_blkid_export(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of `blkid -o export` (values may escape spaces with a backslash)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key.replace("_", "").isalnum() and key == key.upper():
+            out[key] = value.replace("\\ ", " ").strip()
+    return out
+
+
+def scan(root: str = "/", include: list[str] | None = None, *, probe: Probe | None = None,
+         offer: str = "empty", keep: frozenset[str] = frozenset()) -> Inventory:
+    """Scan every block disk under `root`/sys/block; see `read_partitions` for the arguments.
+
+    With `probe` (the unit agent passes `blkid_probe`), each candidate partition is probed for
+    its partition-entry identity (Partition.uid) and for signatures, and `offer` decides which
+    are offered; `keep` names devices (or partition uids) offered whatever they hold. Without
+    `probe` (tests on a fake tree), nothing is probed and `offer` is not applied.
+    """
+    if offer not in OFFER_POLICIES:
+        raise InvalidInput(f"offer policy {offer!r} is not one of {', '.join(OFFER_POLICIES)}")
     base = Path(root)
     sys_block = base / "sys" / "block"
     try:
@@ -100,6 +159,8 @@ def scan(root: str = "/", include: list[str] | None = None) -> Inventory:
             preason = _partition_exclusion(part, devdirs[part], mounts, swaps)
             if preason is None:
                 p_or_reason = _partition(part, disk, devdirs[part], block_size)
+                if isinstance(p_or_reason, Partition) and probe is not None:
+                    p_or_reason = _probed(p_or_reason, devdirs[part], probe, offer, keep)
                 if isinstance(p_or_reason, Partition):
                     inv.offered.append(p_or_reason)
                     continue
@@ -174,6 +235,34 @@ def _partition(part: str, disk: str, pdir: Path, block_size: int | None) -> Part
         return f"not representable: {e}"
 
 
+def _probed(p: Partition, pdir: Path, probe: Probe, offer: str, keep: frozenset[str]) -> Partition | str:
+    """`p` with its identity from the probe, or why the offer policy (or the probe) leaves it out."""
+    try:
+        info = probe(p.device)
+    except DvsanError as e:
+        return f"cannot probe for signatures ({e}): not offered"
+    uid = info.get("PART_ENTRY_UUID", "")
+    try:
+        p = dataclasses.replace(p, uid=uid)
+    except DvsanError:
+        return f"unusable partition identity {uid!r}"
+    offset, size = info.get("PART_ENTRY_OFFSET"), info.get("PART_ENTRY_SIZE")
+    if offset is not None and size is not None and (offset, size) != (_read(pdir / "start"), _read(pdir / "size")):
+        return (f"the partition table says start {offset} size {size} (512-byte sectors) but the kernel "
+                f"uses start {_read(pdir / 'start')} size {_read(pdir / 'size')}: re-read it (partx -u) first")
+    if p.device in keep or (uid and uid in keep) or offer == "all-unmounted":
+        return p
+    if offer == "marked":
+        name = info.get("PART_ENTRY_NAME", "")
+        return p if name.startswith(MARK_PREFIX) else \
+            f"not marked for dvsan (GPT partition name {name!r} does not start with {MARK_PREFIX!r})"
+    sig = info.get("TYPE") or info.get("PTTYPE")
+    if sig:
+        return (f"holds a {sig} signature (offer policy 'empty'): wipe it (wipefs -a) or name the "
+                f"partition {MARK_PREFIX}... with offer 'marked' to give it to dvsan")
+    return p
+
+
 def _mounted_devices(base: Path, by_devnum: dict[str, str],
                      devdirs: dict[str, Path]) -> dict[str, set[str]]:
     """Block device name -> its mount points, from /proc/self/mountinfo.
@@ -182,7 +271,7 @@ def _mounted_devices(base: Path, by_devnum: dict[str, str],
         36 25 254:1 / /boot rw,relatime shared:12 - ext4 /dev/vda1 rw
     """
     out: dict[str, set[str]] = {}
-    text = _read(base / "proc" / "self" / "mountinfo") or ""
+    text = _read_or_raise(base / "proc" / "self" / "mountinfo")
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 5:
@@ -211,7 +300,7 @@ def _swap_devices(base: Path, devdirs: dict[str, Path]) -> set[str]:
         /dev/vda3             partition       1048572         0               -2
     """
     out: set[str] = set()
-    text = _read(base / "proc" / "swaps") or ""
+    text = _read_or_raise(base / "proc" / "swaps")
     for line in text.splitlines()[1:]:
         fields = line.split()
         if fields:
@@ -256,6 +345,15 @@ def _unescape(s: str) -> str:
         return s.encode("latin-1").decode("unicode_escape")
     except (UnicodeDecodeError, UnicodeEncodeError):
         return s
+
+
+def _read_or_raise(p: Path) -> str:
+    """A file the scan cannot do without. NOTE: fail closed: unreadable mount or swap tables
+    must never read as "nothing is mounted", or a mounted partition would be offered."""
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdapterError(f"cannot read {p}: {e}; not offering anything without it") from e
 
 
 def _read(p: Path) -> str | None:

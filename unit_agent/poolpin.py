@@ -45,10 +45,17 @@ class PoolPin:
         self._lock = threading.Lock()
         self.pool_id: str | None = None
         self.generation = -1
+        # Partitions this pool has exported (by partition uid; by device name only when the
+        # partition has no uid): the inventory offers them whatever signature they now hold.
+        self.owned: frozenset[str] = frozenset()
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text())
                 self.pool_id, self.generation = check_pool_fields(data)
+                owned = data.get("owned", [])
+                if not isinstance(owned, list) or not all(isinstance(o, str) for o in owned):
+                    raise InvalidInput("'owned' must be a list of names")
+                self.owned = frozenset(owned)
             except (OSError, ValueError, InvalidInput) as e:
                 # NOTE: fail closed: a unit that cannot tell which pool it belongs to obeys none.
                 raise AdapterError(f"cannot read the pool pin {path}: {e}; fix or remove it "
@@ -71,10 +78,19 @@ class PoolPin:
                 self._store(pool_id, generation)
                 self.pool_id, self.generation = pool_id, generation
 
+    def own(self, names: set[str]) -> None:
+        """Remember partitions this pool exports (see `owned`); written only when it grows."""
+        with self._lock:
+            if names <= self.owned or self.pool_id is None:
+                return
+            self.owned = self.owned | names
+            self._store(self.pool_id, self.generation)
+
     def _store(self, pool_id: str, generation: int) -> None:
         if self.path is None:
             return
-        data = json.dumps({"pool_id": pool_id, "generation": generation}).encode()
+        data = json.dumps({"pool_id": pool_id, "generation": generation,
+                           "owned": sorted(self.owned)}).encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pool.", suffix=".tmp")

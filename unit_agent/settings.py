@@ -27,6 +27,9 @@ class UnitSettings(BaseSettings):
     cluster_key: SecretStr | None = None
     cluster_key_file: Path | None = None
     disks: list[str] = Field(default_factory=list)   # restrict offers to these disks (default all)
+    # which unmounted partitions to offer: empty (no signature: the default) | marked (GPT name
+    # dvsan*) | all-unmounted; see unit_agent/inventory.py and docs/operations.md
+    offer: Literal["empty", "marked", "all-unmounted"] = "empty"
     sysfs_root: str = "/"
     heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
     storage_interface: str | None = None            # default: the interface holding the portal address

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvsan.errors import AdapterError
+from dvsan.errors import AdapterError, InvalidInput
 from unit_agent.inventory import read_partitions, scan
 
 MOUNTINFO_HEAD = (
@@ -301,11 +301,95 @@ def test_ep_unreadable_partition_files_are_excluded_not_a_crash(tmp_path: Path) 
         assert "unreadable" in inv.excluded[dev]
 
 
-def test_ep_missing_proc_files_mean_nothing_mounted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["proc/self/mountinfo", "proc/swaps"])
+def test_ep_unreadable_mount_or_swap_table_fails_closed(tmp_path: Path, missing: str) -> None:
+    """Issue 15 item 12: without the mount or swap table nothing is offered (never "nothing mounted")."""
+    root = build(tmp_path)
+    (root / missing).unlink()
+    with pytest.raises(AdapterError, match=f"cannot read .*{missing.split('/')[-1]}.*not offering anything"):
+        scan(str(root))
+
+
+def test_gp_readable_tables_with_nothing_mounted_offer_the_disk(tmp_path: Path) -> None:
     fs = FakeSys(tmp_path)
     fs.disk("vda", "254:0")
     fs.part("vda", "vda1", 1, 2048, 1048576, "254:1")
+    fs.write_proc()
     assert [p.device for p in read_partitions(str(tmp_path))] == ["vda1"]
+
+
+# ---- signatures and identity (blkid -p), and the offer policy ------------------------------
+
+def _probe(found: dict[str, dict[str, str]]) -> Callable[[str], dict[str, str]]:
+    def probe(device: str) -> dict[str, str]:
+        info = found.get(device, {})
+        if info == {"fail": "1"}:
+            raise AdapterError("blkid -p /dev/x failed (exit 4): boom")
+        return info
+    return probe
+
+
+ENTRY = {f"vda{i}": {"PART_ENTRY_UUID": f"4f1c2a9e-0d3b-4c55-9e1a-2b7d5c3e8f1{i}",
+                     "PART_ENTRY_OFFSET": str(start), "PART_ENTRY_SIZE": str(size),
+                     "PART_ENTRY_NAME": "dvsan-data" if i == 3 else "data"}
+         for i, (_n, start, size) in enumerate(SFDISK_VDA, 1)}
+
+
+def test_gp_probe_gives_each_partition_its_entry_uuid(tmp_path: Path) -> None:
+    inv = scan(str(build(tmp_path)), probe=_probe(ENTRY))
+    assert {p.device: p.uid for p in inv.offered} == {d: e["PART_ENTRY_UUID"] for d, e in ENTRY.items()}
+
+
+def test_ep_empty_policy_leaves_out_partitions_holding_a_signature(tmp_path: Path) -> None:
+    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "TYPE": "ext4"},
+             "vda2": {**ENTRY["vda2"], "TYPE": "LVM2_member"}}
+    inv = scan(str(build(tmp_path)), probe=_probe(found))
+    assert [p.device for p in inv.offered] == ["vda3"]
+    assert inv.excluded["vda1"].startswith("holds a ext4 signature")
+    assert "LVM2_member" in inv.excluded["vda2"]
+
+
+def test_gp_kept_partitions_are_offered_whatever_they_hold(tmp_path: Path) -> None:
+    """A partition the unit exports, or its pool took, holds the host's data: still offered."""
+    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "TYPE": "ext4"},
+             "vda2": {**ENTRY["vda2"], "TYPE": "xfs"}}
+    keep = frozenset({"vda1", ENTRY["vda2"]["PART_ENTRY_UUID"]})
+    inv = scan(str(build(tmp_path)), probe=_probe(found), keep=keep)
+    assert [p.device for p in inv.offered] == ["vda1", "vda2", "vda3"]
+
+
+def test_gp_marked_policy_offers_only_partitions_named_for_dvsan(tmp_path: Path) -> None:
+    found = {**ENTRY, "vda3": {**ENTRY["vda3"], "TYPE": "ext4"}}
+    inv = scan(str(build(tmp_path)), probe=_probe(found), offer="marked")
+    assert [p.device for p in inv.offered] == ["vda3"]
+    assert "not marked for dvsan" in inv.excluded["vda1"]
+
+
+def test_gp_all_unmounted_policy_offers_signatures_too(tmp_path: Path) -> None:
+    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "TYPE": "ext4"}}
+    inv = scan(str(build(tmp_path)), probe=_probe(found), offer="all-unmounted")
+    assert [p.device for p in inv.offered] == ["vda1", "vda2", "vda3"]
+
+
+def test_ep_a_probe_failure_or_a_stale_kernel_view_leaves_the_partition_out(tmp_path: Path) -> None:
+    found = {**ENTRY, "vda1": {"fail": "1"}, "vda2": {**ENTRY["vda2"], "PART_ENTRY_OFFSET": "4096"}}
+    inv = scan(str(build(tmp_path)), probe=_probe(found))
+    assert [p.device for p in inv.offered] == ["vda3"]
+    assert inv.excluded["vda1"].startswith("cannot probe")
+    assert "re-read it (partx -u)" in inv.excluded["vda2"]
+
+
+def test_ep_unknown_offer_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="offer policy 'everything'"):
+        scan(str(build(tmp_path)), probe=_probe(ENTRY), offer="everything")
+
+
+def test_gp_blkid_export_output_is_parsed() -> None:
+    from unit_agent.inventory import parse_blkid_export
+    out = parse_blkid_export("DEVNAME=/dev/vda1\nUUID=0f3c\nTYPE=ext4\nPART_ENTRY_NAME=my\\ data\n"
+                             "PART_ENTRY_UUID=4f1c-01\nnot a line\n=x\n")
+    assert out == {"DEVNAME": "/dev/vda1", "UUID": "0f3c", "TYPE": "ext4", "PART_ENTRY_NAME": "my data",
+                   "PART_ENTRY_UUID": "4f1c-01"}
 
 
 def test_ep_no_sysfs_is_an_adapter_error(tmp_path: Path) -> None:
@@ -337,6 +421,7 @@ def test_gp_any_layout_converts_to_consistent_partitions(
         start += gap_mib * 2048
         fs.part("vdq", f"vdq{n}", n, start, mib * 2048, f"254:{64 + n}")
         start += mib * 2048
+    fs.write_proc()
     parts = read_partitions(str(root))
     assert [p.device for p in parts] == [f"vdq{n}" for n in range(1, len(layout) + 1)]
     for p in parts:
