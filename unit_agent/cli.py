@@ -143,8 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    from unit_agent.bootsafety import disable_autosave
     from unit_agent.lio import Lio
 
+    try:
+        disable_autosave(Path(settings.sysfs_root))
+    except DvsanError as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
     lio = Lio(settings.name, portal, settings.portal_port)
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name, signer=signer, station_pin=station_pin)

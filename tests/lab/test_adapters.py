@@ -91,9 +91,16 @@ def test_gp_inventory_matches_sfdisk(lab: Any) -> None:
         inv = scan("/", ["vda"])
         sf = json.loads(subprocess.run(["sfdisk", "--json", "/dev/vda"], capture_output=True,
                                        text=True, check=True).stdout)
+        from unit_agent.inventory import blkid_probe
+        probed = scan("/", ["vda"], probe=blkid_probe, offer="all-unmounted")
         result(offered=[p.to_wire() for p in inv.offered], excluded=inv.excluded,
-               all_excluded=scan().excluded, sfdisk=sf["partitiontable"])
+               all_excluded=scan().excluded, sfdisk=sf["partitiontable"],
+               probed={p.device: p.uid for p in probed.offered}, probe_excluded=probed.excluded)
     """)
+    # blkid's partition entry UUIDs are the ones the partition table holds
+    assert out["probe_excluded"] == {}, out["probe_excluded"]
+    want_uids = {p["node"].removeprefix("/dev/"): p.get("uuid", "").lower() for p in out["sfdisk"]["partitions"]}
+    assert {d: u.lower() for d, u in out["probed"].items()} == want_uids and all(want_uids.values()), out
     table = out["sfdisk"]
     assert [p["device"] for p in out["offered"]] == ["vda1", "vda2", "vda3"], out
     assert [p["size_bytes"] // MiB for p in out["offered"]] == [512, 1280, 2048]
