@@ -2,10 +2,10 @@
 
 Starts a real `dvsan-station` (SQLite file, loopback) with its SNMP receiver on a free port, then,
 for each run, a fresh simulated unit (the real UnitAgent protocol loop, 3 partitions, in-memory
-LIO) that never announces itself over UDP: only its coldStart trap tells the station. The clock
-starts just before the sender is asked to send (a fresh sender each run, as at a unit's boot)
-and stops when GET /api/v1/volumes shows the unit's 3 volumes
-online (trap -> station -> NEED_STORAGE_INFO -> STORAGE_INFO -> pool). Senders: the unit agent's
+LIO) that announces itself over the signed protocol and whose link then goes down (linkDown trap);
+the clock starts just before the sender is asked to send the coldStart (a fresh sender each run,
+as at a unit's boot) and stops when GET /api/v1/volumes shows the unit's 3 volumes online again
+(trap -> station -> NEED_STORAGE_INFO to the signed control address -> STORAGE_INFO -> pool). Senders: the unit agent's
 own notifier (unit_agent/snmp.py, v2c and v3 authPriv) and net-snmp's snmptrap (v2c; its time
 includes starting the snmptrap process). Usage: python bench/trap_to_pool.py [--runs 10]
 """
@@ -51,7 +51,24 @@ async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, 
         security = TrapSecurity(user=USER) if sender == "agent-v3" else TrapSecurity(community=COMMUNITY)
         notifier = TrapSender([("127.0.0.1", trap_port)], security,
                               lambda: UnitIdentity(name, "127.0.0.1", 3260, port, "bench"), engine_id_for(name))
+    downer = TrapSender([("127.0.0.1", trap_port)], TrapSecurity(community=COMMUNITY),
+                        lambda: UnitIdentity(name, "127.0.0.1", 3260, port, "bench"), engine_id_for(name))
+
+    async def volumes_in(state: str) -> bool:
+        vols = (await http.get(url + "/api/v1/volumes")).json()
+        return sum(v["unit_name"] == name and v["state"] == state for v in vols) == 3
+
     try:
+        # NOTE: a trap never adds a unit (addresses come only from the signed protocol): the
+        # unit announces itself, its link goes down, and the timed coldStart brings it back.
+        await agent.announce()
+        for state, step in (("online", None), ("offline", downer.send_link_down)):
+            if step is not None:
+                await step()
+            for _ in range(15000):
+                if await volumes_in(state):
+                    break
+                await asyncio.sleep(0.002)
         t0 = time.perf_counter()
         if notifier is not None:
             await notifier.send_cold_start()
@@ -72,6 +89,7 @@ async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, 
     finally:
         if notifier is not None:
             await notifier.aclose()
+        await downer.aclose()
         agent.endpoint.close()
 
 
@@ -95,9 +113,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         trap = free_port(socket.SOCK_DGRAM)
         env = {**os.environ, "SNMP_PERSISTENT_DIR": tmp}
-        with station(tmp, "--trap-host", "127.0.0.1", "--trap-port", str(trap), "--trap-community", COMMUNITY,
-                     "--trap-v3-user", USER.name, "--trap-v3-auth-key", USER.auth_key,
-                     "--trap-v3-priv-key", USER.priv_key) as (url, udp, key):
+        files = {}
+        for name, value in (("community", COMMUNITY), ("auth", USER.auth_key), ("priv", USER.priv_key)):
+            files[name] = Path(tmp, f"{name}.secret")
+            files[name].write_text(value + "\n")
+            files[name].chmod(0o600)
+        with station(tmp, "--trap-host", "127.0.0.1", "--trap-port", str(trap),
+                     "--trap-community-file", str(files["community"]), "--trap-v3-user", USER.name,
+                     "--trap-v3-auth-key-file", str(files["auth"]),
+                     "--trap-v3-priv-key-file", str(files["priv"])) as (url, udp, key):
             asyncio.run(bench(args.runs, url, trap, key, udp, env))
     return 0
 

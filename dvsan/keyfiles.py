@@ -72,3 +72,19 @@ def write_secret_file(path: Path, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def cli_secret_refused(option: str, file_option: str, env: str) -> str:
+    """The message for a secret given as a command-line value (visible in /proc/PID/cmdline)."""
+    return (f"{option} takes no secret on the command line, where every local user can read it "
+            f"(/proc/PID/cmdline, ps): put it in a file of mode 0600 and give {file_option} FILE, "
+            f"or set {env}")
+
+
+def read_secret_lines(path: Path) -> list[str]:
+    """The secrets in a 0600 file, one per line (blank lines and '#' comments skipped)."""
+    lines = [ln.strip() for ln in read_secret_file(path).splitlines()]
+    out = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not out:
+        raise InvalidInput(f"secret file {path} holds no secret")
+    return out

@@ -51,7 +51,7 @@ def create_app(settings: StationSettings) -> FastAPI:
                                               settings.snmp_users())
                 await app.state.snmp.start(settings.trap_host, settings.trap_port)
             else:
-                log.info("SNMP notification receiver off (no --trap-community or --trap-v3-user, or trap port 0)")
+                log.info("SNMP notification receiver off (no --trap-community-file or --trap-v3-user, or trap port 0)")
             yield
         finally:
             if app.state.snmp is not None:

@@ -9,6 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from dvsan.errors import DvsanError
+from dvsan.keyfiles import cli_secret_refused, read_secret_lines
 from station.app import create_app
 from station.settings import StationSettings
 
@@ -33,18 +34,36 @@ def main(argv: list[str] | None = None) -> int:
                    "(default DATA_DIR/station_identity.key, made at first start; units need its .pub)")
     p.add_argument("--trap-host", help="SNMP notification listen address (default 0.0.0.0)")
     p.add_argument("--trap-port", type=int, help="SNMP notification UDP port (default 162; 0: no receiver)")
-    p.add_argument("--trap-community", dest="trap_communities", action="append", metavar="COMMUNITY",
-                   help="accept SNMPv1/v2c notifications with this community (repeat; "
-                   "env DVSAN_TRAP_COMMUNITIES as a JSON list)")
+    p.add_argument("--trap-community-file", dest="trap_community_files", action="append", type=Path,
+                   metavar="FILE", help="accept SNMPv1/v2c notifications with the communities in this 0600 "
+                   "file, one per line (repeat; or env DVSAN_TRAP_COMMUNITIES as a JSON list)")
     p.add_argument("--trap-v3-user", metavar="NAME", help="accept SNMPv3 authPriv (SHA, AES-128) notifications "
                    "from this user; more users: env DVSAN_TRAP_V3_USERS")
-    p.add_argument("--trap-v3-auth-key", metavar="PASSPHRASE",
-                   help="its authentication pass phrase (better: env DVSAN_TRAP_V3_AUTH_KEY)")
-    p.add_argument("--trap-v3-priv-key", metavar="PASSPHRASE",
-                   help="its privacy pass phrase (better: env DVSAN_TRAP_V3_PRIV_KEY)")
+    p.add_argument("--trap-v3-auth-key-file", type=Path, metavar="FILE",
+                   help="0600 file holding its authentication pass phrase (or env DVSAN_TRAP_V3_AUTH_KEY)")
+    p.add_argument("--trap-v3-priv-key-file", type=Path, metavar="FILE",
+                   help="0600 file holding its privacy pass phrase (or env DVSAN_TRAP_V3_PRIV_KEY)")
+    # NOTE: secrets as values would show in /proc/PID/cmdline: these exist only to say so.
+    for opt in ("--trap-community", "--trap-v3-auth-key", "--trap-v3-priv-key"):
+        p.add_argument(opt, dest="refused_" + opt[2:].replace("-", "_"), help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    refusals = {"--trap-community": ("--trap-community-file", "DVSAN_TRAP_COMMUNITIES"),
+                "--trap-v3-auth-key": ("--trap-v3-auth-key-file", "DVSAN_TRAP_V3_AUTH_KEY"),
+                "--trap-v3-priv-key": ("--trap-v3-priv-key-file", "DVSAN_TRAP_V3_PRIV_KEY")}
+    for opt, (file_opt, env) in refusals.items():
+        if getattr(args, "refused_" + opt[2:].replace("-", "_")) is not None:
+            print(f"dvsan-station: {cli_secret_refused(opt, file_opt, env)}", file=sys.stderr)
+            return 2
+    try:
+        secrets = _trap_secret_files(args)
+    except DvsanError as e:
+        print(f"dvsan-station: {e}", file=sys.stderr)
+        return 2
+    not_settings = {"trap_community_files", "trap_v3_auth_key_file", "trap_v3_priv_key_file"}
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in not_settings and not k.startswith("refused_")}
+    overrides.update(secrets)
     try:
         settings = StationSettings(**overrides)
         settings.load_cluster_key()   # fail before binding anything
@@ -64,6 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
                 log_level=settings.log_level)
     return 0
+
+
+def _trap_secret_files(args: argparse.Namespace) -> dict[str, object]:
+    """Settings read from the secret files named on the command line (each refused unless 0600)."""
+    out: dict[str, object] = {}
+    if args.trap_community_files:
+        out["trap_communities"] = [c for f in args.trap_community_files for c in read_secret_lines(f)]
+    for opt in ("trap_v3_auth_key", "trap_v3_priv_key"):
+        path = getattr(args, opt + "_file")
+        if path is not None:
+            out[opt] = read_secret_lines(path)[0]
+    return out
 
 
 if __name__ == "__main__":

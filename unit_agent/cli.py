@@ -14,6 +14,7 @@ from dvsan import __version__
 from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError
 from dvsan.identity import encode_public, fingerprint, load_or_create
+from dvsan.keyfiles import cli_secret_refused, read_secret_lines
 from dvsan.naming import check_unit_name
 from dvsan.traps import TrapSecurity, UnitIdentity, parse_destinations
 from unit_agent.agent import UnitAgent
@@ -23,6 +24,14 @@ from unit_agent.poolpin import PoolPin
 from unit_agent.settings import UnitSettings
 
 log = logging.getLogger("unit_agent")
+
+
+# Secret options refused as values: the file option and the environment variable to use instead.
+SECRET_OPTIONS = {
+    "--trap-community": ("--trap-community-file", "DVSAN_UNIT_TRAP_COMMUNITY"),
+    "--trap-v3-auth-key": ("--trap-v3-auth-key-file", "DVSAN_UNIT_TRAP_V3_AUTH_KEY"),
+    "--trap-v3-priv-key": ("--trap-v3-priv-key-file", "DVSAN_UNIT_TRAP_V3_PRIV_KEY"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,14 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trap-destination", dest="trap_destinations", action="append", metavar="HOST[:PORT]",
                    help="send SNMP notifications (coldStart, linkUp, linkDown) here, e.g. the station and "
                    "the site's monitoring (repeat; port 162 by default)")
-    p.add_argument("--trap-community", help="SNMPv2c community of the notifications "
-                   "(env DVSAN_UNIT_TRAP_COMMUNITY)")
+    p.add_argument("--trap-community-file", type=Path, metavar="FILE",
+                   help="0600 file holding the SNMPv2c community of the notifications "
+                   "(or env DVSAN_UNIT_TRAP_COMMUNITY)")
     p.add_argument("--trap-v3-user", metavar="NAME",
                    help="send SNMPv3 authPriv notifications (HMAC-SHA-96, AES-128) as this user instead")
-    p.add_argument("--trap-v3-auth-key", metavar="PASSPHRASE",
-                   help="its authentication pass phrase (better: env DVSAN_UNIT_TRAP_V3_AUTH_KEY)")
-    p.add_argument("--trap-v3-priv-key", metavar="PASSPHRASE",
-                   help="its privacy pass phrase (better: env DVSAN_UNIT_TRAP_V3_PRIV_KEY)")
+    p.add_argument("--trap-v3-auth-key-file", type=Path, metavar="FILE",
+                   help="0600 file holding its authentication pass phrase (or env DVSAN_UNIT_TRAP_V3_AUTH_KEY)")
+    p.add_argument("--trap-v3-priv-key-file", type=Path, metavar="FILE",
+                   help="0600 file holding its privacy pass phrase (or env DVSAN_UNIT_TRAP_V3_PRIV_KEY)")
+    # NOTE: secrets as values would show in /proc/PID/cmdline: these exist only to say so.
+    for opt in SECRET_OPTIONS:
+        p.add_argument(opt, dest="refused_" + opt[2:].replace("-", "_"), help=argparse.SUPPRESS)
     p.add_argument("--snmp-engine-id", metavar="HEX", help="this unit's SNMPv3 engine ID "
                    "(default: derived from the unit name; receivers such as snmptrapd need it: createUser -e)")
     p.add_argument("--identity-key-file", type=Path, help="this unit's Ed25519 key (default STATE_DIR/unit.key, "
@@ -85,8 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for opt, (file_opt, env) in SECRET_OPTIONS.items():
+        if getattr(args, "refused_" + opt[2:].replace("-", "_")) is not None:
+            print(f"dvsan-unit-agent: {cli_secret_refused(opt, file_opt, env)}", file=sys.stderr)
+            return 2
+    secrets: dict[str, str] = {}
+    try:
+        for opt, (file_opt, _env) in SECRET_OPTIONS.items():
+            path = getattr(args, file_opt[2:].replace("-", "_"))
+            if path is not None:
+                secrets[opt[2:].replace("-", "_")] = read_secret_lines(path)[0]
+    except DvsanError as e:
+        print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+        return 2
+    not_settings = {"inventory", "forget_pool", "show_key", "rotate_key",
+                    *(f[2:].replace("-", "_") for f, _env in SECRET_OPTIONS.values())}
     overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("inventory", "forget_pool", "show_key", "rotate_key")}
+                 if v is not None and k not in not_settings and not k.startswith("refused_")}
+    overrides.update(secrets)
     try:
         settings = UnitSettings(**overrides)
         check_unit_name(settings.name)

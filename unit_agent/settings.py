@@ -60,8 +60,8 @@ class UnitSettings(BaseSettings):
         user = None
         if self.trap_v3_user or self.trap_v3_auth_key or self.trap_v3_priv_key:
             if not (self.trap_v3_user and self.trap_v3_auth_key and self.trap_v3_priv_key):
-                raise InvalidInput("an SNMPv3 trap user needs --trap-v3-user, --trap-v3-auth-key and "
-                                   "--trap-v3-priv-key")
+                raise InvalidInput("an SNMPv3 trap user needs --trap-v3-user, --trap-v3-auth-key-file and "
+                                   "--trap-v3-priv-key-file")
             user = UsmUser(self.trap_v3_user, self.trap_v3_auth_key.get_secret_value(),
                            self.trap_v3_priv_key.get_secret_value())
         community = self.trap_community.get_secret_value() if self.trap_community is not None else None

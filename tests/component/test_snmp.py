@@ -46,14 +46,25 @@ def snmp_home(tmp_path: Path) -> dict[str, str]:
 def trap_station(tmp_path: Path) -> Iterator[StationProc]:
     """A station taking SNMPv2c (community COMMUNITY) and SNMPv3 (user V3) notifications."""
     trap_port = free_port(socket.SOCK_DGRAM)
+    files = {n: secret_file(tmp_path, n, v) for n, v in
+             (("community", COMMUNITY), ("auth", V3.auth_key), ("priv", V3.priv_key))}
     st = StationProc(tmp_path / "station", free_port(), free_port(socket.SOCK_DGRAM), extra_args=(
-        "--trap-host", "127.0.0.1", "--trap-port", str(trap_port), "--trap-community", COMMUNITY,
-        "--trap-v3-user", V3.name, "--trap-v3-auth-key", V3.auth_key, "--trap-v3-priv-key", V3.priv_key))
+        "--trap-host", "127.0.0.1", "--trap-port", str(trap_port), "--trap-community-file", files["community"],
+        "--trap-v3-user", V3.name, "--trap-v3-auth-key-file", files["auth"],
+        "--trap-v3-priv-key-file", files["priv"]))
     st.trap_port = trap_port  # type: ignore[attr-defined]
     st.data_dir.mkdir()
     st.start()
     yield st
     st.stop()
+
+
+def secret_file(where: Path, name: str, value: str, mode: int = 0o600) -> str:
+    """A secret in a file of its own (the only way secrets reach the station and the agent)."""
+    path = where / f"{name}.secret"
+    path.write_text(value + "\n")
+    path.chmod(mode)
+    return str(path)
 
 
 def snmptrap(station: Any, env: dict[str, str], auth: list[str], trap: str, *varbinds: str) -> None:
@@ -274,7 +285,8 @@ def test_ep_station_refuses_to_start_when_trap_port_is_taken(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         st = StationProc(tmp_path / "st", free_port(), free_port(socket.SOCK_DGRAM), extra_args=(
-            "--trap-host", "127.0.0.1", "--trap-port", str(busy.getsockname()[1]), "--trap-community", "c"))
+            "--trap-host", "127.0.0.1", "--trap-port", str(busy.getsockname()[1]),
+            "--trap-community-file", secret_file(tmp_path, "c", "c")))
         st.data_dir.mkdir()
         with pytest.raises(RuntimeError, match="cannot listen for SNMP traps on udp 127.0.0.1"):
             st.start()
@@ -437,3 +449,49 @@ def test_ep_mutated_v3_traps_never_authenticate_nor_change_the_pool(trap_station
         u.call(sender.aclose())
         catcher.close()
         u.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--trap-community", "public"], "--trap-community takes no secret on the command line"),
+    (["--trap-v3-user", "u", "--trap-v3-auth-key", "auth-phrase-1"], "--trap-v3-auth-key-file FILE"),
+    (["--trap-v3-priv-key", "priv-phrase-1"], "DVSAN_TRAP_V3_PRIV_KEY"),
+])
+def test_ep_station_refuses_trap_secrets_on_the_command_line(argv, words, capsys):
+    """Issue 15 item 12: /proc/PID/cmdline would show them to every local user."""
+    from station.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "/proc/PID/cmdline" in err
+    assert "public" not in err and "auth-phrase-1" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--trap-community", "public"], "--trap-community-file FILE, or set DVSAN_UNIT_TRAP_COMMUNITY"),
+    (["--trap-v3-auth-key", "auth-phrase-1"], "--trap-v3-auth-key-file"),
+])
+def test_ep_unit_agent_refuses_trap_secrets_on_the_command_line(argv, words, capsys):
+    from unit_agent.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "public" not in err and "auth-phrase-1" not in err
+
+
+def test_ep_a_trap_secret_file_others_can_read_is_refused(tmp_path, capsys):
+    from station.cli import main
+    loose = secret_file(tmp_path, "community", COMMUNITY, mode=0o644)
+    assert main(["--data-dir", str(tmp_path / "d"), "--trap-community-file", loose]) == 2
+    assert "accessible by group or others" in capsys.readouterr().err
+
+
+def test_gp_unit_agent_takes_trap_secrets_from_files(tmp_path, capsys, monkeypatch):
+    """--inventory exits after the settings are read: the file was taken (and a loose one is not)."""
+    from unit_agent.cli import main
+    (tmp_path / "sys" / "block").mkdir(parents=True)
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "mountinfo").write_text("")
+    (tmp_path / "proc" / "swaps").write_text("Filename Type Size Used Priority\n")
+    monkeypatch.setenv("DVSAN_UNIT_SYSFS_ROOT", str(tmp_path))
+    assert main(["--trap-community-file", secret_file(tmp_path, "community", COMMUNITY), "--inventory"]) == 0
+    loose = secret_file(tmp_path, "loose", COMMUNITY, mode=0o640)
+    assert main(["--trap-community-file", loose, "--inventory"]) == 2
+    assert "accessible by group or others" in capsys.readouterr().err

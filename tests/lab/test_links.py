@@ -25,12 +25,16 @@ COMMUNITY = "dvsanlab"
 @pytest.fixture(scope="module")
 def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     reset_host(lab, HOST)
+    # Secrets go in 0600 files, never on a command line (the guests read them over the shared root).
+    community = Path(tmp_path_factory.mktemp("links-secrets")) / "community"
+    community.write_text(COMMUNITY + "\n")
+    community.chmod(0o600)
     station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("links-station")), lab.host_ip,
                       args=("--liveness-timeout", str(LIVENESS), "--trap-host", lab.host_ip,
-                            "--trap-port", str(TRAP_PORT), "--trap-community", COMMUNITY))
+                            "--trap-port", str(TRAP_PORT), "--trap-community-file", str(community)))
     station.start()
     f = Flow(lab, station)
-    f.start_unit(UNIT, extra=UNIT_EXTRA.format(host=lab.host_ip))
+    f.start_unit(UNIT, extra=UNIT_EXTRA.format(host=lab.host_ip, community=community))
     f.wait_pool(UNIT, 3)
     yield f
     reset_host(lab, HOST)
@@ -40,7 +44,7 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
 
 
 UNIT_EXTRA = (f"--heartbeat-interval 1 --trap-destination {{host}}:{TRAP_PORT} "
-              f"--trap-community {COMMUNITY}")
+              "--trap-community-file {community}")
 
 
 def unit_state(flow: Flow) -> str:

@@ -215,7 +215,7 @@ def test_ep_unit_settings_for_traps():
 
     s = UnitSettings(name="unit-z", trap_destinations=["127.0.0.1"], trap_v3_user="dvsan",
                      trap_v3_auth_key="authkey123")
-    with pytest.raises(InvalidInput, match="needs --trap-v3-user, --trap-v3-auth-key and --trap-v3-priv-key"):
+    with pytest.raises(InvalidInput, match="needs --trap-v3-user, --trap-v3-auth-key-file and --trap-v3-priv-key-file"):
         s.trap_security()
     s = UnitSettings(name="unit-z", trap_community="public")
     assert s.trap_security().community == "public" and s.engine_id() == engine_id_for("unit-z")
