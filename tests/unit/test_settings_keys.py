@@ -200,3 +200,24 @@ def test_ep_unit_without_a_key_or_with_a_missing_file(tmp_path):
         unit().load_cluster_key()
     with pytest.raises(InvalidInput, match="cannot read key file"):
         unit(cluster_key_file=tmp_path / "nope").load_cluster_key()
+
+
+def test_gp_a_binary_key_that_is_not_utf8_is_judged_like_any_other():
+    key = bytes(range(0x80, 0xA0))            # 32 distinct bytes, invalid UTF-8
+    assert keyfiles.check_cluster_key(key) == key
+    with pytest.raises(InvalidInput, match="only 1 distinct"):
+        keyfiles.check_cluster_key(b"\xff" * 20)
+
+
+def test_ep_readable_key_file_error_says_the_key_is_exposed(tmp_path):
+    with pytest.raises(InvalidInput, match="chmod 600 it, and consider the key exposed"):
+        keyfiles.read_secret_file(key_file(tmp_path, GOOD, 0o644))
+
+
+def test_ep_a_failed_write_leaves_no_temp_file_and_the_old_key(tmp_path):
+    target = tmp_path / "cluster.key"
+    target.mkdir()                             # os.replace over a directory fails
+    (target / "x").write_text("")
+    with pytest.raises(OSError):
+        write_secret_file(target, GOOD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.key"]
