@@ -2,6 +2,7 @@
 # Mutation testing (mutmut 3) of the modules that guard data, over the fast tiers (docs/testing.md).
 #
 #   scripts/mutation.sh [module ...]
+#   scripts/mutation.sh --report [module ...]   only print what the last run found (mutants/)
 #
 # module: a path (station/pool.py) or a dotted name (station.pool) among [tool.mutmut] only_mutate
 # in pyproject.toml; none given: all of them. For each module it prints the mutants made, killed,
@@ -24,6 +25,8 @@ JOBS=${MUTATION_JOBS:-2}
 [ -x "$MUTMUT" ] || { echo "mutation.sh: $MUTMUT missing: bash scripts/install-deps.sh" >&2; exit 2; }
 
 mapfile -t ALL < <("$PY" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"], sep="\n")')
+REPORT=0
+if [ "${1:-}" = --report ]; then REPORT=1; shift; fi
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 modules=()
 for arg in "$@"; do
@@ -36,13 +39,15 @@ for arg in "$@"; do
   modules+=("$path")
 done
 
-if [ "${MUTATION_KEEP:-0}" != 1 ]; then
+if [ "$REPORT" = 0 ] && [ "${MUTATION_KEEP:-0}" != 1 ]; then
   rm -rf mutants
 fi
 mkdir -p mutants/.logs
-: > mutants/.logs/minutes
+[ "$REPORT" = 1 ] || : > mutants/.logs/minutes
+touch mutants/.logs/minutes
 
 for path in "${modules[@]}"; do
+  [ "$REPORT" = 0 ] || break
   mod=${path%.py}; mod=${mod//\//.}
   echo "== $mod: running (log: mutants/.logs/$mod.log)"
   t0=$(date +%s)
@@ -72,15 +77,21 @@ print(f"\n(mutmut's stats pass, once for all modules: {stats.get('stats_time', 0
 rows, left = [], []
 for path in sys.argv[1:]:
     mod = path[:-3].replace("/", ".")
+    if not Path(f"mutants/{path}.meta").exists():
+        print(f"{mod}: not run")
+        continue
     meta = json.loads(Path(f"mutants/{path}.meta").read_text())
     codes = {k: v for k, v in meta["exit_code_by_key"].items() if k.startswith(mod + ".")}
     c = Counter(status_by_exit_code[v] for v in codes.values())
+    if c["not checked"] == len(codes):
+        print(f"{mod}: not run")
+        continue
     made = len(codes)
     score = 100 * c["killed"] / made if made else 100.0
     rows.append((mod, made, c["killed"], c["survived"], c["timeout"], c["no tests"],
                  made - sum(c[s] for s in ("killed", "survived", "timeout", "no tests")),
                  score, int(secs.get(mod, 0)) / 60))
-    left += sorted(k for k, v in codes.items() if status_by_exit_code[v] != "killed")
+    left += sorted(k for k, v in codes.items() if status_by_exit_code[v] not in ("killed", "not checked"))
 print(f"\n{'module':32} {'made':>5} {'killed':>6} {'surv.':>5} {'t/out':>5} {'no test':>7} {'other':>5}"
       f" {'score':>6} {'min':>5}")
 for r in rows:
