@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from dvsan.errors import InsufficientCapacity, InvalidInput, NotFound
+from dvsan.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from dvsan.naming import target_iqn, volume_wwn
 from station import assignments, pool
 from station.db import Database
@@ -122,3 +122,25 @@ def test_ep_bad_names_are_refused_before_anything_is_recorded(db):
             assignments.get(s, 7)
         with pytest.raises(NotFound):
             assignments.delete(s, 7)
+
+
+def test_ep_a_pool_that_keeps_losing_the_race_is_refused_after_20_attempts(db, monkeypatch):
+    unit_with(db, "unit-a", 64)
+    give(db, "host-1", 10)
+    with db.session() as s:
+        taken = [c for c in pool.list_volumes(s)]
+    from dvsan.model import Candidate
+
+    calls: list[int] = []
+
+    def always_the_taken_one(s):  # type: ignore[no-untyped-def]
+        calls.append(1)        # as if every other request won the race for it
+        return [Candidate(taken[0].id, "unit-a", taken[0].device, taken[0].size_bytes)]
+
+    monkeypatch.setattr(assignments, "free_candidates", always_the_taken_one)
+    with pytest.raises(Conflict, match="^the pool is too busy: could not allocate after 20 attempts, "
+                                       "try again$"):
+        give(db, "host-2", 10)
+    assert len(calls) == 20
+    with db.session() as s:
+        assert [a.host_name for a in assignments.list_all(s)] == ["host-1"]
