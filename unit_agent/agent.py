@@ -288,9 +288,6 @@ class UnitAgent:
                 raise Busy(f"unit {self.name} is busy: {self.health[1]}") from None
             except ExceptionGroup as eg:
                 raise AdapterError("; ".join(str(e) for e in eg.exceptions)) from eg
-            await asyncio.to_thread(self.pin.own, {
-                e.extent.uid if e.extent is not None and e.extent.uid else e.device
-                for e in desired if e.target_iqn in wanted})
             if actions:
                 log.info("applied %d change(s); %d export(s) now held", len(actions), len(desired))
             for target, why in refused.items():

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,9 +15,11 @@ from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError
 from dvsan.identity import encode_public, fingerprint, load_or_create
 from dvsan.keyfiles import cli_secret_refused, read_secret_lines
+from dvsan.model import Export
 from dvsan.naming import check_unit_name
+from dvsan.reconcile import Action, CreateExport, SetInitiators
 from dvsan.traps import TrapSecurity, UnitIdentity, parse_destinations
-from unit_agent.agent import UnitAgent
+from unit_agent.agent import LioPort, UnitAgent
 from unit_agent.discovery import StationFinder
 from unit_agent.linkwatch import LinkWatch
 from unit_agent.poolpin import PoolPin
@@ -52,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", dest="disks", action="append", help="offer only partitions of this disk (repeat)")
     p.add_argument("--offer", choices=["empty", "marked", "all-unmounted"],
                    help="which unmounted partitions to offer: empty (no filesystem, LVM, md or other "
-                   "signature; the default), marked (GPT partition name dvsan*), all-unmounted")
+                   "signature; the default), marked (GPT partition name or label starting with "
+                   "--offer-mark), all-unmounted (see docs/operations.md)")
+    p.add_argument("--offer-mark", metavar="PREFIX",
+                   help="with --offer marked: the partition name or label prefix (default dvsan)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 10)")
     p.add_argument("--storage-interface", help="interface to watch for link up/down "
                    "(default: the one holding the portal address)")
@@ -130,21 +135,29 @@ def main(argv: list[str] | None = None) -> int:
 
     def inventory() -> list:  # type: ignore[type-arg]
         return scan(settings.sysfs_root, settings.disks or None, probe=blkid_probe,
-                    offer=settings.offer, keep=keep[0]()).offered
+                    offer=settings.offer, keep=keep[0](), mark=settings.offer_mark).offered
 
     if args.forget_pool:
-        pin = settings.state_dir / "pool.json"
+        pin_file = settings.state_dir / "pool.json"
         try:
-            pin.unlink()
-            print(f"forgot the pool pinned in {pin}; the next station to push exports takes this unit")
+            pin_file.unlink()
+            print(f"forgot the pool pinned in {pin_file}; the next station to push exports takes this unit")
         except FileNotFoundError:
-            print(f"no pool pinned in {pin}")
+            print(f"no pool pinned in {pin_file}")
         return 0
     if args.inventory:
-        inv = scan(settings.sysfs_root, settings.disks or None, probe=blkid_probe, offer=settings.offer)
+        try:
+            # partitions the pool took stay offered whatever they hold (the running agent also
+            # keeps what LIO exports now; this command does not open LIO)
+            owned = PoolPin(settings.state_dir / "pool.json").owned
+            inv = scan(settings.sysfs_root, settings.disks or None, probe=blkid_probe, offer=settings.offer,
+                       keep=owned, mark=settings.offer_mark)
+        except (DvsanError, OSError) as e:
+            print(f"dvsan-unit-agent: {e}", file=sys.stderr)
+            return 2
         for p in inv.offered:
             print(f"offer {p.device:10} start {p.start_lba:>12} length {p.length_blocks:>12} "
-                  f"end {p.end_lba:>12} block {p.block_size} size {p.size_bytes}")
+                  f"end {p.end_lba:>12} block {p.block_size} size {p.size_bytes} uid {p.uid or '-'}")
         for dev, why in sorted(inv.excluded.items()):
             print(f"skip  {dev:10} {why}")
         return 0
@@ -180,24 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
-    lio = Lio(settings.name, portal, settings.portal_port)
-    agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
-                      settings.dns_name, signer=signer, station_pin=station_pin)
-    log.info("unit %s: key %s%s", settings.name, fingerprint(signer.key),
-             " (rotating: the old key signs for it until the station takes it)" if signer.previous else "")
-    agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
     try:
-        agent.pin = PoolPin(settings.state_dir / "pool.json")
+        pin = PoolPin(settings.state_dir / "pool.json")
+        lio = OwningLio(Lio(settings.name, portal, settings.portal_port), pin)
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
-    pool_pin = agent.pin
-
-    def exported() -> frozenset[str]:
-        """Offered whatever they hold: what LIO exports now, and what this pool took before."""
-        return pool_pin.owned | {e.device for e in lio.actual_exports()}
-
-    keep[0] = exported
+    keep[0] = lio.keep
+    agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
+                      settings.dns_name, signer=signer, station_pin=station_pin)
+    agent.pin = pin
+    log.info("unit %s: key %s%s", settings.name, fingerprint(signer.key),
+             " (rotating: the old key signs for it until the station takes it)" if signer.previous else "")
+    agent.find_stations = finder.find   # every (re-)announcement asks DNS afresh
 
     if traps is not None:
         from unit_agent.snmp import TrapSender
@@ -207,6 +215,54 @@ def main(argv: list[str] | None = None) -> int:
                                     interface=settings.storage_interface, source_host=settings.listen_host)
         log.info("unit %s: SNMP notifications to %s", agent.name, agent.notifier.describe())
     return asyncio.run(_run(agent, settings))
+
+
+class OwningLio:
+    """The LIO adapter, remembering in the pool pin every partition the pool has exported.
+
+    Those partitions hold hosts' data (filesystems, LVM, md: signatures), so the inventory must
+    keep offering them under every offer policy, also after a reboot has emptied LIO: `keep()`
+    is what LIO held after the last change, plus the pin's `owned` (partition uids, or device
+    names of partitions without one). NOTE: `keep()` never waits for LIO's lock, so an inventory
+    taken while a change hangs on a dead disk still answers.
+    """
+
+    def __init__(self, lio: LioPort, pin: PoolPin):
+        self.lio = lio
+        self.pin = pin
+        self._held: frozenset[str] = frozenset(e.device for e in lio.actual_exports())
+
+    def keep(self) -> frozenset[str]:
+        """Devices and partition uids the inventory offers whatever they hold."""
+        return self._held | self.pin.owned
+
+    def actual_exports(self) -> list[Export]:
+        exports = self.lio.actual_exports()
+        self._held = frozenset(e.device for e in exports)
+        return exports
+
+    def sessions(self, target_iqn: str) -> int:
+        return self.lio.sessions(target_iqn)
+
+    def apply(self, actions: Sequence[Action]) -> None:
+        """Apply, then remember what now stands (also after a partial failure)."""
+        try:
+            self.lio.apply(actions)
+        except BaseException:
+            try:
+                self._remember(actions)
+            except DvsanError as e:
+                log.error("cannot remember the pool's partitions: %s", e)
+            raise
+        self._remember(actions)
+
+    def _remember(self, actions: Sequence[Action]) -> None:
+        held = {e.target_iqn for e in self.actual_exports()}
+        names = {a.export.extent.uid if a.export.extent is not None and a.export.extent.uid
+                 else a.export.device
+                 for a in actions if isinstance(a, (CreateExport, SetInitiators)) and a.export.target_iqn in held}
+        if names:
+            self.pin.own(names)
 
 
 async def _run(agent: UnitAgent, settings: UnitSettings) -> int:

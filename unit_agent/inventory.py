@@ -38,12 +38,22 @@ class Inventory:
 # Which unmounted partitions a unit offers (setting `offer`, docs/operations.md):
 #   empty          only those blkid finds no signature on (no filesystem, LVM PV, md member, swap,
 #                  partition table): the default, so a unit never offers somebody's data
-#   marked         only those whose GPT partition name starts with "dvsan", whatever they hold
+#   marked         only those whose GPT partition name (or filesystem label) starts with the
+#                  marker (setting `offer_mark`, "dvsan" by default), whatever they hold
 #   all-unmounted  every unmounted, unused partition (a lab, or a disk given wholly to dvsan)
 # Partitions in `keep` (those the unit exports or its pool already took) are offered under every
 # policy: they hold the hosts' data, signatures included.
 OFFER_POLICIES = ("empty", "marked", "all-unmounted")
 MARK_PREFIX = "dvsan"
+# What a signature blkid reports as TYPE is, for the operator (the rest: "a <TYPE> signature").
+_SIGNATURES = {
+    "LVM2_member": "an LVM physical volume (LVM2_member)",
+    "linux_raid_member": "an md RAID member (linux_raid_member)",
+    "swap": "swap space (swap)",
+    "crypto_LUKS": "a LUKS encrypted volume (crypto_LUKS)",
+    "zfs_member": "a ZFS pool member (zfs_member)",
+    "ceph": "a Ceph OSD (ceph)",
+}
 
 Probe = Callable[[str], dict[str, str]]
 
@@ -92,16 +102,19 @@ def parse_blkid_export(text: str) -> dict[str, str]:
 
 
 def scan(root: str = "/", include: list[str] | None = None, *, probe: Probe | None = None,
-         offer: str = "empty", keep: frozenset[str] = frozenset()) -> Inventory:
+         offer: str = "empty", keep: frozenset[str] = frozenset(), mark: str = MARK_PREFIX) -> Inventory:
     """Scan every block disk under `root`/sys/block; see `read_partitions` for the arguments.
 
     With `probe` (the unit agent passes `blkid_probe`), each candidate partition is probed for
     its partition-entry identity (Partition.uid) and for signatures, and `offer` decides which
-    are offered; `keep` names devices (or partition uids) offered whatever they hold. Without
+    are offered (`mark`: the name prefix of policy "marked"); `keep` names devices (or partition
+    uids) offered whatever they hold: those the unit exports or its pool took. Without
     `probe` (tests on a fake tree), nothing is probed and `offer` is not applied.
     """
     if offer not in OFFER_POLICIES:
         raise InvalidInput(f"offer policy {offer!r} is not one of {', '.join(OFFER_POLICIES)}")
+    if offer == "marked" and not mark.strip():
+        raise InvalidInput("offer policy 'marked' needs a non-empty marker (offer_mark)")
     base = Path(root)
     sys_block = base / "sys" / "block"
     try:
@@ -160,7 +173,7 @@ def scan(root: str = "/", include: list[str] | None = None, *, probe: Probe | No
             if preason is None:
                 p_or_reason = _partition(part, disk, devdirs[part], block_size)
                 if isinstance(p_or_reason, Partition) and probe is not None:
-                    p_or_reason = _probed(p_or_reason, devdirs[part], probe, offer, keep)
+                    p_or_reason = _probed(p_or_reason, devdirs[part], probe, offer, keep, mark)
                 if isinstance(p_or_reason, Partition):
                     inv.offered.append(p_or_reason)
                     continue
@@ -235,7 +248,8 @@ def _partition(part: str, disk: str, pdir: Path, block_size: int | None) -> Part
         return f"not representable: {e}"
 
 
-def _probed(p: Partition, pdir: Path, probe: Probe, offer: str, keep: frozenset[str]) -> Partition | str:
+def _probed(p: Partition, pdir: Path, probe: Probe, offer: str, keep: frozenset[str],
+            mark: str) -> Partition | str:
     """`p` with its identity from the probe, or why the offer policy (or the probe) leaves it out."""
     try:
         info = probe(p.device)
@@ -253,14 +267,35 @@ def _probed(p: Partition, pdir: Path, probe: Probe, offer: str, keep: frozenset[
     if p.device in keep or (uid and uid in keep) or offer == "all-unmounted":
         return p
     if offer == "marked":
-        name = info.get("PART_ENTRY_NAME", "")
-        return p if name.startswith(MARK_PREFIX) else \
-            f"not marked for dvsan (GPT partition name {name!r} does not start with {MARK_PREFIX!r})"
-    sig = info.get("TYPE") or info.get("PTTYPE")
-    if sig:
-        return (f"holds a {sig} signature (offer policy 'empty'): wipe it (wipefs -a) or name the "
-                f"partition {MARK_PREFIX}... with offer 'marked' to give it to dvsan")
+        name, label = info.get("PART_ENTRY_NAME", ""), info.get("LABEL", "")
+        if name.startswith(mark) or label.startswith(mark):
+            return p
+        return (f"not marked for dvsan (offer policy 'marked': neither the GPT partition name {name!r} "
+                f"nor the label {label!r} starts with {mark!r})")
+    what = _signature(info)
+    if what:
+        return (f"holds {what} (offer policy 'empty'): wipe it (wipefs -a) if it is unused, or mark "
+                f"it (GPT partition name {mark}...) and use offer policy 'marked'")
     return p
+
+
+def _signature(info: dict[str, str]) -> str | None:
+    """What blkid found on a partition, in words ("an ext4 filesystem"), or None if nothing."""
+    kind = info.get("TYPE")
+    if kind:
+        if kind in _SIGNATURES:
+            return _SIGNATURES[kind]
+        if info.get("USAGE") == "filesystem":
+            return f"{_article(kind)} {kind} filesystem"
+        return f"{_article(kind)} {kind} signature"
+    if info.get("PTTYPE"):
+        return f"{_article(info['PTTYPE'])} {info['PTTYPE']} partition table"
+    return None
+
+
+def _article(word: str) -> str:
+    # NOTE: by the sound of the first letter's name: "an ext4", "an xfs", "an ntfs", "a vfat".
+    return "an" if word[:1].lower() in "aefhilmnorsx" else "a"
 
 
 def _mounted_devices(base: Path, by_devnum: dict[str, str],

@@ -30,6 +30,7 @@ class UnitSettings(BaseSettings):
     # which unmounted partitions to offer: empty (no signature: the default) | marked (GPT name
     # dvsan*) | all-unmounted; see unit_agent/inventory.py and docs/operations.md
     offer: Literal["empty", "marked", "all-unmounted"] = "empty"
+    offer_mark: str = "dvsan"    # policy "marked": the GPT partition name (or label) prefix
     sysfs_root: str = "/"
     heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
     storage_interface: str | None = None            # default: the interface holding the portal address

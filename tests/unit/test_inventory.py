@@ -341,12 +341,25 @@ def test_gp_probe_gives_each_partition_its_entry_uuid(tmp_path: Path) -> None:
 
 
 def test_ep_empty_policy_leaves_out_partitions_holding_a_signature(tmp_path: Path) -> None:
-    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "TYPE": "ext4"},
-             "vda2": {**ENTRY["vda2"], "TYPE": "LVM2_member"}}
+    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "TYPE": "ext4", "USAGE": "filesystem"},
+             "vda2": {**ENTRY["vda2"], "TYPE": "LVM2_member", "USAGE": "raid"}}
     inv = scan(str(build(tmp_path)), probe=_probe(found))
     assert [p.device for p in inv.offered] == ["vda3"]
-    assert inv.excluded["vda1"].startswith("holds a ext4 signature")
-    assert "LVM2_member" in inv.excluded["vda2"]
+    assert inv.excluded["vda1"].startswith("holds an ext4 filesystem (offer policy 'empty'): wipe it")
+    assert inv.excluded["vda2"].startswith("holds an LVM physical volume (LVM2_member)")
+
+
+@pytest.mark.parametrize(("info", "words"), [
+    ({"TYPE": "linux_raid_member", "USAGE": "raid"}, "holds an md RAID member (linux_raid_member)"),
+    ({"TYPE": "swap", "USAGE": "other"}, "holds swap space (swap)"),
+    ({"TYPE": "btrfs", "USAGE": "filesystem"}, "holds a btrfs filesystem"),
+    ({"TYPE": "bcache", "USAGE": "other"}, "holds a bcache signature"),
+    ({"PTTYPE": "dos"}, "holds a dos partition table"),
+], ids=["md", "swap", "btrfs", "other", "nested table"])
+def test_ep_every_kind_of_signature_is_named(tmp_path: Path, info: dict[str, str], words: str) -> None:
+    inv = scan(str(build(tmp_path)), probe=_probe({**ENTRY, "vda1": {**ENTRY["vda1"], **info}}))
+    assert [p.device for p in inv.offered] == ["vda2", "vda3"]
+    assert inv.excluded["vda1"].startswith(words), inv.excluded["vda1"]
 
 
 def test_gp_kept_partitions_are_offered_whatever_they_hold(tmp_path: Path) -> None:
@@ -363,6 +376,18 @@ def test_gp_marked_policy_offers_only_partitions_named_for_dvsan(tmp_path: Path)
     inv = scan(str(build(tmp_path)), probe=_probe(found), offer="marked")
     assert [p.device for p in inv.offered] == ["vda3"]
     assert "not marked for dvsan" in inv.excluded["vda1"]
+
+
+def test_gp_marked_policy_takes_a_configured_marker_by_name_or_label(tmp_path: Path) -> None:
+    found = {**ENTRY, "vda1": {**ENTRY["vda1"], "LABEL": "san-pool-1", "TYPE": "xfs"}}
+    inv = scan(str(build(tmp_path)), probe=_probe(found), offer="marked", mark="san-")
+    assert [p.device for p in inv.offered] == ["vda1"]
+    assert "starts with 'san-'" in inv.excluded["vda3"]      # named dvsan-data: not this site's marker
+
+
+def test_ep_marked_policy_without_a_marker_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="needs a non-empty marker"):
+        scan(str(build(tmp_path)), probe=_probe(ENTRY), offer="marked", mark=" ")
 
 
 def test_gp_all_unmounted_policy_offers_signatures_too(tmp_path: Path) -> None:

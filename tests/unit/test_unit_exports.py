@@ -284,17 +284,3 @@ def test_gp_pin_file_path_is_only_written_on_change(tmp_path: Path):
     pin.admit(POOL, 1)
     assert path.stat().st_mtime_ns == m0
 
-
-def test_gp_exported_partitions_are_remembered_as_the_pools_by_identity(tmp_path):
-    """The inventory offers them later whatever they hold (the host's filesystem)."""
-    path = tmp_path / "pool.json"
-    agent, _, _ = make_agent(pin=PoolPin(path))
-    nouid = part("vdb3", 3, 12288)
-    nouid = Partition(nouid.device, nouid.disk, nouid.number, nouid.start_lba, nouid.length_blocks,
-                      nouid.end_lba, nouid.block_size, nouid.size_bytes, "")
-    agent.inventory = lambda: [*PARTS, nouid]
-    run(agent, body(export(PARTS[0]), export(nouid)))
-    assert PoolPin(path).owned == {PARTS[0].uid, "vdb3"}
-    bad = export(PARTS[1], target_iqn="iqn.2026-11.org.dvsan:unit-b:vdb2")
-    run(agent, body(bad))                                   # refused: not taken as the pool's
-    assert PARTS[1].uid not in PoolPin(path).owned
