@@ -39,16 +39,45 @@ def test_ep_an_autosave_that_cannot_be_moved_stops_the_agent(tmp_path: Path) -> 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "unit"
 
 
+def lvm_sections(text: str) -> dict[str, dict[str, str]]:
+    """lvm.conf's `section { key = value }` layout (comments dropped); AssertionError if malformed."""
+    out: dict[str, dict[str, str]] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.endswith("{"):
+            assert section is None, f"nested section at {raw!r}"
+            section = line[:-1].strip()
+            out[section] = {}
+        elif line == "}":
+            assert section is not None, "unbalanced }"
+            section = None
+        else:
+            key, eq, value = line.partition("=")
+            assert eq and section is not None, f"not a key = value in a section: {raw!r}"
+            out[section][key.strip()] = value.strip()
+    assert section is None, "section not closed"
+    return out
+
+
 def test_gp_shipped_lvm_and_mdadm_settings_keep_the_os_off_data_partitions() -> None:
-    lvm = (DEPLOY / "lvm-dvsan.conf").read_text()
-    active = "\n".join(ln for ln in lvm.splitlines() if not ln.strip().startswith("#"))
-    for key in ("global_filter", "auto_activation_volume_list", "event_activation = 0"):
-        assert key in active, key
-    assert '"r|.*|"' in active                          # reject all but what is accepted
-    assert active.count("{") == active.count("}") == 3
+    conf = lvm_sections((DEPLOY / "lvm-dvsan.conf").read_text())
+    assert conf["devices"]["global_filter"].endswith('"r|.*|" ]')   # reject all but what is accepted
+    assert conf["activation"]["auto_activation_volume_list"].startswith("[")
+    assert conf["global"]["event_activation"] == "0"
+    assert "use_devicesfile" not in conf["devices"]      # would strand a root VG not listed in it
     md = [ln.strip() for ln in (DEPLOY / "mdadm-dvsan.conf").read_text().splitlines()
           if ln.strip() and not ln.startswith("#")]
     assert md == ["AUTO -all"]
+
+
+def test_ep_the_lvm_check_catches_a_broken_snippet() -> None:
+    with pytest.raises(AssertionError, match="section not closed"):
+        lvm_sections("devices {\n global_filter = [ \"r|.*|\" ]\n")
+    with pytest.raises(AssertionError, match="not a key = value"):
+        lvm_sections("devices {\n global_filter\n}\n")
 
 
 def test_gp_shipped_service_never_runs_beside_a_lio_restore() -> None:
