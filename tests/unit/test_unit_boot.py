@@ -87,3 +87,53 @@ def test_gp_shipped_service_never_runs_beside_a_lio_restore() -> None:
     assert set(cp["Unit"]["Conflicts"].split()) == {"rtslib-fb-targetctl.service", "target.service"}
     assert "dvsan-unit-agent" in cp["Service"]["ExecStart"]
     assert "systemctl mask" in (DEPLOY / "mask-lio-restore.sh").read_text()
+
+
+def _start_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[str]]:
+    """unit_agent.cli.main up to opening LIO (a fake that records and fails: no configfs here)."""
+    import secrets
+    import signal
+
+    import unit_agent.lio
+    from unit_agent.cli import main
+
+    opened: list[str] = []
+
+    def fake_lio(*args: object, **kw: object) -> None:
+        opened.append("lio")
+        raise AdapterError("no configfs in this test")
+
+    monkeypatch.setattr(unit_agent.lio, "Lio", fake_lio)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setenv("DVSAN_UNIT_CLUSTER_KEY", secrets.token_hex(32))
+    rc = main(["--name", "unit-a", "--station", "127.0.0.1:9", "--portal-address", "127.0.0.1",
+               "--station-trust", "first-contact", "--state-dir", str(tmp_path / "state"),
+               "--no-link-watch"])
+    return rc, opened
+
+
+def test_gp_the_agent_moves_the_autosave_aside_before_it_opens_lio(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc" / "target"
+    etc.mkdir(parents=True)
+    (etc / "saveconfig.json").write_text('{"targets": [{"wwn": "stale"}]}')
+    monkeypatch.setenv("DVSAN_UNIT_SYSFS_ROOT", str(tmp_path))
+    rc, opened = _start_agent(tmp_path, monkeypatch)
+    assert (rc, opened) == (2, ["lio"])                   # got as far as LIO, with the file gone
+    assert not (etc / "saveconfig.json").exists()
+    assert [p.read_text() for p in (etc / "disabled-by-dvsan").iterdir()] == ['{"targets": [{"wwn": "stale"}]}']
+    assert "no configfs in this test" in capsys.readouterr().err
+
+
+def test_ep_the_agent_does_not_start_beside_an_autosave_it_cannot_move(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc" / "target"
+    etc.mkdir(parents=True)
+    (etc / "saveconfig.json").write_text("{}")
+    (etc / "disabled-by-dvsan").write_text("a file where the directory should be")
+    monkeypatch.setenv("DVSAN_UNIT_SYSFS_ROOT", str(tmp_path))
+    rc, opened = _start_agent(tmp_path, monkeypatch)
+    assert (rc, opened) == (2, [])                        # LIO never opened
+    err = capsys.readouterr().err
+    assert "cannot move the LIO auto-save file aside" in err and "mask rtslib-fb-targetctl.service" in err
+    assert (etc / "saveconfig.json").exists()
