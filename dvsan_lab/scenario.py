@@ -4,6 +4,7 @@ Shared by `dvsan-lab demo` (prints what happened and the timings) and tests/lab/
 (asserts each step). Nothing here talks to anything but the lab's own addresses.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -65,6 +66,17 @@ class Station:
         t0 = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("dvsan-station")
+        # NOTE: a station left by an earlier run that was killed (or a fixture that failed before
+        # its teardown) would hold the lab's fixed ports: the lab's address is ours, so stop it.
+        stray = subprocess.run(["pgrep", "-f", f"{exe} .*--api-host {self.host} "], capture_output=True,
+                               text=True, check=False).stdout.split()
+        for pid in stray:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        if stray:
+            wait_for(lambda: not subprocess.run(["pgrep", "-f", f"{exe} .*--api-host {self.host} "],
+                                                capture_output=True, check=False).stdout, 15,
+                     "a stray station of an earlier run to exit")
         self.proc = subprocess.Popen(
             [str(exe), "--data-dir", str(self.data_dir), "--api-host", self.host, "--api-port",
              str(API_PORT), "--udp-host", self.host, "--udp-port", str(UDP_PORT),

@@ -28,16 +28,18 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     station = Station(Path.cwd(), data_dir, lab.host_ip)
     station.start()
     f = Flow(lab, station)
-    t0 = time.monotonic()
-    f.start_unit(UNIT)
-    f.wait_pool(UNIT, 3)
-    f.boot_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
-    yield f
-    for g in (HOST_B, HOST_C):
-        reset_host(lab, g)
-    if UNIT in f.unit_pids:
-        f.stop_unit(UNIT)
-    station.stop()
+    try:
+        t0 = time.monotonic()
+        f.start_unit(UNIT)
+        f.wait_pool(UNIT, 3)
+        f.boot_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
+        yield f
+    finally:
+        for g in (HOST_B, HOST_C):
+            reset_host(lab, g)
+        if UNIT in f.unit_pids:
+            f.stop_unit(UNIT)
+        station.stop()
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,15 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
                             "--trap-port", str(TRAP_PORT), "--trap-community-file", str(community)))
     station.start()
     f = Flow(lab, station)
-    f.start_unit(UNIT, extra=UNIT_EXTRA.format(host=lab.host_ip, community=community))
-    f.wait_pool(UNIT, 3)
-    yield f
-    reset_host(lab, HOST)
-    if UNIT in f.unit_pids:
-        f.stop_unit(UNIT)
-    station.stop()
+    try:
+        f.start_unit(UNIT, extra=UNIT_EXTRA.format(host=lab.host_ip, community=community))
+        f.wait_pool(UNIT, 3)
+        yield f
+    finally:
+        reset_host(lab, HOST)
+        if UNIT in f.unit_pids:
+            f.stop_unit(UNIT)
+        station.stop()
 
 
 UNIT_EXTRA = (f"--heartbeat-interval 1 --trap-destination {{host}}:{TRAP_PORT} "
