@@ -293,3 +293,22 @@ def test_gp_volume_rows_carry_their_unit(db):
     start(db, "unit-a", parts("unit-a", 64))
     with db.session() as s:
         assert [v.unit_name for v in s.query(VolumeRow)] == ["unit-a"]
+
+
+def test_gp_a_health_change_is_logged_once_with_its_detail(db, caplog):
+    start(db, "unit-a", parts("unit-a", 64))
+    caplog.set_level("WARNING", logger="station.pool")
+    with db.session() as s:
+        pool.record_heartbeat(s, "unit-a", "degraded", "configfs write stuck")
+        pool.record_heartbeat(s, "unit-a", "degraded", "configfs write stuck")
+        pool.record_heartbeat(s, "unit-a", "ok")
+    assert [r.getMessage() for r in caplog.records] == [
+        "unit unit-a health: degraded (configfs write stuck)", "unit unit-a health: ok"]
+
+
+def test_gp_a_volumes_extent_carries_its_identity(db):
+    start(db, "unit-a", parts("unit-a", 64))
+    p = parts("unit-a", 64)[0]
+    with db.session() as s:
+        e = pool.volume_extent(pool.list_volumes(s)[0])
+    assert (e.start_lba, e.length_blocks, e.block_size, e.uid) == (p.start_lba, p.length_blocks, 512, "uid-1")
