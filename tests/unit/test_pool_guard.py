@@ -312,3 +312,13 @@ def test_gp_a_volumes_extent_carries_its_identity(db):
     with db.session() as s:
         e = pool.volume_extent(pool.list_volumes(s)[0])
     assert (e.start_lba, e.length_blocks, e.block_size, e.uid) == (p.start_lba, p.length_blocks, 512, "uid-1")
+
+
+def test_gp_an_offline_volume_is_withheld_saying_only_that(db):
+    start(db, "unit-a", parts("unit-a", 64))
+    aid = give(db, "host-1", 10)
+    with db.session() as s:
+        pool.record_shutdown(s, "unit-a")
+    with db.session() as s:
+        st = pool.desired_state(s, "unit-a")
+        assert (st.exports, st.drop, st.withheld) == ([], [], {aid: "volume is offline"})
