@@ -105,12 +105,24 @@ def test_gp_snmp_coldstart_from_the_unit_guest_brings_volumes_back(flow: Flow) -
     assert stats0.get("snmp_accepted_coldStart", 0) + stats0.get("snmp_ignored_unknown-unit", 0) >= 1
     trap = (f"snmptrap -v 2c -c {COMMUNITY} -m DVSAN-MIB:IF-MIB -M +{MIB_DIR} {lab.host_ip}:{TRAP_PORT} ''")
     unit_vb = f"DVSAN-MIB::dvsanUnitName.0 s {UNIT}"
-    lab.exec(UNIT, f"{trap} IF-MIB::linkDown {unit_vb}", check=True)
-    wait_for(lambda: unit_state(flow) == "link-down", 20, "the unit marked link-down")
-    assert {v["state"] for v in flow.station.volumes(UNIT)} == {"offline"}
-    t0 = time.monotonic()
-    lab.exec(UNIT, f"{trap} SNMPv2-MIB::coldStart {unit_vb} DVSAN-MIB::dvsanUnitStorageAddress.0 s {lab.ip(UNIT)} "
-                   f"DVSAN-MIB::dvsanUnitControlPort.0 u 7478 DVSAN-MIB::dvsanUnitAgentVersion.0 s 0.1.0", check=True)
+    # NOTE: a live agent's next heartbeat hears "link-down" and announces itself again within a
+    # second, which is right but hides what the traps alone do: freeze the agent meanwhile.
+    pgid = flow.unit_pids[UNIT]
+    lab.exec(UNIT, f"kill -STOP -- -{pgid}", check=True)
+    try:
+        lab.exec(UNIT, f"{trap} IF-MIB::linkDown {unit_vb}", check=True)
+        wait_for(lambda: unit_state(flow) == "link-down", 20, "the unit marked link-down")
+        assert {v["state"] for v in flow.station.volumes(UNIT)} == {"offline"}
+        t0 = time.monotonic()
+        lab.exec(UNIT, f"{trap} SNMPv2-MIB::coldStart {unit_vb} DVSAN-MIB::dvsanUnitStorageAddress.0 s "
+                       f"{lab.ip(UNIT)} DVSAN-MIB::dvsanUnitControlPort.0 u 7478 "
+                       f"DVSAN-MIB::dvsanUnitAgentVersion.0 s 0.1.0", check=True)
+        wait_for(lambda: flow.station.get("/api/v1/protocol/stats").get("snmp_accepted_coldStart", 0)
+                 > stats0.get("snmp_accepted_coldStart", 0), 20, "the coldStart trap accepted")
+        assert f"SNMP says unit {UNIT} is up; asking it for its storage info" in flow.station.log_path.read_text()
+        assert unit_state(flow) == "link-down"     # a trap alone never brings a unit back: its answer does
+    finally:
+        lab.exec(UNIT, f"kill -CONT -- -{pgid}", check=True)
     flow.wait_pool(UNIT, 3, timeout=60)
     print(f"\ncoldStart trap sent in the unit guest -> volumes online in the pool: {time.monotonic() - t0:.2f} s")
     # a trap with the wrong community changes nothing
