@@ -50,6 +50,9 @@ class MsgType(enum.IntEnum):
     ACK = 5                  # either way: message `ack` received (payload: status, error)
     EXPORTS = 6              # station -> unit: the complete set of exports you must hold
     HEARTBEAT = 7            # unit -> station: still here (the ACK says what the station thinks of us)
+    WIPE = 8                 # station -> unit: zero this released volume (device, extent, wipe_id)
+    WIPE_STATUS = 9          # unit -> station: a wipe's progress (~1 s while running) and its end
+    WIPE_CANCEL = 10         # station -> unit: stop this wipe (device, wipe_id)
 
 
 @dataclass(frozen=True, slots=True)
