@@ -15,6 +15,7 @@ from dvsan.naming import target_iqn
 from dvsan.protocol import Message, MsgType
 from dvsan.reconcile import Action, plan
 from unit_agent.poolpin import PoolPin, check_pool_fields
+from unit_agent.wipe import Wiper
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class UnitAgent:
         self.busy_wait = 5.0
         self.apply_timeout = 60.0
         self.health: tuple[str, str | None] = ("ok", None)
+        # Zeroes released volumes on the station's order (WIPE, WIPE_CANCEL; unit_agent/wipe.py).
+        self.wiper = Wiper.of_agent(self)
 
     async def open(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
@@ -181,6 +184,7 @@ class UnitAgent:
             log.warning("station did not acknowledge our shutdown: %s", e)
             return False
         finally:
+            self.wiper.stop()
             for t in list(self._tasks):
                 t.cancel()
             if self._announcing is not None:
@@ -197,6 +201,8 @@ class UnitAgent:
             except Busy as e:
                 # NOTE: a status of its own, so the station tells "try later" from a refusal.
                 return {"status": "busy", "busy": True, "error": str(e)}
+        if msg.type in (MsgType.WIPE, MsgType.WIPE_CANCEL):
+            return await self.wiper.handle(msg.type, msg.body)
         raise InvalidInput(f"a unit does not take {msg.type.name} messages")
 
     async def send_storage_info(self, peer: Peer) -> None:
