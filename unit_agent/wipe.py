@@ -187,6 +187,7 @@ class Wiper:
         self.chunk = CHUNK
         self.zeroout_step = ZEROOUT_STEP
         self.report_interval = REPORT_INTERVAL
+        self.final_retry_first = 1.0       # seconds before the first retry of a final status
         self.final_retry_max = FINAL_RETRY_MAX
         self._jobs: dict[str, _Job] = {}
         self._last: dict[str, WipeStatus] = {}
@@ -253,7 +254,7 @@ class Wiper:
             raise InvalidInput("a WIPE_CANCEL body must be an object")
         if body.get("unit") != self.unit:
             raise Conflict(f"WIPE_CANCEL for unit {body.get('unit')!r} sent to unit {self.unit!r}")
-        device, wipe_id = check_device(body.get("device")), check_wipe_id(body.get("wipe_id"))
+        device, wipe_id = check_device(body.get("device", "")), check_wipe_id(body.get("wipe_id"))
         job = self._jobs.get(device)
         if job is None or job.finished.is_set() or job.order.wipe_id != wipe_id:
             last = self._last.get(device)
@@ -447,6 +448,9 @@ class Wiper:
             job.state, job.error = "failed", f"at byte {job.done_bytes} of {path}: {e}"
         except _Refused as e:        # the read-back found data
             job.state, job.error = "failed", str(e)
+        except Exception as e:  # a bug must end the wipe as failed, never leave it running
+            log.exception("wipe %s of %s crashed", job.order.wipe_id, path)
+            job.state, job.error = "failed", f"internal error: {type(e).__name__}: {e}"
         finally:
             os.close(fd)
 
@@ -469,14 +473,17 @@ class Wiper:
 
     def _write(self, job: _Job, fd: int) -> None:
         total = job.order.total_bytes
-        buf = mmap.mmap(-1, self.chunk)          # page-aligned and zero-filled, as O_DIRECT needs
+        # NOTE: anonymous mmaps are page-aligned and zero-filled, as O_DIRECT needs; the last,
+        # shorter chunk gets one of its own size (no memoryview slices: a slice still alive
+        # would keep the buffer from closing).
+        bufs: dict[int, mmap.mmap] = {}
         try:
-            zeros = memoryview(buf)
             since_sync = 0
             while job.done_bytes < total and not job.cancel.is_set():
                 n = min(self.chunk, total - job.done_bytes)
+                buf = bufs.get(n) or bufs.setdefault(n, mmap.mmap(-1, n))
                 try:
-                    written = os.pwrite(fd, zeros[:n], job.done_bytes)
+                    written = os.pwrite(fd, buf, job.done_bytes)
                 except OSError as e:
                     if e.errno != errno.EINVAL or job.method != "direct":
                         raise
@@ -488,17 +495,17 @@ class Wiper:
                                 "page cache from byte %d", job.order.wipe_id, job.order.device, e,
                                 job.done_bytes)
                     continue
-                if written <= 0:
-                    raise OSError(errno.EIO, f"write of {n} bytes wrote {written}")
+                if written != n:
+                    raise OSError(errno.EIO, f"a write of {n} bytes wrote {written}")
                 if job.method == "buffered":
                     since_sync += written
                     if since_sync >= SYNC_EVERY:
                         os.fdatasync(fd)
                         since_sync = 0
                 job.done_bytes += written
-            del zeros
         finally:
-            buf.close()
+            for b in bufs.values():
+                b.close()
 
     def _verify(self, job: _Job, path: str) -> None:
         """Read back the first and last chunk and a few at random: all must be zeros."""
@@ -511,20 +518,18 @@ class Wiper:
         except OSError:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         buf = mmap.mmap(-1, size)
+        zeros = bytes(size)
         try:
-            view = memoryview(buf)
             for off in sorted(offsets):
-                n = min(size, total - off)
                 try:
-                    got = os.preadv(fd, [view[:n]], off)
+                    got = os.preadv(fd, [buf], off)
                 except OSError as e:
                     if e.errno != errno.EINVAL:
                         raise
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    got = os.preadv(fd, [view[:n]], off)
-                if got != n or view[:n].tobytes().count(0) != n:
+                    got = os.preadv(fd, [buf], off)
+                if got != size or buf[:] != zeros:
                     raise _Refused(f"read-back at byte {off} of {path} is not zeros after the wipe")
-            del view
         finally:
             buf.close()
             os.close(fd)
@@ -552,7 +557,7 @@ class Wiper:
 
     async def _report_final(self, status: WipeStatus) -> None:
         """Send the final WIPE_STATUS until the station acknowledges it (or the agent stops)."""
-        delay = 1.0
+        delay = self.final_retry_first
         while self.sink is not None and not self._stopping:
             try:
                 await self.sink(status, True)
