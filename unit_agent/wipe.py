@@ -599,13 +599,16 @@ class _AgentSink:
 
     def __init__(self, agent: UnitAgent):
         self.agent = agent
+        self.final_timeout = 10.0      # one try of the final status (then retried by the Wiper)
+        self.running_timeout = 2.0     # a progress report (the next one follows anyway)
 
     async def __call__(self, status: WipeStatus, final: bool) -> None:
         endpoint = self.agent.endpoint
         if endpoint is None:
             raise Unavailable("the unit's endpoint is not open")
         ack = await endpoint.send(self.agent.station, MsgType.WIPE_STATUS, status.to_wire(),
-                                  timeout=10.0 if final else 2.0, max_rto=2.0 if final else 0.5)
+                                  timeout=self.final_timeout if final else self.running_timeout,
+                                  max_rto=2.0 if final else 0.5)
         if ack.get("status") != "ok":
             log.warning("the station answered the status of wipe %s of %s with %s", status.wipe_id,
                         status.device, ack)

@@ -676,3 +676,53 @@ def test_agent_devices_give_the_inventory_in_use_reasons(tmp_path: Path) -> None
     assert excluded["vdc1"] == "on excluded disk vdc (system disk: holds swap)"
     assert excluded["vdb3"].startswith("in use by dm-0")
     assert "vdb4" not in excluded
+
+
+def test_gp_over_the_wire_wipe_ack_and_statuses_reach_a_station(workdir: Path) -> None:
+    """A real unit agent on loopback: WIPE in, its ACK and the WIPE_STATUS messages out, the final
+    one retried until the station answers it."""
+    from dvsan.endpoint import Endpoint
+
+    p = part("vdb1", size=2 * MiB)
+    f = volume(workdir, p)
+    key = b"k" * 32
+    statuses: list[dict[str, Any]] = []
+    ignore_finals = [2]                            # the station misses the first two finals
+
+    async def station_handler(msg: Message, peer: Any) -> dict[str, Any] | None:
+        assert msg.type == MsgType.WIPE_STATUS
+        if msg.body["state"] != "running" and ignore_finals[0] > 0:
+            ignore_finals[0] -= 1
+            await asyncio.sleep(30)                 # never answered in time: the unit retries
+        statuses.append(msg.body)
+        return {}
+
+    async def scenario() -> dict[str, Any]:
+        station = await Endpoint.open(key, station_handler, "127.0.0.1", 0, name="station")
+        agent = UnitAgent(UNIT, key, station.address, "127.0.0.1", 3260, AgentLio(), lambda: [p])
+        agent.wiper.path_of = lambda dev: str(workdir / dev)
+        agent.wiper.final_retry_first = 0.05
+        agent.wiper.sink.final_timeout = 0.5       # type: ignore[union-attr]
+        await agent.open("127.0.0.1", 0)
+        try:
+            ack = await station.send(agent.endpoint.address, MsgType.WIPE, order(p), timeout=10)  # type: ignore[union-attr]
+            for _ in range(600):
+                if any(s["state"] != "running" for s in statuses):
+                    break
+                await asyncio.sleep(0.05)
+            return ack
+        finally:
+            agent.wiper.stop()
+            assert agent.endpoint is not None
+            agent.endpoint.close()
+            station.close()
+
+    ack = asyncio.run(scenario())
+    assert ack == {"status": "accepted", "wipe_id": "w-1", "done_bytes": 0, "total_bytes": p.size_bytes,
+                   "method": "direct"}
+    final = [s for s in statuses if s["state"] != "running"]
+    assert len(final) == 1 and final[0]["state"] == "succeeded"
+    assert final[0]["done_bytes"] == final[0]["total_bytes"] == p.size_bytes
+    assert {k for k in final[0]} == {"unit", "device", "wipe_id", "state", "done_bytes", "total_bytes",
+                                     "method", "elapsed_s"}
+    assert is_zero(f)
