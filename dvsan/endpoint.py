@@ -38,6 +38,10 @@ Verifier = Callable[[Envelope, Message, Peer], Awaitable[Ed25519PublicKey]]
 Recipient = Callable[[dict[str, Any]], str]
 
 
+LOG_EVERY = 60          # seconds between two log lines of one kind (reason and source address)
+LOG_TAGS = 10_000       # kinds remembered at once; past that a new kind is only counted
+
+
 def _peer(addr: Any) -> Peer:
     return (str(addr[0]), int(addr[1]))
 
@@ -65,9 +69,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self._seq = int.from_bytes(os.urandom(3), "big")
         self._pending: dict[tuple[Peer, int], asyncio.Future[dict[str, Any]]] = {}
         self._replay = ReplayGuard()
-        self._reasm = Reassembler()
+        self._reasm = Reassembler(counts=self.stats)   # partial_expired, partial_evicted
         self._done: OrderedDict[tuple[Peer, int, int], dict[str, Any] | None] = OrderedDict()
-        self._logged: set[str] = set()
+        self._logged: OrderedDict[str, float] = OrderedDict()   # tag -> when last logged, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -219,11 +223,10 @@ class Endpoint(asyncio.DatagramProtocol):
     def _refuse(self, msg: Message, peer: Peer, e: IdentityRefused, env: Envelope | None) -> None:
         self.stats["refused"] += 1
         self.stats[f"refused_{e.reason}"] += 1
-        tag = f"refused-{e.reason}@{peer[0]}"
-        if tag not in self._logged and len(self._logged) < 10_000:
-            self._logged.add(tag)
-            log.warning("%s: refused %s from %s:%d: %s; further ones of this kind are only counted",
-                        self.name, msg.type.name, peer[0], peer[1], e)
+        if self._may_log(f"refused-{e.reason}@{peer[0]}"):
+            log.warning("%s: refused %s from %s:%d: %s; further ones of this kind from %s are only "
+                        "counted for %g s", self.name, msg.type.name, peer[0], peer[1], e, peer[0],
+                        LOG_EVERY)
         if msg.type != MsgType.ACK and msg.wants_ack:
             to = env.sender if env is not None else str(msg.body.get("unit", ""))
             reply = {"status": "error", "error": str(e), "refusal": e.reason}
@@ -282,11 +285,24 @@ class Endpoint(asyncio.DatagramProtocol):
     def _drop(self, e: ProtocolError, peer: Peer) -> None:
         self.stats["dropped"] += 1
         self.stats[f"dropped_{e.reason}"] += 1
-        tag = f"{e.reason}@{peer[0]}"
-        if tag not in self._logged and len(self._logged) < 10_000:
-            self._logged.add(tag)
-            log.warning("%s: dropped datagram from %s:%d (%s); further ones of this kind are only counted",
-                        self.name, peer[0], peer[1], e)
+        if self._may_log(f"{e.reason}@{peer[0]}"):
+            log.warning("%s: dropped datagram from %s:%d (%s); further ones of this kind from %s are "
+                        "only counted for %g s", self.name, peer[0], peer[1], e, peer[0], LOG_EVERY)
+
+    def _may_log(self, tag: str) -> bool:
+        """Whether to log a drop or refusal of this kind (reason@address) now: at most once every
+        LOG_EVERY seconds per tag, and never more than LOG_TAGS tags remembered.
+
+        NOTE: a flood from many (spoofable) source addresses fills the table; then new tags are
+        only counted until old ones age out, so the log stays bounded (LOG_TAGS lines a period).
+        """
+        now = time.monotonic()
+        while self._logged and now - next(iter(self._logged.values())) >= LOG_EVERY:
+            self._logged.popitem(last=False)
+        if tag in self._logged or len(self._logged) >= LOG_TAGS:
+            return False
+        self._logged[tag] = now
+        return True
 
     def error_received(self, exc: Exception) -> None:
         self.stats["socket_errors"] += 1

@@ -23,7 +23,7 @@ import json
 import os
 import struct
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
@@ -93,9 +93,15 @@ def encode(
     key: bytes, mtype: MsgType, seq: int, body: dict[str, Any], *,
     ack: int = 0, wants_ack: bool = True, now_ms: int | None = None,
 ) -> list[bytes]:
-    """The datagrams that carry one message, each signed with the cluster key."""
+    """The datagrams that carry one message, each signed with the cluster key.
+
+    The body is JSON with non-ASCII characters escaped, so the payload is ASCII; fragments are
+    slices of its bytes (a receiver joins bytes before it decodes, so it takes raw UTF-8 too).
+    """
+    if not isinstance(body, dict):
+        raise ValueError(f"a message body must be a JSON object, not {type(body).__name__}")
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    chunks = [payload[i:i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)] or [b""]
+    chunks = [payload[i:i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)]
     if len(chunks) > MAX_FRAGMENTS:
         raise ValueError(f"message of {len(payload)} bytes needs more than {MAX_FRAGMENTS} fragments")
     ts = int(time.time() * 1000) if now_ms is None else now_ms
@@ -110,15 +116,23 @@ def encode(
 
 
 def decode(key: bytes, datagram: bytes) -> Fragment:
-    """Check and parse one datagram; raise ProtocolError(reason) for anything not well-formed and signed."""
+    """Check and parse one datagram; raise ProtocolError(reason) for anything not well-formed and signed.
+
+    The checks run in the order of docs/protocol.md ("Acceptance of a datagram"): size, magic,
+    length, MAC, then the signed header fields.
+    """
     n = len(datagram)
     if n > MAX_DATAGRAM:
         raise ProtocolError("oversized", f"{n} bytes > {MAX_DATAGRAM}")
+    # NOTE: magic before length, so that a foreign datagram (a scan, another protocol sent to our
+    # port) is counted as bad-magic whatever its size, and `truncated` keeps meaning "one of ours,
+    # cut short" (an MTU or buffer problem worth chasing). A datagram shorter than the magic
+    # is ours only if it is a beginning of it.
+    if not MAGIC.startswith(datagram[:len(MAGIC)]):
+        raise ProtocolError("bad-magic", repr(datagram[:len(MAGIC)]))
     if n < HEADER.size + MAC_LEN:
         raise ProtocolError("truncated", f"{n} bytes")
-    (magic, version, mtype, flags, seq, ack, ts, nonce, fidx, fcount, plen) = HEADER.unpack_from(datagram)
-    if magic != MAGIC:
-        raise ProtocolError("bad-magic", repr(magic))
+    (_magic, version, mtype, flags, seq, ack, ts, nonce, fidx, fcount, plen) = HEADER.unpack_from(datagram)
     if HEADER.size + plen + MAC_LEN != n:
         raise ProtocolError("truncated", f"payload length {plen} does not match datagram of {n} bytes")
     body = datagram[: n - MAC_LEN]
@@ -166,13 +180,17 @@ class Reassembler:
     """Joins fragments into messages, keyed by (peer, type, seq); drops partial messages after a timeout.
 
     Memory is bounded: at most `max_pending` partial messages and `max_bytes` buffered in all; the
-    oldest partial message goes first when either is exceeded.
+    oldest partial message goes first when either is exceeded. Each partial message dropped
+    incomplete is counted in `counts` (the endpoint passes its stats): `partial_expired` when its
+    timeout passed, `partial_evicted` when the bounds pushed it out.
     """
 
-    def __init__(self, timeout_ms: int = 30_000, max_pending: int = 1024, max_bytes: int = 32 << 20):
+    def __init__(self, timeout_ms: int = 30_000, max_pending: int = 1024, max_bytes: int = 32 << 20,
+                 counts: Counter[str] | None = None):
         self.timeout_ms = timeout_ms
         self.max_pending = max_pending
         self.max_bytes = max_bytes
+        self.counts: Counter[str] = Counter() if counts is None else counts
         self._bytes = 0
         # key -> [started_ms, parts, missing count, bytes held]
         self._pending: OrderedDict[tuple[Any, int, int], list[Any]] = OrderedDict()
@@ -181,15 +199,20 @@ class Reassembler:
         entry = self._pending.pop(key)
         self._bytes -= entry[3]
 
-    def add(self, peer: Any, frag: Fragment, now_ms: int) -> Message | None:
-        """The whole message once its last fragment arrives, else None."""
-        if frag.frag_count == 1:
-            return _parse(frag, frag.payload)
+    def expire(self, now_ms: int) -> None:
+        """Drop the partial messages whose timeout has passed (add() calls it for every fragment)."""
         while self._pending:
             oldest = next(iter(self._pending))
             if now_ms - self._pending[oldest][0] <= self.timeout_ms:
                 break
             self._evict(oldest)
+            self.counts["partial_expired"] += 1
+
+    def add(self, peer: Any, frag: Fragment, now_ms: int) -> Message | None:
+        """The whole message once its last fragment arrives, else None."""
+        self.expire(now_ms)
+        if frag.frag_count == 1:
+            return _parse(frag, frag.payload)
         key = (peer, int(frag.type), frag.seq)
         entry = self._pending.get(key)
         if entry is None:
@@ -204,8 +227,9 @@ class Reassembler:
             entry[2] -= 1
             entry[3] += len(frag.payload)
             self._bytes += len(frag.payload)
-        while self._pending and (len(self._pending) > self.max_pending or self._bytes > self.max_bytes):
+        while len(self._pending) > self.max_pending or self._bytes > self.max_bytes:
             self._evict(next(iter(self._pending)))
+            self.counts["partial_evicted"] += 1
         if key not in self._pending or entry[2] > 0:
             return None
         self._evict(key)
@@ -222,7 +246,9 @@ class Reassembler:
 
 def _parse(frag: Fragment, payload: bytes) -> Message:
     try:
-        body = json.loads(payload.decode("utf-8")) if payload else {}
+        # NOTE: an empty payload is no JSON object either (json.loads raises): our encoder never
+        # sends one, and a receiver that read it as {} would answer or match a message with no body.
+        body = json.loads(payload.decode("utf-8"))
     # NOTE: ValueError covers JSONDecodeError, UnicodeDecodeError and the int digit limit (> 4300
     # digits); RecursionError comes from deeply nested arrays. A peer must not get past with either.
     except (ValueError, RecursionError) as e:

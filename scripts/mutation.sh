@@ -4,7 +4,7 @@
 #   scripts/mutation.sh [module ...]
 #   scripts/mutation.sh --report [module ...]   only print what the last run found (mutants/)
 #
-# module: a path (station/pool.py) or a dotted name (station.pool) among [tool.mutmut] only_mutate
+# module: a path (station/services/pool.py) or a dotted name (station.services.pool) among [tool.mutmut] only_mutate
 # in pyproject.toml; none given: all of them. For each module it prints the mutants made, killed,
 # survived, timed out and without tests, the score, the minutes it took, and the diff of every
 # mutant that was not killed (`mutmut show`).

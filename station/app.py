@@ -9,11 +9,14 @@ from fastapi.responses import JSONResponse
 
 from dvsan import __version__, identity
 from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
-from station.api import router
-from station.autoconf import AutoconfServer
+from station.api.routes.assignments import router
+from station.api.routes.enrolment import router as enrolment_router
 from station.db import Database
-from station.enrolment import EnrolmentGate
-from station.enrolment_api import router as enrolment_router
+from station.listeners import liveness
+from station.listeners.autoconf import AutoconfListener
+from station.services.enrolment import EnrolmentGate
+from station.services.exports import ExportPusher
+from station.services.units import UnitService
 from station.settings import StationSettings
 
 log = logging.getLogger(__name__)
@@ -36,18 +39,21 @@ def create_app(settings: StationSettings) -> FastAPI:
         log.info("station key %s; unit enrolment policy: %s", app.state.station_fingerprint,
                  settings.enrolment)
         app.state.enrolment_gate = EnrolmentGate(db, settings.enrolment)
-        autoconf = AutoconfServer(db, key, settings.export_timeout, settings.liveness_timeout,
-                                  signer=identity.Signer(identity.STATION, station_key),
-                                  verifier=app.state.enrolment_gate)
-        await autoconf.start(settings.udp_host, settings.udp_port)
-        app.state.db, app.state.autoconf = db, autoconf
+        listener = AutoconfListener(key, signer=identity.Signer(identity.STATION, station_key),
+                                    verifier=app.state.enrolment_gate)
+        pusher = ExportPusher(db, listener, settings.export_timeout)
+        units = UnitService(db, listener, pusher)
+        await listener.start(units, settings.udp_host, settings.udp_port)
+        if settings.liveness_timeout > 0:
+            units.background(liveness.watch(units, settings.liveness_timeout))
+        app.state.db, app.state.listener, app.state.pusher, app.state.units = db, listener, pusher, units
         app.state.snmp = None
         try:
             if settings.snmp_enabled:
                 # NOTE: imported here so a station without SNMP never loads pysnmp
-                from station.snmp import TrapReceiver
+                from station.listeners.snmp.receiver import TrapReceiver
 
-                app.state.snmp = TrapReceiver(autoconf, [c.get_secret_value() for c in settings.trap_communities],
+                app.state.snmp = TrapReceiver(units, [c.get_secret_value() for c in settings.trap_communities],
                                               settings.snmp_users())
                 await app.state.snmp.start(settings.trap_host, settings.trap_port)
             else:
@@ -56,7 +62,8 @@ def create_app(settings: StationSettings) -> FastAPI:
         finally:
             if app.state.snmp is not None:
                 await app.state.snmp.stop()
-            await autoconf.stop()
+            await units.stop()
+            listener.stop()
             db.dispose()
 
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,

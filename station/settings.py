@@ -29,7 +29,7 @@ class StationSettings(BaseSettings):
     export_timeout: float = Field(15.0, gt=0)
     # a unit silent this long (no heartbeat) is marked unreachable; 0 turns the check off
     liveness_timeout: float = Field(30.0, ge=0)
-    # SNMP notification receiver (station/snmp.py): it runs when trap_port is not 0 and at least
+    # SNMP notification receiver (station/listeners/snmp/receiver.py): it runs when trap_port is not 0 and at least
     # one community or SNMPv3 user is configured; more v3 users: DVSAN_TRAP_V3_USERS (JSON list
     # of {"name", "auth_key", "priv_key"}).
     trap_host: str = "0.0.0.0"
@@ -39,7 +39,7 @@ class StationSettings(BaseSettings):
     trap_v3_auth_key: SecretStr | None = None
     trap_v3_priv_key: SecretStr | None = None
     trap_v3_users: list[dict[str, SecretStr]] = Field(default_factory=list)
-    # Unit enrolment (station/enrolment.py, docs/security.md): "manual" keeps an unknown unit
+    # Unit enrolment (station/services/enrolment.py, docs/security.md): "manual" keeps an unknown unit
     # pending until an operator approves its key; "first-come" enrols the first key seen for a
     # name (trust on first use: for labs, or while enrolling units on a trusted network).
     enrolment: Literal["manual", "first-come"] = "manual"

@@ -1,6 +1,7 @@
 """The station's database tables (SQLAlchemy 2 ORM): the single source of truth of the pool."""
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -12,6 +13,42 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+# States, in one place. Stored as their string values; a StrEnum compares equal to its value.
+class UnitState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"            # said goodbye (SHUTDOWN)
+    LINK_DOWN = "link-down"        # an SNMP linkDown
+    UNREACHABLE = "unreachable"    # silent past the liveness timeout
+
+
+UNIT_DOWN_STATES = (UnitState.OFFLINE, UnitState.LINK_DOWN, UnitState.UNREACHABLE)
+
+
+class Health(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"          # the unit said a kernel operation is stuck: allocation avoids it
+
+
+class VolumeState(StrEnum):
+    ONLINE = "online"              # offered by a running unit
+    OFFLINE = "offline"            # its unit is down
+    MISSING = "missing"            # no longer reported
+    CHANGED = "changed"            # reported with another extent or identity while assigned
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"
+    EXPORTED = "exported"
+    REFUSED = "refused"
+    WITHHELD = "withheld"
+
+
+class IdentityState(StrEnum):
+    PENDING = "pending"
+    ENROLLED = "enrolled"
+    REVOKED = "revoked"
 
 
 class UnitRow(Base):
@@ -101,7 +138,7 @@ class PendingDropRow(Base):
 
 
 class UnitIdentityRow(Base):
-    """A unit's enrolled identity (station/enrolment.py): the one key its messages must be signed with.
+    """A unit's enrolled identity (station/services/enrolment.py): the one key its messages must be signed with.
 
     state: pending (announced, waiting for an operator) | enrolled | revoked. `offered_*` is the
     last other key seen under this name and refused (a second machine, or a new key awaiting an

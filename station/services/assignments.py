@@ -1,16 +1,23 @@
 """Assignment service: give a host a volume from the pool, and take it back."""
 
+import asyncio
+import logging
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dvsan.allocation import best_fit
-from dvsan.errors import Conflict, NotFound
+from dvsan.errors import Conflict, DvsanError, NotFound, Unavailable
 from dvsan.model import Candidate
 from dvsan.naming import check_iqn, check_unit_name, target_iqn, volume_wwn
-from station import pool
 from station.db import Database
-from station.tables import AssignmentRow, UnitRow, VolumeRow
+from station.db.tables import AssignmentRow, Health, UnitRow, UnitState, VolumeRow, VolumeState
+from station.services import pool
+from station.services.exports import ExportPusher
+
+log = logging.getLogger(__name__)
 
 
 def free_candidates(s: Session) -> list[Candidate]:
@@ -18,7 +25,8 @@ def free_candidates(s: Session) -> list[Candidate]:
     q = (select(VolumeRow.id, VolumeRow.unit_name, VolumeRow.device, VolumeRow.size_bytes)
          .join(UnitRow, UnitRow.name == VolumeRow.unit_name)
          .outerjoin(AssignmentRow, AssignmentRow.volume_id == VolumeRow.id)
-         .where(VolumeRow.state == "online", UnitRow.state == "online", UnitRow.health == "ok",
+         .where(VolumeRow.state == VolumeState.ONLINE, UnitRow.state == UnitState.ONLINE,
+                UnitRow.health == Health.OK,
                 AssignmentRow.id.is_(None)))
     return [Candidate(*row) for row in s.execute(q)]
 
@@ -80,3 +88,81 @@ def delete(s: Session, assignment_id: int) -> str:
     s.flush()
     pool.bump_generation(s, unit)
     return unit
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """A new assignment the unit confirmed: its id, unit and target."""
+
+    id: int
+    unit: str
+    target_iqn: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Released:
+    """A release: the unit that held the export and whether it confirmed the drop."""
+
+    id: int
+    unit: str
+    unit_confirmed: bool
+    detail: str
+
+
+async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: str, host_address: str,
+                 size_bytes: int) -> Assigned:
+    """Allocate the best-fitting free volume and have its unit export it to the host.
+
+    Nothing is kept half-done: if the unit does not confirm (no answer, busy, refused), the
+    assignment is taken back so the volume returns to the pool, and the unit is pushed again so it
+    drops whatever part of the export it may have made. Raises Conflict (refused) or Unavailable.
+    """
+    aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes)
+
+    def load() -> Assigned:
+        with db.session() as s:
+            a = get(s, aid)
+            return Assigned(a.id, a.volume.unit_name, a.target_iqn, a.volume.device)
+
+    out = await asyncio.to_thread(load)
+    try:
+        result = await pusher.push(out.unit)
+        refusal = result.refused.get(out.target_iqn)
+        if refusal is not None:
+            raise Conflict(f"unit {out.unit} refused the export of {out.device}: {refusal}")
+    except DvsanError as e:
+        def undo() -> None:
+            with db.session() as s:
+                delete(s, aid)
+        await asyncio.to_thread(undo)
+        try:
+            await pusher.push(out.unit)
+        except DvsanError as again:
+            log.warning("after undoing assignment %d, unit %s is not yet reconciled: %s "
+                        "(it will be at its next storage report)", aid, out.unit, again)
+        cls = Conflict if isinstance(e, Conflict) else Unavailable
+        raise cls(f"unit {out.unit} did not confirm the export of {out.device}: {e}; "
+                  "the volume was returned to the pool") from e
+    log.info("assigned %s:%s to host %s (%s)", out.unit, out.device, host, initiator_iqn)
+    return out
+
+
+async def release(db: Database, pusher: ExportPusher, assignment_id: int) -> Released:
+    """Remove an assignment (the volume is free again) and have the unit drop the export.
+
+    The release stands even when the unit does not answer: it drops the export when it next
+    reconciles, and `unit_confirmed` says which happened.
+    """
+    def remove() -> str:
+        with db.session() as s:
+            return delete(s, assignment_id)
+
+    unit = await asyncio.to_thread(remove)
+    try:
+        result = await pusher.push(unit)
+    except DvsanError as e:
+        return Released(assignment_id, unit, False,
+                        f"released; the unit will drop the export when it next reconciles ({e})")
+    other = f" (other exports refused: {len(result.refused)})" if result.refused else ""
+    return Released(assignment_id, unit, True, "released; the unit removed the export" + other)

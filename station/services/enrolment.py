@@ -22,15 +22,15 @@ from dvsan.errors import Conflict, IdentityRefused, InvalidInput, NotFound
 from dvsan.identity import Ed25519PublicKey, Envelope, decode_public, encode_public, fingerprint
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message
-from station import pool
 from station.db import Database
-from station.tables import UnitIdentityRow, UnitRow
+from station.db.tables import IdentityState, UnitIdentityRow, UnitRow, UnitState
+from station.services import pool
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["manual", "first-come"]
 POLICIES: tuple[Policy, ...] = ("manual", "first-come")
-STATES = ("pending", "enrolled", "revoked")
+STATES = tuple(IdentityState)
 
 
 def _now() -> datetime:
@@ -62,7 +62,7 @@ def admit(s: Session, env: Envelope, address: str, policy: Policy) -> Admission:
     row = s.get(UnitIdentityRow, name)
     now = _now()
     if row is None:
-        row = UnitIdentityRow(name=name, public_key=env.public_key, fingerprint=fp, state="pending",
+        row = UnitIdentityRow(name=name, public_key=env.public_key, fingerprint=fp, state=IdentityState.PENDING,
                               first_address=address[:64], created_at=now, refused_count=0)
         s.add(row)
         if policy == "first-come":
@@ -74,13 +74,13 @@ def admit(s: Session, env: Envelope, address: str, policy: Policy) -> Admission:
                     name, address, fp)
         return Admission(refusal=_pending(name, fp))
     if row.public_key == env.public_key:
-        if row.state == "enrolled":
+        if row.state == IdentityState.ENROLLED:
             return Admission(key=offered)
-        if row.state == "pending":
+        if row.state == IdentityState.PENDING:
             return Admission(refusal=_pending(name, fp))
         return Admission(refusal=IdentityRefused("revoked", f"unit {name}'s key {fp} is revoked"))
     # Another key under this name.
-    if row.state == "enrolled" and env.previous is not None:
+    if row.state == IdentityState.ENROLLED and env.previous is not None:
         try:
             env.verify_previous(decode_public(row.public_key))
         except IdentityRefused:
@@ -116,7 +116,7 @@ class EnrolmentGate:
     """The station endpoint's verifier: the enrolled key of a message's sender, or a refusal.
 
     Enrolled keys are kept in memory once seen, so that a heartbeat or an ACK costs no database
-    transaction; every operator action on a name (station/enrolment_api.py) calls `forget(name)`
+    transaction; every operator action on a name (station/api/routes/enrolment.py) calls `forget(name)`
     before and after its transaction. Anything but "the enrolled key, again" goes to `admit`.
     """
 
@@ -139,7 +139,7 @@ class EnrolmentGate:
             with self.db.session() as s:
                 adm = admit(s, env, peer[0], self.policy)
                 row = s.get(UnitIdentityRow, env.sender) if adm.key is not None else None
-                return adm, row is not None and row.state == "enrolled" and row.public_key == env.public_key
+                return adm, row is not None and row.state == IdentityState.ENROLLED and row.public_key == env.public_key
 
         adm, enrolled = await asyncio.to_thread(tx)
         if adm.refusal is not None:
@@ -150,7 +150,7 @@ class EnrolmentGate:
         return adm.key
 
 
-# --- operator actions (REST: station/enrolment_api.py) -------------------------------------------
+# --- operator actions (REST: station/api/routes/enrolment.py) -------------------------------------------
 def list_identities(s: Session, state: str | None = None) -> list[UnitIdentityRow]:
     if state is not None and state not in STATES:
         raise InvalidInput(f"state must be one of {', '.join(STATES)}")
@@ -175,23 +175,23 @@ def approve(s: Session, name: str, fp: str) -> UnitIdentityRow:
     """
     row = get_identity(s, name)
     now = _now()
-    if row.state == "pending" and fp == row.fingerprint:
+    if row.state == IdentityState.PENDING and fp == row.fingerprint:
         row.state, row.enrolled_at = "enrolled", now
     elif row.offered_fingerprint is not None and fp == row.offered_fingerprint:
         assert row.offered_key is not None
-        if row.state == "enrolled":
+        if row.state == IdentityState.ENROLLED:
             row.rotated_at = now
         else:
             row.enrolled_at = now
-        row.public_key, row.fingerprint, row.state = row.offered_key, fp, "enrolled"
+        row.public_key, row.fingerprint, row.state = row.offered_key, fp, IdentityState.ENROLLED
         _clear_offer(row)
-    elif row.state == "enrolled" and fp == row.fingerprint:
+    elif row.state == IdentityState.ENROLLED and fp == row.fingerprint:
         return row                       # already so: approving twice changes nothing
-    elif row.state == "revoked" and fp == row.fingerprint:
+    elif row.state == IdentityState.REVOKED and fp == row.fingerprint:
         raise Conflict(f"key {fp} of unit {name} is revoked and is never accepted again; "
                        f"the unit must make a new key (dvsan-unit-agent --rotate-key)")
     else:
-        offered = [f for f in (row.fingerprint if row.state == "pending" else None,
+        offered = [f for f in (row.fingerprint if row.state == IdentityState.PENDING else None,
                                row.offered_fingerprint) if f]
         raise Conflict(f"unit {name} offers no key {fp}; "
                        + (f"it offers {', '.join(offered)}" if offered else "it offers none"))
@@ -207,17 +207,17 @@ def enrol_key(s: Session, name: str, public_key: str) -> UnitIdentityRow:
     row = s.get(UnitIdentityRow, name)
     now = _now()
     if row is None:
-        row = UnitIdentityRow(name=name, public_key=text, fingerprint=fp, state="enrolled",
+        row = UnitIdentityRow(name=name, public_key=text, fingerprint=fp, state=IdentityState.ENROLLED,
                               first_address="", created_at=now, enrolled_at=now, refused_count=0)
         s.add(row)
-    elif row.state == "revoked" and row.public_key == text:
+    elif row.state == IdentityState.REVOKED and row.public_key == text:
         raise Conflict(f"key {fp} of unit {name} is revoked and is never accepted again")
     else:
-        if row.state == "enrolled" and row.public_key != text:
+        if row.state == IdentityState.ENROLLED and row.public_key != text:
             row.rotated_at = now
-        elif row.state != "enrolled":
+        elif row.state != IdentityState.ENROLLED:
             row.enrolled_at = now
-        row.public_key, row.fingerprint, row.state = text, fp, "enrolled"
+        row.public_key, row.fingerprint, row.state = text, fp, IdentityState.ENROLLED
         if row.offered_key == text:
             _clear_offer(row)
     log.warning("operator enrolled unit %s with key %s", name, fp)
@@ -231,17 +231,17 @@ def revoke(s: Session, name: str) -> tuple[UnitIdentityRow, int]:
     """
     row = get_identity(s, name)
     offline = 0
-    if row.state != "revoked":
+    if row.state != IdentityState.REVOKED:
         row.state, row.revoked_at = "revoked", _now()
         log.warning("operator revoked unit %s (key %s)", name, row.fingerprint)
     if s.get(UnitRow, name) is not None:
-        offline = pool.record_shutdown(s, name, "offline")
+        offline = pool.record_shutdown(s, name, UnitState.OFFLINE)
     return row, offline
 
 
 def forget_pending(s: Session, name: str) -> None:
     """Drop a pending announcement (a name nobody will approve); enrolled and revoked stay."""
     row = get_identity(s, name)
-    if row.state != "pending":
+    if row.state != IdentityState.PENDING:
         raise Conflict(f"unit {name} is {row.state}: only a pending unit can be forgotten (revoke instead)")
     s.delete(row)

@@ -11,7 +11,19 @@ from sqlalchemy.orm import Session
 from dvsan.errors import NotFound
 from dvsan.model import Export, Extent, Partition
 from dvsan.naming import check_unit_name
-from station.tables import AssignmentRow, PendingDropRow, PoolRow, UnitRow, VolumeRow, utcnow
+from station.db.tables import (
+    UNIT_DOWN_STATES,
+    AssignmentRow,
+    ExportState,
+    Health,
+    PendingDropRow,
+    PoolRow,
+    UnitRow,
+    UnitState,
+    VolumeRow,
+    VolumeState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +52,7 @@ def record_startup(s: Session, name: str, control: tuple[str, int], portal_addre
     unit.portal_port = portal_port
     unit.dns_name = dns_name
     unit.agent_version = agent_version
-    unit.state = "online"
+    unit.state = UnitState.ONLINE
     unit.last_seen = utcnow()
     return unit
 
@@ -59,12 +71,12 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition],
     unit = s.get(UnitRow, name)
     if unit is None:
         raise NotFound(f"unit {name!r} sent storage info before announcing itself")
-    vstate = "online"
-    if bring_online or unit.state == "online":
-        unit.state = "online"
+    vstate = VolumeState.ONLINE
+    if bring_online or unit.state == UnitState.ONLINE:
+        unit.state = UnitState.ONLINE
         unit.last_seen = utcnow()
     else:
-        vstate = "offline"
+        vstate = VolumeState.OFFLINE
     existing = {v.device: v for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name))}
     added = updated = changed = 0
     now = utcnow()
@@ -79,11 +91,11 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition],
             if v.assignment is not None:
                 why = volume_extent(v).mismatch(p.extent)
                 if why is not None:
-                    if v.state != "changed":
+                    if v.state != VolumeState.CHANGED:
                         log.warning("unit %s reports %s with another extent under an assigned volume "
                                     "(host %s): %s; its export is withheld", name, p.device,
                                     v.assignment.host_name, why)
-                    v.state, v.detail, v.updated_at = "changed", why[:255], now
+                    v.state, v.detail, v.updated_at = VolumeState.CHANGED, why[:255], now
                     changed += 1
                     continue
         v.disk, v.number = p.disk, p.number
@@ -93,7 +105,7 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition],
         v.state, v.detail = vstate, None
         v.updated_at = now
     for v in existing.values():
-        v.state = "missing"
+        v.state = VolumeState.MISSING
         v.detail = "no longer reported by its unit"
         v.updated_at = now
     return PoolChange(added, updated, len(existing), len(partitions) - changed, changed)
@@ -118,10 +130,7 @@ def bump_generation(s: Session, unit: str) -> None:
     s.execute(update(UnitRow).where(UnitRow.name == unit).values(generation=UnitRow.generation + 1))
 
 
-UNIT_DOWN_STATES = ("offline", "link-down", "unreachable")
-
-
-def record_shutdown(s: Session, name: str, state: str = "offline") -> int:
+def record_shutdown(s: Session, name: str, state: str = UnitState.OFFLINE) -> int:
     """A unit is down (`state` says how): its volumes are offline, kept with their assignments."""
     if state not in UNIT_DOWN_STATES:
         raise ValueError(f"not a down state: {state}")
@@ -129,21 +138,21 @@ def record_shutdown(s: Session, name: str, state: str = "offline") -> int:
     if unit is None:
         raise NotFound(f"unknown unit {name!r}")
     unit.state = state
-    if state == "offline":
+    if state == UnitState.OFFLINE:
         unit.last_seen = utcnow()
     n = 0
-    for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name, VolumeRow.state == "online")):
-        v.state = "offline"
+    for v in s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name, VolumeRow.state == VolumeState.ONLINE)):
+        v.state = VolumeState.OFFLINE
         n += 1
     return n
 
 
-def record_heartbeat(s: Session, name: str, health: str = "ok", detail: str | None = None) -> str:
+def record_heartbeat(s: Session, name: str, health: str = Health.OK, detail: str | None = None) -> str:
     """A unit says it is alive (and how healthy); returns the state the station holds it in."""
     unit = s.get(UnitRow, name)
     if unit is None:
         return "unknown"
-    if unit.state == "online":
+    if unit.state == UnitState.ONLINE:
         unit.last_seen = utcnow()
         if (unit.health, unit.health_detail) != (health, detail):
             log.warning("unit %s health: %s%s", name, health, f" ({detail})" if detail else "")
@@ -154,7 +163,7 @@ def record_heartbeat(s: Session, name: str, health: str = "ok", detail: str | No
 def silent_units(s: Session, older_than: datetime) -> list[str]:
     """Online units not heard from since `older_than` (UTC)."""
     out = []
-    for u in s.scalars(select(UnitRow).where(UnitRow.state == "online")):
+    for u in s.scalars(select(UnitRow).where(UnitRow.state == UnitState.ONLINE)):
         seen = u.last_seen if u.last_seen.tzinfo else u.last_seen.replace(tzinfo=UTC)  # SQLite drops tz
         if seen < older_than:
             out.append(u.name)
@@ -207,9 +216,9 @@ def desired_state(s: Session, unit: str) -> DesiredState:
     )
     exports, withheld, moved = [], {}, []
     for a, v in rows:
-        if v.state != "online":
+        if v.state != VolumeState.ONLINE:
             withheld[a.id] = f"volume is {v.state}" + (f": {v.detail}" if v.detail else "")
-            if v.state == "changed":
+            if v.state == VolumeState.CHANGED:
                 # The device is another extent now: an export of it must go even under a live
                 # session (the host would write over someone else's blocks), not merely wait.
                 moved.append(a.target_iqn)
@@ -236,9 +245,9 @@ def record_export_results(s: Session, unit: str, state: DesiredState, refused: d
     reason) or withheld (the station's); drops the unit carried out are forgotten."""
     for a in s.scalars(select(AssignmentRow).join(VolumeRow).where(VolumeRow.unit_name == unit)):
         if a.id in state.withheld:
-            a.export_state, a.export_detail = "withheld", state.withheld[a.id][:255]
+            a.export_state, a.export_detail = ExportState.WITHHELD, state.withheld[a.id][:255]
         elif a.target_iqn in refused:
-            a.export_state, a.export_detail = "refused", refused[a.target_iqn][:255]
+            a.export_state, a.export_detail = ExportState.REFUSED, refused[a.target_iqn][:255]
         else:
-            a.export_state, a.export_detail = "exported", None
+            a.export_state, a.export_detail = ExportState.EXPORTED, None
     clear_pending_drops(s, [t for t in state.drop if t not in refused])

@@ -1,6 +1,6 @@
 """Never twice: many hosts ask at once, over HTTP, the real station process on its SQLite file.
 
-What holds it is the UNIQUE(volume_id) constraint of the assignments table (station/tables.py and
+What holds it is the UNIQUE(volume_id) constraint of the assignments table (station/db/tables.py and
 migration 0001) with allocate()'s retry on a lost race. Remove the constraint and this test sees
 one volume given to two hosts (issue 18 hole 1); the stateful test in
 tests/unit/test_allocation_stateful.py races the same path in-process.

@@ -101,16 +101,23 @@ def unit_state(station: Any, name: str) -> str:
     return station.get(f"/api/v1/units/{name}").json()["state"]  # type: ignore[no-any-return]
 
 
+def _noise_free(stderr: str) -> str:
+    """net-snmp's stderr without its first-run notice ("Created directory: /var/lib/snmp/...",
+    printed once on a new machine): a MIB that does not load still shows here."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not line.startswith("Created directory: "))
+
+
 def test_gp_net_snmp_loads_dvsan_mib():
     out = subprocess.run([_need("snmptranslate"), *MIBS, "-Pe", "-Tp", "-IR", "dvsanMIB"],
                          capture_output=True, text=True, timeout=15, check=True)
     assert "dvsanUnitControlPort(4)" in out.stdout and "boot(1), linkUp(2), linkDown(3), shutdown(4)" in out.stdout
-    assert out.stderr == ""
+    assert _noise_free(out.stderr) == ""
     for name, oid in [("DVSAN-MIB::dvsanUnitName.0", ".1.3.6.1.4.1.32473.7479.1.1.1.0"),
                       ("IF-MIB::linkDown", ".1.3.6.1.6.3.1.1.5.3"), ("SNMPv2-MIB::coldStart", ".1.3.6.1.6.3.1.1.5.1")]:
         r = subprocess.run([_need("snmptranslate"), *MIBS, "-On", name], capture_output=True, text=True,
                            timeout=15, check=True)
-        assert (r.stdout.strip(), r.stderr) == (oid, ""), name
+        assert (r.stdout.strip(), _noise_free(r.stderr)) == (oid, ""), name
 
 
 def test_gp_v2c_coldstart_from_snmptrap_makes_station_fetch_storage_info(trap_station, snmp_home):

@@ -1,5 +1,5 @@
 """A storage report that lists one device twice is refused whole, with a clear error, over the real
-signed protocol (station/autoconf.py `_storage_info`; issue 18 hole 6)."""
+signed protocol (station/listeners/autoconf.py `_storage_info`; issue 18 hole 6)."""
 
 import dataclasses
 from typing import Any

@@ -1,6 +1,6 @@
 """Two units with assignments each: every unit is sent, and holds, exactly its own exports.
 
-The station scopes a unit's desired state to that unit (station/pool.py desired_state); send
+The station scopes a unit's desired state to that unit (station/services/pool.py desired_state); send
 every unit every unit's exports and this test fails twice over: in what the station sends, and
 in what the unit ends up holding (issue 18 hole 4).
 """

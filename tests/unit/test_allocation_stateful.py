@@ -1,5 +1,5 @@
-"""The station's own allocation path, driven statefully: station.assignments and station.pool on a
-real SQLite database (station/db.py, migrated by Alembic), raced by threads.
+"""The station's own allocation path, driven statefully: station.services.assignments and station.services.pool on a
+real SQLite database (station/db/database.py, migrated by Alembic), raced by threads.
 
 Hypothesis brings units and volumes, takes units down and back, loses devices, asks for storage
 one at a time and many at once, and releases. The test keeps a model only of what was *done*
@@ -31,9 +31,9 @@ from sqlalchemy import func, select
 
 from dvsan.errors import Conflict, InsufficientCapacity
 from dvsan.model import Partition
-from station import assignments, pool
 from station.db import Database
-from station.tables import AssignmentRow, VolumeRow
+from station.db.tables import AssignmentRow, VolumeRow
+from station.services import assignments, pool
 
 MiB = 1024**2
 UNITS = ("unit-a", "unit-b", "unit-c")

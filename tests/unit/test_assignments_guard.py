@@ -1,4 +1,4 @@
-"""station.assignments on a real migrated SQLite database: what an assignment records, who sees it,
+"""station.services.assignments on a real migrated SQLite database: what an assignment records, who sees it,
 and what a release leaves behind (mutation survivors of docs/testing.md, killed here)."""
 
 from collections.abc import Iterator
@@ -9,9 +9,9 @@ from sqlalchemy import update
 
 from dvsan.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from dvsan.naming import target_iqn, volume_wwn
-from station import assignments, pool
 from station.db import Database
-from station.tables import PendingDropRow, UnitRow
+from station.db.tables import PendingDropRow, UnitRow
+from station.services import assignments, pool
 from tests.unit.test_allocation_stateful import Vol, migrated_db, partition
 
 MiB = 1024**2

@@ -2,16 +2,29 @@
 
 import asyncio
 import contextlib
+import hmac
+import logging
+import os
 import socket
 import time
+from hashlib import sha256
 
 import pytest
 
+import dvsan.endpoint
 from dvsan.endpoint import Endpoint
 from dvsan.errors import InvalidInput, Unavailable
-from dvsan.protocol import MAX_DATAGRAM, MsgType, decode, encode
+from dvsan.protocol import HEADER, MAGIC, MAX_DATAGRAM, VERSION, MsgType, decode, encode
 
 KEY = b"cluster-key-0123456789abcdef"
+
+
+def signed(mtype, seq, payload, *, ack=0, flags=1, fidx=0, fcount=1):
+    """A fresh, well-signed datagram with any payload: what a peer with the key may send."""
+    nonce = int.from_bytes(os.urandom(8), "big")
+    data = HEADER.pack(MAGIC, VERSION, int(mtype), flags, seq, ack, int(time.time() * 1000), nonce,
+                       fidx, fcount, len(payload)) + payload
+    return data + hmac.new(KEY, data, sha256).digest()
 
 
 def run(coro):
@@ -316,5 +329,116 @@ def test_ep_replay_from_another_port_is_dropped():
             s2.sendto(valid, b.address)
             await until(lambda: b.stats["dropped_replayed"] == 1)
             assert len(h.calls) == 1
+
+    run(scenario())
+
+
+def test_ep_an_empty_payload_is_dropped_as_bad_payload_never_handled_nor_answered():
+    """Side by side: `{}` is a message with an empty body, zero bytes are dropped (docs/protocol.md)."""
+    async def scenario():
+        h = Recorder(reply={"ok": 1})
+        async with pair(h) as (_a, b), raw_socket() as s:
+            s.sendto(signed(MsgType.SHUTDOWN, 1, b"{}"), b.address)
+            await until(lambda: len(h.calls) == 1)
+            acks = []
+            await until(lambda: drain_into(s, acks))
+            assert [(decode(KEY, d).type, decode(KEY, d).ack) for d in acks] == [(MsgType.ACK, 1)]
+            s.sendto(signed(MsgType.SHUTDOWN, 2, b""), b.address)
+            await until(lambda: b.stats["dropped_bad-payload"] == 1)
+            assert b.stats["dropped"] == 1 and len(h.calls) == 1
+            assert b.stats["handler_errors"] == 0 and b.stats["acks_sent"] == 1
+            assert drain(s) == []                     # no answer to the empty one
+
+    run(scenario())
+
+
+def drain_into(s, out):
+    out.extend(drain(s))
+    return out
+
+
+def test_ep_an_empty_ack_is_dropped_and_does_not_complete_the_send():
+    async def scenario():
+        async with raw_socket() as peer:
+            a = await Endpoint.open(KEY, Recorder(), "127.0.0.1", 0, name="a")
+            try:
+                task = asyncio.ensure_future(
+                    a.send(peer.getsockname(), MsgType.STARTUP, {"unit": "unit-a"}, timeout=3, rto=1)
+                )
+                got = []
+                await until(lambda: drain_into(peer, got))
+                seq = decode(KEY, got[0]).seq
+                peer.sendto(signed(MsgType.ACK, 900, b"", ack=seq, flags=0), a.address)
+                await until(lambda: a.stats["dropped_bad-payload"] == 1)
+                assert not task.done() and a.stats["acks_unmatched"] == 0
+                peer.sendto(signed(MsgType.ACK, 901, b'{"status":"ok"}', ack=seq, flags=0),
+                            a.address)
+                assert await task == {"status": "ok"}
+            finally:
+                a.close()
+
+    run(scenario())
+
+
+def test_gp_a_drop_is_logged_once_per_reason_and_source_address_per_period(caplog, monkeypatch):
+    monkeypatch.setattr(dvsan.endpoint, "LOG_EVERY", 0.3)
+    caplog.set_level(logging.WARNING, logger="dvsan.endpoint")
+
+    def lines(what):
+        return [r for r in caplog.records if what in r.getMessage()]
+
+    async def scenario():
+        async with pair(Recorder()) as (_a, b), raw_socket() as s:
+            for _ in range(3):                             # three of one kind from one address
+                s.sendto(b"\0" * 80, b.address)
+            s.sendto(b"DVSN", b.address)                   # another kind from the same address
+            await until(lambda: b.stats["dropped"] == 4)
+            assert len(lines("(bad-magic")) == 1 and len(lines("(truncated")) == 1
+            assert lines("(bad-magic")[0].getMessage().endswith(
+                "further ones of this kind from 127.0.0.1 are only counted for 0.3 s")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                other.bind(("127.0.0.2", 0))               # the same kind from another address
+                other.sendto(b"\0" * 80, b.address)
+                await until(lambda: b.stats["dropped"] == 5)
+            assert len(lines("(bad-magic")) == 2
+            await asyncio.sleep(0.35)                      # the period is over: logged again
+            s.sendto(b"\0" * 80, b.address)
+            await until(lambda: b.stats["dropped"] == 6)
+            assert len(lines("(bad-magic")) == 3
+            assert b.stats["dropped_bad-magic"] == 5       # every one was counted
+
+    run(scenario())
+
+
+def test_ep_a_flood_of_source_addresses_cannot_flood_the_log(caplog, monkeypatch):
+    monkeypatch.setattr(dvsan.endpoint, "LOG_TAGS", 2)
+    caplog.set_level(logging.WARNING, logger="dvsan.endpoint")
+
+    async def scenario():
+        async with pair(Recorder()) as (_a, b):
+            for i in range(2, 6):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((f"127.0.0.{i}", 0))
+                    s.sendto(b"\0" * 80, b.address)
+                    await until(lambda i=i: b.stats["dropped"] == i - 1)
+            logged = [r.getMessage() for r in caplog.records if "(bad-magic" in r.getMessage()]
+            assert [m.split(" from ")[1].split(":")[0] for m in logged] == ["127.0.0.2", "127.0.0.3"]
+            assert b.stats["dropped_bad-magic"] == 4
+
+    run(scenario())
+
+
+def test_ep_partial_messages_dropped_incomplete_are_counted_in_the_stats():
+    async def scenario():
+        h = Recorder()
+        async with pair(h) as (_a, b), raw_socket() as s:
+            b._reasm.timeout_ms = 50        # NOTE: the default 30 s is too long for a unit test
+            s.sendto(signed(MsgType.STORAGE_INFO, 5, b'{"unit":', fcount=2), b.address)
+            await until(lambda: b.stats["datagrams_received"] == 1)
+            await asyncio.sleep(0.1)
+            s.sendto(signed(MsgType.HEARTBEAT, 6, b"{}"), b.address)   # any datagram expires it
+            await until(lambda: b.stats["partial_expired"] == 1)
+            assert len(h.calls) == 1 and h.calls[0][0].type == MsgType.HEARTBEAT
+            assert b.stats["dropped"] == 0
 
     run(scenario())

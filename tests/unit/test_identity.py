@@ -37,9 +37,9 @@ from dvsan.identity import (
     seal,
 )
 from dvsan.protocol import MsgType, decode, encode
-from station import enrolment
 from station.db import Database
-from station.tables import UnitIdentityRow
+from station.db.tables import UnitIdentityRow
+from station.services import enrolment
 
 NOW = 1_790_000_000_000
 KEY = b"cluster-key-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""station.pool on a real migrated SQLite database: what each report does to units and volumes, what
+"""station.services.pool on a real migrated SQLite database: what each report does to units and volumes, what
 a unit is sent, and what is recorded of its answer (mutation survivors of docs/testing.md)."""
 
 import dataclasses
@@ -11,9 +11,9 @@ from sqlalchemy import update
 
 from dvsan.errors import NotFound
 from dvsan.model import Partition
-from station import assignments, pool
 from station.db import Database
-from station.tables import UnitRow, VolumeRow
+from station.db.tables import UnitRow, VolumeRow
+from station.services import assignments, pool
 from tests.unit.test_allocation_stateful import Vol, migrated_db, partition
 
 MiB = 1024**2
@@ -297,7 +297,7 @@ def test_gp_volume_rows_carry_their_unit(db):
 
 def test_gp_a_health_change_is_logged_once_with_its_detail(db, caplog):
     start(db, "unit-a", parts("unit-a", 64))
-    caplog.set_level("WARNING", logger="station.pool")
+    caplog.set_level("WARNING", logger="station.services.pool")
     with db.session() as s:
         pool.record_heartbeat(s, "unit-a", "degraded", "configfs write stuck")
         pool.record_heartbeat(s, "unit-a", "degraded", "configfs write stuck")

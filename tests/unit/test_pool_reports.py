@@ -1,7 +1,7 @@
 """A storage report that a down event overtook (SNMP linkDown, SHUTDOWN) does not bring its unit
-back online: station.pool.record_storage_info(bring_online=False) on a real SQLite database."""
+back online: station.services.pool.record_storage_info(bring_online=False) on a real SQLite database."""
 
-from station import pool
+from station.services import pool
 from tests.unit.test_pool_guard import db, parts, start, vols  # noqa: F401 - db is a fixture
 
 

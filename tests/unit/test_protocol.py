@@ -139,9 +139,35 @@ def test_gp_ack_carries_the_acknowledged_seq_and_wants_no_ack():
 
 def test_gp_empty_body_and_seq_wraps_to_32_bits():
     [d] = encode(KEY, MsgType.SHUTDOWN, 2**32 + 5, {}, now_ms=NOW)
+    assert decode(KEY, d).payload == b"{}"  # an empty body is sent as the two bytes {}
     assert whole([d]).body == {} and decode(KEY, d).seq == 5
-    # An empty payload (zero bytes) is an empty object too.
-    assert whole([forge(payload=b"")]).body == {}
+
+
+@pytest.mark.parametrize("mtype", [MsgType.SHUTDOWN, MsgType.ACK])
+def test_ep_an_empty_payload_is_no_json_object_and_is_dropped_as_bad_payload(mtype):
+    """Side by side: `{}` is an empty body; zero bytes are no body at all (docs/protocol.md)."""
+    assert whole([forge(mtype=int(mtype), payload=b"{}")]).body == {}
+    f = decode(KEY, forge(mtype=int(mtype), payload=b""))  # well formed and signed
+    with pytest.raises(ProtocolError) as ei:
+        Reassembler().add(PEER, f, NOW)
+    assert ei.value.reason == "bad-payload"
+
+
+def test_ep_fragments_that_join_to_nothing_are_bad_payload():
+    r = Reassembler()
+    assert r.add(PEER, decode(KEY, forge(nonce=1, fidx=0, fcount=2, payload=b"")), NOW) is None
+    with pytest.raises(ProtocolError) as ei:
+        r.add(PEER, decode(KEY, forge(nonce=2, fidx=1, fcount=2, payload=b"")), NOW)
+    assert ei.value.reason == "bad-payload" and r.pending == 0
+    # the same two fragments around a real body make a message
+    r.add(PEER, decode(KEY, forge(nonce=3, fidx=0, fcount=2, payload=b"{")), NOW)
+    assert r.add(PEER, decode(KEY, forge(nonce=4, fidx=1, fcount=2, payload=b"}")), NOW).body == {}
+
+
+@pytest.mark.parametrize("body", [[], ["unit-a"], "unit-a", None, 42])
+def test_ep_encode_refuses_a_body_that_is_not_an_object(body):
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        encode(KEY, MsgType.STARTUP, 1, body)
 
 
 @pytest.mark.parametrize(
@@ -182,9 +208,23 @@ def test_gp_reassembly_out_of_order_and_with_duplicates():
     assert r.pending == 0
 
 
-def test_gp_message_split_across_a_multibyte_character_reassembles():
-    body = {"x": "€" * MAX_PAYLOAD}  # 3 bytes each: fragments cut characters
-    assert whole(encode(KEY, MsgType.EXPORTS, 3, body, now_ms=NOW)).body == body
+def test_gp_our_payload_is_ascii_so_fragments_never_cut_a_character_of_ours():
+    body = {"x": "€" * MAX_PAYLOAD}
+    ds = encode(KEY, MsgType.EXPORTS, 3, body, now_ms=NOW)
+    assert all(decode(KEY, d).payload.isascii() for d in ds)  # "€" travels as \u20ac
+    assert whole(ds).body == body
+
+
+def test_gp_fragments_are_byte_slices_so_raw_utf8_cut_inside_a_character_reassembles():
+    """A peer may send raw UTF-8 (the spec asks for UTF-8 JSON, not escapes): joined, then decoded."""
+    text = json.dumps({"x": "€✓ü" * 10}, ensure_ascii=False).encode()
+    cut = text.index("€".encode()) + 1  # inside the 3 bytes of the euro sign
+    halves = [text[:cut], text[cut:]]
+    with pytest.raises(UnicodeDecodeError):
+        halves[0].decode()
+    ds = [forge(nonce=i, fidx=i, fcount=2, payload=h) for i, h in enumerate(halves)]
+    assert whole(ds).body == {"x": "€✓ü" * 10}
+    assert whole(ds[::-1]).body == {"x": "€✓ü" * 10}
 
 
 def test_gp_reassembly_keeps_peers_types_and_seqs_apart():
@@ -218,13 +258,31 @@ def test_ep_partial_messages_expire():
     r = Reassembler(timeout_ms=1000)
     for d in ds[:-1]:
         assert r.add(PEER, decode(KEY, d), NOW) is None
-    assert r.pending == 1
-    # The last fragment arrives too late: the rest was dropped, so it starts a new partial message.
+    assert r.pending == 1 and r.buffered_bytes > 0
+    # Exactly at the timeout it is still kept...
+    assert r.add(PEER, decode(KEY, forge(nonce=50)), NOW + 1000).body == {}
+    assert r.pending == 1 and r.counts["partial_expired"] == 0
+    # The last fragment arrives too late: the rest was dropped (and counted), so it starts a new
+    # partial message.
     assert r.add(PEER, decode(KEY, ds[-1]), NOW + 1001) is None
-    assert r.pending == 1
+    assert r.pending == 1 and r.counts["partial_expired"] == 1
+    assert r.buffered_bytes == len(decode(KEY, ds[-1]).payload)
     # Within the timeout the same would have completed it.
     r2 = Reassembler(timeout_ms=1000)
     assert whole(ds[:-1] + ds[-1:], now=NOW, reasm=r2).body == inventory(100)
+    assert r2.counts["partial_expired"] == 0 and r2.buffered_bytes == 0
+
+
+def test_ep_a_single_datagram_message_also_expires_old_partial_ones():
+    """Expiry does not wait for the next fragmented message: any datagram brings it (and its count)."""
+    r = Reassembler(timeout_ms=1000)
+    r.add(PEER, decode(KEY, forge(seq=1, nonce=1, fidx=0, fcount=2, payload=b'{"a":')), NOW)
+    r.add(PEER, decode(KEY, forge(seq=2, nonce=2, fidx=0, fcount=2, payload=b'{"a":')), NOW + 500)
+    assert r.add(PEER, decode(KEY, forge(nonce=3)), NOW + 1001).body == {}
+    assert (r.pending, r.counts["partial_expired"], r.buffered_bytes) == (1, 1, 5)
+    assert r.add(PEER, decode(KEY, forge(nonce=4)), NOW + 1501).body == {}
+    assert (r.pending, r.counts["partial_expired"], r.buffered_bytes) == (0, 2, 0)
+    assert r.counts["partial_evicted"] == 0
 
 
 def test_ep_fragment_count_changing_within_a_message_is_refused():
@@ -240,7 +298,8 @@ def test_ep_too_many_partial_messages_evict_the_oldest():
     r = Reassembler(max_pending=3)
     for seq in range(5):
         r.add(PEER, decode(KEY, forge(seq=seq, fidx=0, fcount=2, payload=b'{"a":')), NOW)
-    assert r.pending == 3
+    assert r.pending == 3 and r.counts["partial_evicted"] == 2
+    assert r.counts["partial_expired"] == 0 and r.buffered_bytes == 3 * len(b'{"a":')
     # seq 0 was evicted: its second half alone completes nothing; seq 4's does.
     assert r.add(PEER, decode(KEY, forge(seq=0, fidx=1, fcount=2, payload=b"1}")), NOW) is None
     assert r.add(PEER, decode(KEY, forge(seq=4, fidx=1, fcount=2, payload=b"1}")), NOW).body == {
@@ -312,6 +371,31 @@ def test_ep_bad_magic(magic):
     assert reason(forge(magic=magic)) == "bad-magic"
 
 
+@pytest.mark.parametrize("plen", [0, 1, 999, 2**32 - 1])
+def test_ep_a_bad_magic_is_told_before_a_bad_length(plen):
+    """Side by side: the same inconsistent length is `truncated` in one of ours, `bad-magic` in a
+    foreign datagram (docs/protocol.md: size, magic, then length)."""
+    assert reason(forge(plen=plen)) == "truncated"
+    assert reason(forge(magic=b"HTTP", plen=plen)) == "bad-magic"
+
+
+@pytest.mark.parametrize(
+    ("datagram", "why"),
+    [
+        (b"", "truncated"),
+        (b"D", "truncated"),
+        (b"DVS", "truncated"),
+        (b"DVSN", "truncated"),
+        (b"X", "bad-magic"),
+        (b"DVX", "bad-magic"),
+        (b"GET / HTTP/1.0\r\n\r\n", "bad-magic"),
+        (b"\x30\x29\x02\x01\x01\x04\x06public", "bad-magic"),  # an SNMP message
+    ],
+)
+def test_ep_short_datagrams_are_truncated_only_if_they_begin_like_ours(datagram, why):
+    assert reason(datagram) == why
+
+
 @pytest.mark.parametrize("version", [0, 2, 255])
 def test_ep_bad_version_correctly_signed(version):
     assert reason(forge(version=version)) == "bad-version"
@@ -324,7 +408,7 @@ def test_ep_bad_version_unsigned_says_only_bad_signature():
     assert reason(bytes(bad)) == "bad-signature"
 
 
-@pytest.mark.parametrize("mtype", [0, 8, 200, 255])
+@pytest.mark.parametrize("mtype", [0, max(MsgType) + 1, 200, 255])
 def test_ep_bad_type(mtype):
     assert reason(forge(mtype=mtype)) == "bad-type"
 
@@ -580,3 +664,14 @@ def test_ep_reassembler_memory_is_bounded_by_bytes() -> None:
     whole = encode(key, MsgType.STORAGE_INFO, 99, {"x": "z" * 5000})
     msgs = [r.add("p", decode(key, d), 0) for d in whole]
     assert msgs[-1] is not None and msgs[-1].body == {"x": "z" * 5000}
+    assert r.counts["partial_evicted"] > 0 and r.counts["partial_expired"] == 0
+
+
+def test_ep_the_counts_go_where_the_endpoint_keeps_its_stats():
+    from collections import Counter
+
+    stats = Counter(dropped=3)
+    r = Reassembler(max_pending=1, counts=stats)
+    for seq in range(3):
+        r.add(PEER, decode(KEY, forge(seq=seq, nonce=seq, fidx=0, fcount=2, payload=b"{")), NOW)
+    assert stats == Counter(dropped=3, partial_evicted=2)

@@ -246,7 +246,7 @@ def test_ep_station_settings_for_traps():
 def test_gp_pysnmp_values_and_reject_reasons():
     from pysnmp.proto import errind, rfc1902
 
-    from station.snmp import plain, reject_reason
+    from station.listeners.snmp.receiver import plain, reject_reason
 
     assert plain(rfc1902.OctetString(b"unit-z")) == b"unit-z"
     assert plain(rfc1902.Gauge32(7478)) == 7478 and plain(rfc1902.Integer32(-1)) == -1

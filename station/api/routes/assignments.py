@@ -6,18 +6,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from dvsan.errors import Conflict, DvsanError, Unavailable
-from station import assignments, pool
-from station.autoconf import AutoconfServer
-from station.db import Database
-from station.schemas import (
+from station.api.schemas import (
     AssignmentCreate,
     AssignmentPublic,
     ReleasePublic,
     UnitPublic,
     VolumePublic,
 )
-from station.tables import AssignmentRow
+from station.db import Database
+from station.db.tables import AssignmentRow
+from station.listeners.autoconf import AutoconfListener
+from station.services import assignments, pool
+from station.services.exports import ExportPusher
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
@@ -27,12 +27,17 @@ def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def get_autoconf(request: Request) -> AutoconfServer:
-    return request.app.state.autoconf  # type: ignore[no-any-return]
+def get_pusher(request: Request) -> ExportPusher:
+    return request.app.state.pusher  # type: ignore[no-any-return]
+
+
+def get_listener(request: Request) -> AutoconfListener:
+    return request.app.state.listener  # type: ignore[no-any-return]
 
 
 DbDep = Annotated[Database, Depends(get_db)]
-AutoconfDep = Annotated[AutoconfServer, Depends(get_autoconf)]
+PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
+ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
 
 
 def assignment_public(a: AssignmentRow) -> AssignmentPublic:
@@ -79,71 +84,35 @@ def list_assignments(db: DbDep, host: str | None = None) -> list[AssignmentPubli
         return [assignment_public(a) for a in assignments.list_all(s, host)]
 
 
-@router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
-def get_assignment(assignment_id: int, db: DbDep) -> AssignmentPublic:
+def load_assignment(db: Database, assignment_id: int) -> AssignmentPublic:
     with db.session() as s:
         return assignment_public(assignments.get(s, assignment_id))
 
 
+@router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
+def get_assignment(assignment_id: int, db: DbDep) -> AssignmentPublic:
+    return load_assignment(db, assignment_id)
+
+
 @router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
-async def create_assignment(body: AssignmentCreate, db: DbDep, autoconf: AutoconfDep) -> AssignmentPublic:
+async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep) -> AssignmentPublic:
     """Give a host the smallest free volume that fits; answers once the unit exports it to the host."""
-    aid = await run_in_threadpool(assignments.allocate, db, body.host, body.initiator_iqn,
-                                  body.host_address, body.size_bytes)
-
-    def load() -> AssignmentPublic:
-        with db.session() as s:
-            return assignment_public(assignments.get(s, aid))
-
-    out = await run_in_threadpool(load)
-    try:
-        ack = await autoconf.push_exports(out.unit)
-        refusal = ack["refused"].get(out.target_iqn)
-        if refusal is not None:
-            raise Conflict(f"unit {out.unit} refused the export of {out.device}: {refusal}")
-    except DvsanError as e:
-        # The unit never confirmed: take the assignment back so the volume is not lost to the pool,
-        # then push again so the unit drops whatever part of the export it may have made.
-        def undo() -> None:
-            with db.session() as s:
-                assignments.delete(s, aid)
-        await run_in_threadpool(undo)
-        try:
-            await autoconf.push_exports(out.unit)
-        except DvsanError as again:
-            log.warning("after undoing assignment %d, unit %s is not yet reconciled: %s "
-                        "(it will be at its next storage report)", aid, out.unit, again)
-        cls = Conflict if isinstance(e, Conflict) else Unavailable
-        raise cls(f"unit {out.unit} did not confirm the export of {out.device}: {e}; "
-                  "the volume was returned to the pool") from e
-    out = await run_in_threadpool(load)
-    log.info("assigned %s:%s (%d bytes) to host %s (%s)", out.unit, out.device, out.size_bytes,
-             out.host, out.initiator_iqn)
-    return out
+    out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
+                                   body.size_bytes)
+    return await run_in_threadpool(load_assignment, db, out.id)
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
-async def delete_assignment(assignment_id: int, db: DbDep, autoconf: AutoconfDep) -> ReleasePublic:
+async def delete_assignment(assignment_id: int, db: DbDep, pusher: PusherDep) -> ReleasePublic:
     """Release a volume: the assignment goes, the unit drops the export, the volume is free again."""
-    def remove() -> str:
-        with db.session() as s:
-            return assignments.delete(s, assignment_id)
-
-    unit = await run_in_threadpool(remove)
-    try:
-        ack = await autoconf.push_exports(unit)
-        return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=True,
-                             detail="released; the unit removed the export"
-                             + (f" (other exports refused: {len(ack['refused'])})" if ack["refused"] else ""))
-    except DvsanError as e:
-        return ReleasePublic(id=assignment_id, unit=unit, unit_confirmed=False,
-                             detail=f"released; the unit will drop the export when it next reconciles ({e})")
+    r = await assignments.release(db, pusher, assignment_id)
+    return ReleasePublic(id=r.id, unit=r.unit, unit_confirmed=r.unit_confirmed, detail=r.detail)
 
 
 @router.get("/protocol/stats")
-def protocol_stats(autoconf: AutoconfDep, request: Request) -> dict[str, int]:
+def protocol_stats(listener: ListenerDep, request: Request) -> dict[str, int]:
     """Counters of the auto-configuration listener (received, dropped by reason, retransmits...)
     and, when it runs, of the SNMP notification receiver (snmp_*: received, accepted,
     rejected and ignored by reason)."""
     snmp = getattr(request.app.state, "snmp", None)
-    return {**autoconf.stats, **(snmp.stats if snmp is not None else {"snmp_listening": 0})}
+    return {**listener.stats, **(snmp.stats if snmp is not None else {"snmp_listening": 0})}

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from station import enrolment
 from station.db import Database
+from station.services import enrolment
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])

@@ -58,7 +58,7 @@ def reject_reason(indication: object) -> str:
 
 
 class UnitEvents(Protocol):
-    """What the receiver drives: station.autoconf.AutoconfServer."""
+    """What the receiver drives: station.services.units.UnitService."""
 
     async def unit_trap_up(self, unit: str) -> None: ...
 
