@@ -99,7 +99,7 @@ def encode(
     slices of its bytes (a receiver joins bytes before it decodes, so it takes raw UTF-8 too).
     """
     if not isinstance(body, dict):
-        raise ValueError(f"a message body must be a JSON object, not {type(body).__name__}")
+        raise ValueError(f"a message body must be a JSON object, not {type(body).__name__}")  # noqa: TRY004 - encode raises ValueError for every body it cannot send
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     chunks = [payload[i:i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)]
     if len(chunks) > MAX_FRAGMENTS:

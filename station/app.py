@@ -17,6 +17,7 @@ from station.listeners.autoconf import AutoconfListener
 from station.services.enrolment import EnrolmentGate
 from station.services.exports import ExportPusher
 from station.services.units import UnitService
+from station.services.wipes import WipeService
 from station.settings import StationSettings
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ def create_app(settings: StationSettings) -> FastAPI:
         listener = AutoconfListener(key, signer=identity.Signer(identity.STATION, station_key),
                                     verifier=app.state.enrolment_gate)
         pusher = ExportPusher(db, listener, settings.export_timeout)
-        units = UnitService(db, listener, pusher)
-        await listener.start(units, settings.udp_host, settings.udp_port)
+        wipes = WipeService(db, listener, settings.export_timeout)
+        units = UnitService(db, listener, pusher, wipes)
+        await listener.start(units, wipes, settings.udp_host, settings.udp_port)
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))
         app.state.db, app.state.listener, app.state.pusher, app.state.units = db, listener, pusher, units
+        app.state.wipes = wipes
         app.state.snmp = None
         try:
             if settings.snmp_enabled:

@@ -42,6 +42,12 @@ class VolumePublic(BaseModel):
     state: str
     detail: str | None = None
     assigned_to: str | None = None
+    wipe_state: str = Field("clean", description="clean (may be handed out), needed, running or "
+                            "failed: a released volume is zeroed on its unit before it is free")
+    wipe_done_bytes: int = 0
+    wipe_total_bytes: int = 0
+    wipe_method: str | None = None
+    wipe_detail: str | None = None
 
 
 class AssignmentCreate(BaseModel):
@@ -124,3 +130,5 @@ class ReleasePublic(BaseModel):
     unit: str
     unit_confirmed: bool
     detail: str
+    volume_id: int
+    wipe_state: str

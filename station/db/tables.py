@@ -38,6 +38,15 @@ class VolumeState(StrEnum):
     CHANGED = "changed"            # reported with another extent or identity while assigned
 
 
+class WipeState(StrEnum):
+    """Whether a volume may hold a previous host's bytes (station/services/wipes.py)."""
+
+    CLEAN = "clean"                # holds no host's data: may be handed out
+    NEEDED = "needed"              # released: must be zeroed on its unit before anyone gets it
+    RUNNING = "running"            # its unit is zeroing it
+    FAILED = "failed"              # refused or failed on the unit (`wipe_detail`); retried later
+
+
 class ExportState(StrEnum):
     PENDING = "pending"
     EXPORTED = "exported"
@@ -93,6 +102,15 @@ class VolumeRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="online")
     detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Only a clean volume is ever handed out; a release makes it `needed` in the same transaction
+    # that deletes the assignment (WipeState).
+    wipe_state: Mapped[str] = mapped_column(String(16), default=WipeState.CLEAN, index=True)
+    wipe_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    wipe_done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    wipe_total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    wipe_method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    wipe_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    wipe_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     unit: Mapped[UnitRow] = relationship(back_populates="volumes")
     assignment: Mapped["AssignmentRow | None"] = relationship(back_populates="volume")
 

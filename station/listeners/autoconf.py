@@ -18,6 +18,7 @@ from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
 from station.db.tables import UnitState
 from station.services.units import UnitService
+from station.services.wipes import WipeService
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ class AutoconfListener:
         self.key, self.signer, self.verifier = key, signer, verifier
         self.endpoint: Endpoint | None = None
         self.units: UnitService | None = None
+        self.wipes: WipeService | None = None
 
-    async def start(self, units: UnitService, host: str, port: int) -> None:
-        self.units = units
+    async def start(self, units: UnitService, wipes: WipeService, host: str, port: int) -> None:
+        self.units, self.wipes = units, wipes
         self.endpoint = await Endpoint.open(self.key, self.handle, host, port, name="station",
                                             signer=self.signer, verifier=self.verifier)
         log.info("auto-configuration protocol listening on udp %s:%d", *self.endpoint.address)
@@ -68,7 +70,7 @@ class AutoconfListener:
         return await self.endpoint.send(peer, mtype, body, timeout=timeout)
 
     async def handle(self, msg: Message, peer: Peer) -> dict[str, Any] | None:
-        assert self.units is not None
+        assert self.units is not None and self.wipes is not None
         unit = check_unit_name(_str(msg.body, "unit") or "")
         if self.verifier is not None and unit != msg.sender:
             # NOTE: a unit speaks only for itself: its enrolled key signed the message, so the
@@ -91,6 +93,8 @@ class AutoconfListener:
             if detail is not None and not isinstance(detail, str):
                 raise InvalidInput("field 'health_detail' must be a string")
             return {"state": await self.units.heartbeat(unit, health, detail[:255] if detail else None)}
+        if msg.type == MsgType.WIPE_STATUS:
+            return await self.wipes.status(unit, msg.body)
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.units.unit_down(unit, UnitState.OFFLINE)}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")

@@ -13,20 +13,31 @@ from dvsan.errors import Conflict, DvsanError, NotFound, Unavailable
 from dvsan.model import Candidate
 from dvsan.naming import check_iqn, check_unit_name, target_iqn, volume_wwn
 from station.db import Database
-from station.db.tables import AssignmentRow, Health, UnitRow, UnitState, VolumeRow, VolumeState
-from station.services import pool
+from station.db.tables import (
+    AssignmentRow,
+    Health,
+    UnitRow,
+    UnitState,
+    VolumeRow,
+    VolumeState,
+    WipeState,
+)
+from station.services import pool, wipes
 from station.services.exports import ExportPusher
 
 log = logging.getLogger(__name__)
 
 
 def free_candidates(s: Session) -> list[Candidate]:
-    """Online volumes of online, healthy units that no host holds."""
+    """Online, clean volumes of online, healthy units that no host holds.
+
+    Clean: a released volume is not free until its unit has zeroed it (station/services/wipes.py).
+    """
     q = (select(VolumeRow.id, VolumeRow.unit_name, VolumeRow.device, VolumeRow.size_bytes)
          .join(UnitRow, UnitRow.name == VolumeRow.unit_name)
          .outerjoin(AssignmentRow, AssignmentRow.volume_id == VolumeRow.id)
          .where(VolumeRow.state == VolumeState.ONLINE, UnitRow.state == UnitState.ONLINE,
-                UnitRow.health == Health.OK,
+                UnitRow.health == Health.OK, VolumeRow.wipe_state == WipeState.CLEAN,
                 AssignmentRow.id.is_(None)))
     return [Candidate(*row) for row in s.execute(q)]
 
@@ -75,15 +86,20 @@ def list_all(s: Session, host: str | None = None) -> list[AssignmentRow]:
     return list(s.scalars(q))
 
 
-def delete(s: Session, assignment_id: int) -> str:
-    """Remove an assignment; the volume is free again. Returns the unit that must drop the export.
+def delete(s: Session, assignment_id: int, *, wipe: bool = True) -> str:
+    """Remove an assignment. Returns the unit that must drop the export.
 
-    The drop is recorded as an operator's release: the unit removes the export even if its host
-    is still logged in (a routine reconcile never drops an export under live sessions).
+    The volume is marked for wiping in this same transaction (`wipe`): it is not handed out again
+    until its unit has zeroed it. Only the undo of an assignment whose export was never confirmed
+    (its host never learnt of it) skips that. The drop is recorded as an operator's release: the
+    unit removes the export even if its host is still logged in (a routine reconcile never drops
+    an export under live sessions).
     """
     row = get(s, assignment_id)
     unit = row.volume.unit_name
     pool.add_pending_drop(s, unit, row.target_iqn)
+    if wipe:
+        wipes.mark_needed(s, row.volume)
     s.delete(row)
     s.flush()
     pool.bump_generation(s, unit)
@@ -108,6 +124,8 @@ class Released:
     unit: str
     unit_confirmed: bool
     detail: str
+    volume_id: int
+    wipe_state: str
 
 
 async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: str, host_address: str,
@@ -134,7 +152,7 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
     except DvsanError as e:
         def undo() -> None:
             with db.session() as s:
-                delete(s, aid)
+                delete(s, aid, wipe=False)
         await asyncio.to_thread(undo)
         try:
             await pusher.push(out.unit)
@@ -148,21 +166,28 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
     return out
 
 
-async def release(db: Database, pusher: ExportPusher, assignment_id: int) -> Released:
-    """Remove an assignment (the volume is free again) and have the unit drop the export.
+async def release(db: Database, pusher: ExportPusher, wiper: wipes.WipeService,
+                  assignment_id: int) -> Released:
+    """Remove an assignment, have the unit drop the export, then wipe the volume.
 
-    The release stands even when the unit does not answer: it drops the export when it next
-    reconciles, and `unit_confirmed` says which happened.
+    The release stands even when the unit does not answer: it drops the export and the wipe is
+    ordered when it next reports; `unit_confirmed` says which happened. The volume is free again
+    only once its wipe has succeeded.
     """
-    def remove() -> str:
+    def remove() -> tuple[str, int]:
         with db.session() as s:
-            return delete(s, assignment_id)
+            vid = get(s, assignment_id).volume_id
+            return delete(s, assignment_id), vid
 
-    unit = await asyncio.to_thread(remove)
+    unit, vid = await asyncio.to_thread(remove)
     try:
         result = await pusher.push(unit)
     except DvsanError as e:
         return Released(assignment_id, unit, False,
-                        f"released; the unit will drop the export when it next reconciles ({e})")
+                        f"released; the unit will drop the export and wipe the volume when it next "
+                        f"reports ({e})", vid, WipeState.NEEDED)
+    state = await wiper.start(vid)
     other = f" (other exports refused: {len(result.refused)})" if result.refused else ""
-    return Released(assignment_id, unit, True, "released; the unit removed the export" + other)
+    return Released(assignment_id, unit, True, f"released; the unit removed the export{other}; "
+                    f"wipe {state}: the volume is free once it is zeroed", vid,
+                    state if state in tuple(WipeState) else WipeState.NEEDED)

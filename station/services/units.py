@@ -22,6 +22,7 @@ from station.db.tables import UnitState
 from station.services import pool
 from station.services.exports import ExportPusher
 from station.services.messenger import Messenger
+from station.services.wipes import WipeService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,8 +31,8 @@ T = TypeVar("T")
 class UnitService:
     """Keeps the pool in step with what units say; owns the background work that follows."""
 
-    def __init__(self, db: Database, messenger: Messenger, pusher: ExportPusher):
-        self.db, self.messenger, self.pusher = db, messenger, pusher
+    def __init__(self, db: Database, messenger: Messenger, pusher: ExportPusher, wipes: WipeService):
+        self.db, self.messenger, self.pusher, self.wipes = db, messenger, pusher, wipes
         self._asked: dict[str, float] = {}     # unit -> when we last asked for its storage info
         self._downed: dict[str, float] = {}    # unit -> when it last went down
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,8 +93,18 @@ class UnitService:
         change = await self._tx(pool.record_storage_info, unit, parts, fresh)
         log.info("pool updated from unit %s: %d online (%d new), %d missing, %d changed under an "
                  "assignment", unit, change.online, change.added, change.missing, change.changed)
-        self.background(self.pusher.push_quietly(unit))
+        self.background(self._reconcile(unit))
         return change
+
+    async def _reconcile(self, unit: str) -> None:
+        """After a report: push the unit its exports; once it has dropped what it must, order
+        again the wipes it forgot (a unit remembers none across a restart)."""
+        try:
+            await self.pusher.push(unit)
+        except DvsanError as e:
+            log.warning("could not push exports to unit %s: %s", unit, e)
+            return
+        await self.wipes.resume(unit)
 
     async def silent_units(self, older_than: datetime) -> list[str]:
         return await self._tx(pool.silent_units, older_than)

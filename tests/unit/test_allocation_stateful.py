@@ -33,7 +33,7 @@ from dvsan.errors import Conflict, InsufficientCapacity
 from dvsan.model import Partition
 from station.db import Database
 from station.db.tables import AssignmentRow, VolumeRow
-from station.services import assignments, pool
+from station.services import assignments, pool, wipes
 
 MiB = 1024**2
 UNITS = ("unit-a", "unit-b", "unit-c")
@@ -82,6 +82,7 @@ class StationAllocation(RuleBasedStateMachine):
         self.vols: dict[str, list[Vol]] = {u: [] for u in UNITS}
         self.up = dict.fromkeys(UNITS, False)
         self.assigned: dict[int, tuple[str, int, int]] = {}   # assignment id -> (host, requested, volume id)
+        self.dirty: set[int] = set()    # volumes released and not yet wiped: never handed out
         self.n = 0
 
     def teardown(self) -> None:
@@ -133,7 +134,7 @@ class StationAllocation(RuleBasedStateMachine):
     def expected_free(self) -> dict[int, int]:
         """volume id -> size, of what was reported by a unit that is up and is not assigned."""
         ids = self.volume_ids()
-        taken = {vid for _, _, vid in self.assigned.values()}
+        taken = {vid for _, _, vid in self.assigned.values()} | self.dirty
         return {ids[(v.unit, v.device)]: v.size for vs in self.vols.values() for v in vs
                 if v.reported and self.up[v.unit] and ids[(v.unit, v.device)] not in taken}
 
@@ -200,7 +201,40 @@ class StationAllocation(RuleBasedStateMachine):
             return
         with self.db.session() as s:
             assignments.delete(s, aid)
-        del self.assigned[aid]
+        self.dirty.add(self.assigned.pop(aid)[2])
+
+    def wipe_ends(self, data: st.DataObject, state: str) -> None:
+        """A released volume's unit reports the end of its wipe, through the station's own path
+        (station.services.wipes: prepare the order, the unit's ACK, its final WIPE_STATUS)."""
+        ids = self.volume_ids()
+        up = sorted(ids[(v.unit, v.device)] for vs in self.vols.values() for v in vs
+                    if v.reported and self.up[v.unit] and ids[(v.unit, v.device)] in self.dirty)
+        if not up:
+            return
+        vid = data.draw(st.sampled_from(up))
+        with self.db.session() as s:
+            order = wipes.prepare(s, vid)
+            assert order is not None, f"volume {vid} needs a wipe but none is ordered"
+            v = s.get_one(VolumeRow, vid)
+            size = v.length_blocks * v.block_size
+            wipe_id = order.body["wipe_id"]
+            assert wipes.record_answer(s, vid, wipe_id, {"status": "accepted", "method": "direct",
+                                                        "done_bytes": 0, "total_bytes": size}) == "running"
+        with self.db.session() as s:
+            done = size if state == "succeeded" else size // 2
+            wipes.record_status(s, order.body["unit"], {
+                "device": order.body["device"], "wipe_id": wipe_id, "state": state, "done_bytes": done,
+                "total_bytes": size, "method": "direct", "elapsed_s": 0.1, "error": "EIO"})
+        if state == "succeeded":
+            self.dirty.discard(vid)
+
+    @rule(data=st.data())
+    def a_wipe_succeeds(self, data: st.DataObject) -> None:
+        self.wipe_ends(data, "succeeded")
+
+    @rule(data=st.data())
+    def a_wipe_fails(self, data: st.DataObject) -> None:
+        self.wipe_ends(data, "failed")
 
     # --- what must always hold, read from the database -----------------------------------------
 

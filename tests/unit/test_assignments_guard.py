@@ -10,8 +10,8 @@ from sqlalchemy import update
 from dvsan.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from dvsan.naming import target_iqn, volume_wwn
 from station.db import Database
-from station.db.tables import PendingDropRow, UnitRow
-from station.services import assignments, pool
+from station.db.tables import PendingDropRow, UnitRow, VolumeRow
+from station.services import assignments, pool, wipes
 from tests.unit.test_allocation_stateful import Vol, migrated_db, partition
 
 MiB = 1024**2
@@ -33,6 +33,19 @@ def unit_with(db: Database, unit: str, *mib: int) -> None:
 
 def give(db: Database, host: str, mib: int) -> int:
     return assignments.allocate(db, host, f"iqn.2026-11.org.dvsan.lab:{host}", "127.0.0.2", mib * MiB)
+
+
+def wiped(db: Database, volume_id: int) -> None:
+    """The volume's unit zeroed it: the station's own path (order, ACK, final WIPE_STATUS)."""
+    with db.session() as s:
+        order = wipes.prepare(s, volume_id)
+        assert order is not None
+        wipes.record_answer(s, volume_id, order.body["wipe_id"], {"status": "accepted", "method": "direct"})
+        v = s.get_one(VolumeRow, volume_id)
+        size = v.length_blocks * v.block_size
+        assert wipes.record_status(s, v.unit_name, {
+            "device": v.device, "wipe_id": order.body["wipe_id"], "state": "succeeded",
+            "done_bytes": size, "total_bytes": size, "method": "direct", "elapsed_s": 1.0}) == "clean"
 
 
 def generation(db: Database, unit: str) -> int:
@@ -76,6 +89,7 @@ def test_gp_release_leaves_a_pending_drop_and_a_new_assignment_of_it_clears_it(d
     with db.session() as s:
         assert [(d.target_iqn, d.unit_name) for d in s.query(PendingDropRow)] == [(target, "unit-a")]
         assert pool.desired_state(s, "unit-a").drop == [target]
+    wiped(db, 1)
     give(db, "host-2", 10)                          # the same volume, wanted again
     with db.session() as s:
         assert s.query(PendingDropRow).count() == 0

@@ -3,9 +3,10 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from dvsan.errors import NotFound
 from station.api.schemas import (
     AssignmentCreate,
     AssignmentPublic,
@@ -14,10 +15,11 @@ from station.api.schemas import (
     VolumePublic,
 )
 from station.db import Database
-from station.db.tables import AssignmentRow
+from station.db.tables import AssignmentRow, VolumeRow
 from station.listeners.autoconf import AutoconfListener
 from station.services import assignments, pool
 from station.services.exports import ExportPusher
+from station.services.wipes import WipeService
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
@@ -31,12 +33,17 @@ def get_pusher(request: Request) -> ExportPusher:
     return request.app.state.pusher  # type: ignore[no-any-return]
 
 
+def get_wipes(request: Request) -> WipeService:
+    return request.app.state.wipes  # type: ignore[no-any-return]
+
+
 def get_listener(request: Request) -> AutoconfListener:
     return request.app.state.listener  # type: ignore[no-any-return]
 
 
 DbDep = Annotated[Database, Depends(get_db)]
 PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
+WipesDep = Annotated[WipeService, Depends(get_wipes)]
 ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
 
 
@@ -70,12 +77,21 @@ def list_volumes(db: DbDep, unit: str | None = None,
                  ) -> list[VolumePublic]:
     """The virtual storage pool: every volume the units reported, with where it is assigned."""
     with db.session() as s:
-        out = []
-        for v in pool.list_volumes(s, unit, state):
-            vp = VolumePublic.model_validate(v)
-            vp.assigned_to = v.assignment.host_name if v.assignment else None
-            out.append(vp)
-        return out
+        return [volume_public(v) for v in pool.list_volumes(s, unit, state)]
+
+
+def volume_public(v: VolumeRow) -> VolumePublic:
+    vp = VolumePublic.model_validate(v)
+    vp.assigned_to = v.assignment.host_name if v.assignment else None
+    return vp
+
+
+def load_volume(db: Database, volume_id: int) -> VolumePublic:
+    with db.session() as s:
+        v = s.get(VolumeRow, volume_id)
+        if v is None:
+            raise NotFound(f"no volume with id {volume_id}")
+        return volume_public(v)
 
 
 @router.get("/assignments", response_model=list[AssignmentPublic])
@@ -103,10 +119,22 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
-async def delete_assignment(assignment_id: int, db: DbDep, pusher: PusherDep) -> ReleasePublic:
-    """Release a volume: the assignment goes, the unit drops the export, the volume is free again."""
-    r = await assignments.release(db, pusher, assignment_id)
-    return ReleasePublic(id=r.id, unit=r.unit, unit_confirmed=r.unit_confirmed, detail=r.detail)
+async def delete_assignment(assignment_id: int, db: DbDep, pusher: PusherDep, wipes: WipesDep
+                            ) -> ReleasePublic:
+    """Release a volume: the assignment goes, the unit drops the export and zeroes the volume;
+    it is free again once the wipe has succeeded (`GET /api/v1/volumes` shows its progress)."""
+    r = await assignments.release(db, pusher, wipes, assignment_id)
+    return ReleasePublic(id=r.id, unit=r.unit, unit_confirmed=r.unit_confirmed, detail=r.detail,
+                         volume_id=r.volume_id, wipe_state=r.wipe_state)
+
+
+@router.post("/volumes/{volume_id}/wipe", response_model=VolumePublic,
+             status_code=status.HTTP_202_ACCEPTED)
+async def wipe_volume(volume_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, wipes: WipesDep
+                      ) -> VolumePublic:
+    """Order again the wipe of a released volume (one that failed, or was never ordered)."""
+    await wipes.retry(volume_id)
+    return await run_in_threadpool(load_volume, db, volume_id)
 
 
 @router.get("/protocol/stats")
