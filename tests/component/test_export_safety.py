@@ -3,6 +3,7 @@ sends, withholds, records and undoes, with the real unit agent protocol loop (in
 
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,16 @@ import pytest
 
 from dvsan.model import Partition
 from dvsan.protocol import MsgType
+from dvsan.reconcile import CreateExport
 from tests.component.conftest import StationProc, free_port
-from tests.component.test_station_autoconf import UnitHarness, online, request, wait_for
+from tests.component.test_station_autoconf import (
+    MemoryLio,
+    UnitHarness,
+    online,
+    request,
+    volumes,
+    wait_for,
+)
 
 HOST_C = "iqn.2026-11.org.dvsan.lab:host-c"
 
@@ -254,3 +263,41 @@ def test_ep_malformed_health_in_a_heartbeat_is_refused(station, bad):
     finally:
         u.close()
 
+
+
+class SlowLio(MemoryLio):
+    """Applies a new export only after the station has given up waiting for it."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+
+    def apply(self, actions):  # type: ignore[no-untyped-def]
+        if any(isinstance(a, CreateExport) for a in actions):
+            time.sleep(self.delay)
+        super().apply(actions)
+
+
+def test_ep_an_export_applied_after_the_station_gave_up_is_dropped_by_the_undo_push(station, monkeypatch):
+    """Issue 15 item 9: the unit applies the new export, but too late: the station has answered 503
+    and taken the assignment back. Its second push makes the unit drop what it applied, so station
+    and unit agree (the volume free, the unit holding nothing) without waiting for a report."""
+    station.stop()
+    monkeypatch.setenv("DVSAN_EXPORT_TIMEOUT", "1.5")
+    station.start()
+    u = UnitHarness(station)
+    u.agent.lio = u.lio = SlowLio(4.0)
+    try:
+        u.start()
+        online(station, 3)
+        r = request(station, "1GiB")
+        assert r.status_code == 503, r.text
+        assert "returned to the pool" in r.json()["detail"]
+        # the late apply did make the export ...
+        wait_for(lambda: any(isinstance(a, CreateExport) for a in u.lio.applied), 20)
+        # ... and the undo's push removes it
+        wait_for(lambda: not u.lio.exports, 30)
+        assert station.get("/api/v1/assignments").json() == []
+        assert all(v["assigned_to"] is None and v["wipe_state"] == "clean" for v in volumes(station))
+    finally:
+        u.close()
