@@ -13,6 +13,14 @@ class NotFound(DvsanError):
     """The named object does not exist (HTTP 404)."""
 
 
+class Unauthenticated(DvsanError):
+    """No credentials, or credentials the station does not take (HTTP 401)."""
+
+
+class Forbidden(DvsanError):
+    """Authenticated, but not allowed this (HTTP 403); the message names the missing permission."""
+
+
 class Conflict(DvsanError):
     """The request cannot be met in the current state (HTTP 409)."""
 

@@ -6,6 +6,7 @@ Every command holds the state file's lock from start to end, so two at once neve
 import argparse
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 from dvsan.addresses import local_address_towards
 from dvsan.errors import DvsanError, InvalidInput, NotFound
+from dvsan.keyfiles import read_secret_lines
 from dvsan.sizes import format_size, parse_size
 from host_agent import sync
 from host_agent.client import StationClient
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="find the station's REST API by the DNS SRV record _dvsan-api._tcp.DOMAIN")
     p.add_argument("--dns-server", metavar="IP[:PORT]",
                    help="the DNS server to ask (default: the system's, from /etc/resolv.conf)")
+    p.add_argument("--token-file", type=Path, default=Path("/etc/dvsan/host.token"),
+                   help="0600 file holding this host's API token, made when an operator enrolled it "
+                   "(default /etc/dvsan/host.token; or env DVSAN_HOST_TOKEN)")
     p.add_argument("--name", default=socket.gethostname().split(".")[0].lower(), help="this host's name")
     p.add_argument("--state-file", type=Path, default=Path("/var/lib/dvsan-host/assignments.json"))
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -97,13 +102,26 @@ def _dispatch(args: argparse.Namespace, iscsi: Any = None, block: Any = None) ->
     finder = ApiFinder(args.station_domain, args.station, args.dns_server)
     state = HostState(args.state_file)
     with state.locked():
+        if args.cmd == "status":
+            return _status(args, state, iscsi)
+        client = StationClient(finder.find(), token=host_token(args.token_file))
         if args.cmd == "request":
-            return _request(args, StationClient(finder.find()), state, iscsi, finder)
+            return _request(args, client, state, iscsi, finder)
         if args.cmd == "release":
-            return _release(args, StationClient(finder.find()), state, iscsi, block)
-        if args.cmd == "sync":
-            return _sync(args, StationClient(finder.find()), state, iscsi, block, finder)
-        return _status(args, state, iscsi)
+            return _release(args, client, state, iscsi, block)
+        return _sync(args, client, state, iscsi, block, finder)
+
+
+def host_token(path: Path) -> str:
+    """This host's API token: DVSAN_HOST_TOKEN, else the first line of its 0600 token file."""
+    env = os.environ.get("DVSAN_HOST_TOKEN", "").strip()
+    if env:
+        return env
+    if not path.exists():
+        raise InvalidInput(f"no API token: {path} does not exist (an operator enrols this host with "
+                           "`dvsan-station enrol-host NAME --initiator IQN --token-file FILE` or POST "
+                           "/api/v1/hosts, and puts the token there, mode 0600; or set DVSAN_HOST_TOKEN)")
+    return read_secret_lines(path)[0]
 
 
 def _status(args: argparse.Namespace, state: HostState, iscsi: IscsiPort) -> int:

@@ -4,17 +4,27 @@ from typing import Any
 
 import httpx
 
-from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
+from dvsan.errors import (
+    Conflict,
+    DvsanError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 
-_BY_STATUS: dict[int, type[DvsanError]] = {404: NotFound, 409: Conflict, 422: InvalidInput, 503: Unavailable}
+_BY_STATUS: dict[int, type[DvsanError]] = {401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
+                                            422: InvalidInput, 503: Unavailable}
 
 
 class StationClient:
     """Talks to one station's REST API; maps its errors back to dvsan exceptions."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0):
+    def __init__(self, base_url: str, timeout: float = 60.0, token: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()

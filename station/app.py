@@ -3,17 +3,30 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from dvsan import __version__, identity
-from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
-from station.api.routes.assignments import router
-from station.api.routes.enrolment import router as enrolment_router
+from dvsan.errors import (
+    Conflict,
+    DvsanError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from station.api.routes import assignments as assignment_routes
+from station.api.routes import auth as auth_routes
+from station.api.routes import enrolment as enrolment_routes
+from station.api.routes import pool as pool_routes
 from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
+from station.services import auth
 from station.services.enrolment import EnrolmentGate
 from station.services.exports import ExportPusher
 from station.services.units import UnitService
@@ -22,7 +35,24 @@ from station.settings import StationSettings
 
 log = logging.getLogger(__name__)
 
-_STATUS = [(NotFound, 404), (Conflict, 409), (InvalidInput, 422), (Unavailable, 503)]
+
+class ErrorPublic(BaseModel):
+    """Every error the station answers: what went wrong, and the kind of error."""
+
+    detail: str
+    error: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "no credentials, or a token the station does not take"},
+    403: {"model": ErrorPublic, "description": "the caller lacks the permission the message names"},
+    404: {"model": ErrorPublic, "description": "no such object (or not one the caller may see)"},
+    409: {"model": ErrorPublic, "description": "not possible in the current state (the message says why)"},
+    503: {"model": ErrorPublic, "description": "a unit did not answer or is busy; nothing was kept half-done"},
+}
+
+_STATUS = [(Unauthenticated, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (InvalidInput, 422),
+           (Unavailable, 503)]
 
 
 def create_app(settings: StationSettings) -> FastAPI:
@@ -40,6 +70,11 @@ def create_app(settings: StationSettings) -> FastAPI:
         log.info("station key %s; unit enrolment policy: %s", app.state.station_fingerprint,
                  settings.enrolment)
         app.state.enrolment_gate = EnrolmentGate(db, settings.enrolment)
+        with db.session() as s:
+            if auth.user_count(s) == 0:
+                log.warning("no user exists: every REST call but /healthz is refused until one does; "
+                            "create the first admin with: dvsan-station --data-dir %s create-user NAME "
+                            "--role admin", settings.data_dir)
         listener = AutoconfListener(key, signer=identity.Signer(identity.STATION, station_key),
                                     verifier=app.state.enrolment_gate)
         pusher = ExportPusher(db, listener, settings.export_timeout)
@@ -71,15 +106,17 @@ def create_app(settings: StationSettings) -> FastAPI:
 
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
                   description="Control management station of the dvsan virtual SAN.")
-    app.include_router(router)
-    app.include_router(enrolment_router)
+    for r in (pool_routes.router, assignment_routes.router, auth_routes.router, enrolment_routes.router):
+        app.include_router(r, responses=ERROR_RESPONSES)
 
     @app.exception_handler(DvsanError)
     async def _dvsan_error(request: Request, exc: DvsanError) -> JSONResponse:
         code = next((c for t, c in _STATUS if isinstance(exc, t)), 500)
         if code == 500:
             log.error("unmapped error on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__})
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__},
+                            headers=headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

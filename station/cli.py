@@ -1,6 +1,7 @@
 """`dvsan-station`: run the control management station (REST API + auto-configuration listener)."""
 
 import argparse
+import getpass
 import logging
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from dvsan.errors import DvsanError
-from dvsan.keyfiles import cli_secret_refused, read_secret_lines
+from dvsan.keyfiles import cli_secret_refused, read_secret_lines, write_secret_file
 from station.app import create_app
 from station.settings import StationSettings
 
@@ -47,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     for opt in ("--trap-community", "--trap-v3-auth-key", "--trap-v3-priv-key"):
         p.add_argument(opt, dest="refused_" + opt[2:].replace("-", "_"), help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           help="an administration command on the station's database (none: run the station)")
+    cu = sub.add_parser("create-user", help="add a user (the first admin, say); asks for the password "
+                        "or reads it from a 0600 file")
+    cu.add_argument("name")
+    cu.add_argument("--role", required=True, choices=["admin", "operator", "viewer"])
+    cu.add_argument("--password-file", type=Path, help="0600 file whose first line is the password")
+    ct = sub.add_parser("create-token", help="an API token for a user, written to a 0600 file (or printed once)")
+    ct.add_argument("user")
+    ct.add_argument("--token-file", type=Path, help="write the token here, mode 0600 (default: print it)")
+    ct.add_argument("--days", type=int, help="expiry in days (default: until revoked)")
+    ct.add_argument("--label", default="cli")
+    eh = sub.add_parser("enrol-host", help="enrol a host with its initiator name(s); its token to a 0600 "
+                        "file (or printed once)")
+    eh.add_argument("name")
+    eh.add_argument("--initiator", action="append", required=True, metavar="IQN")
+    eh.add_argument("--token-file", type=Path, help="write the host's token here, mode 0600 (default: print it)")
     args = p.parse_args(argv)
     refusals = {"--trap-community": ("--trap-community-file", "DVSAN_TRAP_COMMUNITIES"),
                 "--trap-v3-auth-key": ("--trap-v3-auth-key-file", "DVSAN_TRAP_V3_AUTH_KEY"),
@@ -60,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except DvsanError as e:
         print(f"dvsan-station: {e}", file=sys.stderr)
         return 2
-    not_settings = {"trap_community_files", "trap_v3_auth_key_file", "trap_v3_priv_key_file"}
+    not_settings = {"trap_community_files", "trap_v3_auth_key_file", "trap_v3_priv_key_file", "command", "name",
+                    "role", "password_file", "user", "token_file", "days", "label", "initiator"}
     overrides = {k: v for k, v in vars(args).items()
                  if v is not None and k not in not_settings and not k.startswith("refused_")}
     overrides.update(secrets)
@@ -77,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command is not None:
+        try:
+            return _admin_command(args, settings)
+        except DvsanError as e:
+            print(f"dvsan-station {args.command}: {e}", file=sys.stderr)
+            return 2
     key_path = settings.cluster_key_file or settings.data_dir / "cluster.key"
     if settings.cluster_key is None:
         logging.getLogger("station").info("cluster key: %s (units need the same key)", key_path)
@@ -95,6 +120,50 @@ def _trap_secret_files(args: argparse.Namespace) -> dict[str, object]:
         if path is not None:
             out[opt] = read_secret_lines(path)[0]
     return out
+
+
+def _admin_command(args: argparse.Namespace, settings: StationSettings) -> int:
+    """create-user, create-token, enrol-host: straight on the database (the station may be running)."""
+    from datetime import timedelta
+
+    from station.db import Database
+    from station.services import auth
+
+    db = Database(settings.db_url)
+    db.migrate()
+    try:
+        if args.command == "create-user":
+            if args.password_file is not None:
+                password = read_secret_lines(args.password_file)[0]
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    print("dvsan-station create-user: the passwords differ", file=sys.stderr)
+                    return 2
+            with db.session() as s:
+                auth.create_user(s, args.name, args.role, password)
+            print(f"user {args.name} created with role {args.role}")
+            return 0
+        with db.session() as s:
+            if args.command == "create-token":
+                if args.days is not None and not 1 <= args.days <= 3650:
+                    print("dvsan-station create-token: --days must be 1 to 3650", file=sys.stderr)
+                    return 2
+                t = auth.create_token(s, user=args.user, label=args.label[:63],
+                                      ttl=timedelta(days=args.days) if args.days else None)
+                what = f"token {t.id} for user {args.user}"
+            else:
+                auth.enrol_host(s, args.name, args.initiator)
+                t = auth.create_token(s, host=args.name, label="host")
+                what = f"host {args.name} enrolled; its token {t.id}"
+        if args.token_file is not None:
+            write_secret_file(args.token_file, t.value + "\n")
+            print(f"{what} written to {args.token_file} (mode 0600)")
+        else:
+            print(f"{what} (shown once, keep it in a 0600 file):\n{t.value}")
+        return 0
+    finally:
+        db.dispose()
 
 
 if __name__ == "__main__":

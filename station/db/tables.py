@@ -179,3 +179,55 @@ class UnitIdentityRow(Base):
     offered_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     offered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     refused_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Role(StrEnum):
+    """What a principal may do (station/services/auth.py PERMISSIONS)."""
+
+    ADMIN = "admin"                # everything, users included
+    OPERATOR = "operator"          # units, volumes, assignments, hosts, wipes
+    VIEWER = "viewer"              # read only
+    HOST = "host"                  # a host agent: only its own host's assignments
+
+
+class UserRow(Base):
+    """A person (or a script's account): an argon2 password hash and one role."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HostRow(Base):
+    """An enrolled host: the initiator names its token may request storage with (space-separated)."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    initiator_iqns: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def initiators(self) -> list[str]:
+        return self.initiator_iqns.split()
+
+
+class TokenRow(Base):
+    """An API token: only the SHA-256 of its secret is kept (tokens are random, 256 bits)."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    user_name: Mapped[str | None] = mapped_column(ForeignKey("users.name"), nullable=True, index=True)
+    host_name: Mapped[str | None] = mapped_column(ForeignKey("hosts.name"), nullable=True, index=True)
+    label: Mapped[str] = mapped_column(String(63), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -37,8 +37,37 @@ class StationProc:
     def key(self) -> bytes:
         return (self.data_dir / "cluster.key").read_text().strip().encode()
 
+    @property
+    def token(self) -> str:
+        """The test admin's API token (made before the station first starts)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the test admin."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def admin_command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`dvsan-station --data-dir D COMMAND ...` (create-user, create-token, enrol-host)."""
+        return subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
+                               "--log-level", "warning", *args], capture_output=True, text=True, timeout=60)
+
+    def bootstrap(self) -> None:
+        """The first admin and its token, as an operator makes them: through the station's CLI."""
+        pw = self.data_dir / "admin.password"
+        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"test-admin-password-0\n")
+        os.close(fd)
+        for cmd in (("create-user", "admin", "--role", "admin", "--password-file", str(pw)),
+                    ("create-token", "admin", "--token-file", str(self.data_dir / "admin.token"))):
+            r = self.admin_command(*cmd)
+            if r.returncode != 0:
+                raise RuntimeError(f"dvsan-station {cmd[0]} failed: {r.stdout}{r.stderr}")
+
     def start(self) -> None:
         self.log = self.data_dir / "station.log"
+        if not (self.data_dir / "admin.token").exists():
+            self.bootstrap()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
              "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
@@ -67,7 +96,7 @@ class StationProc:
                 self.proc.wait()
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10)
+        return httpx.get(self.url + path, timeout=10, headers=self.auth)
 
 
 @pytest.fixture

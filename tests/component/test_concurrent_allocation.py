@@ -24,15 +24,15 @@ def parts(disk: str, n: int, size: int = 64 * MiB) -> list[Partition]:
             for i in range(1, n + 1)]
 
 
-def ask(url: str, i: int) -> httpx.Response:
-    return httpx.post(url + "/api/v1/assignments", timeout=120, json={
+def ask(station: Any, i: int) -> httpx.Response:
+    return httpx.post(station.url + "/api/v1/assignments", headers=station.auth, timeout=120, json={
         "host": f"host-{i}", "initiator_iqn": f"iqn.2026-11.org.dvsan.lab:host-{i}",
         "host_address": "127.0.0.2", "size": "32M"})
 
 
-def all_at_once(url: str, ids: range) -> list[httpx.Response]:
+def all_at_once(station: Any, ids: range) -> list[httpx.Response]:
     with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-        return list(pool.map(lambda i: ask(url, i), ids))
+        return list(pool.map(lambda i: ask(station, i), ids))
 
 
 def assignments(station: Any) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def test_gp_concurrent_requests_each_get_their_own_volume_and_refusals_say_why(s
         online(station, 40)
 
         # 1. thirty hosts at once over forty free volumes: thirty distinct volumes, none lost
-        got = all_at_once(station.url, range(30))
+        got = all_at_once(station, range(30))
         assert [r.status_code for r in got] == [201] * 30, [r.text for r in got if r.status_code != 201]
         answered = [r.json() for r in got]
         per_volume = Counter(a["volume_id"] for a in answered)
@@ -67,7 +67,7 @@ def test_gp_concurrent_requests_each_get_their_own_volume_and_refusals_say_why(s
             wait_for(lambda u=u, mine=mine: {t: e.initiators for t, e in u.lio.exports.items()} == mine)
 
         # 2. fifteen more at once over the ten left: ten get one, five are told the pool is empty
-        more = all_at_once(station.url, range(30, 45))
+        more = all_at_once(station, range(30, 45))
         codes = Counter(r.status_code for r in more)
         assert codes == {201: 10, 409: 5}, [(r.status_code, r.text) for r in more]
         for r in more:

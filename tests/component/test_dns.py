@@ -31,6 +31,7 @@ from dvsan.identity import Ed25519PrivateKey, Signer, StationPin, generate
 from host_agent import cli as host_cli
 from host_agent.discovery import ApiFinder
 from tests.component.conftest import free_port
+from tests.component.test_host_agent import enrol_host
 from tests.component.test_station_autoconf import PARTS, MemoryLio, online, wait_for
 from unit_agent.agent import UnitAgent
 from unit_agent.discovery import StationFinder
@@ -307,7 +308,8 @@ def test_gp_host_is_handed_the_unit_dns_name_and_resolves_it_itself(station, dns
         iscsi = FakeIscsi()
         state = tmp_path / "host" / "assignments.json"
         common = ["--station-domain", MGMT, "--dns-server", dns.server, "--name", "host-b",
-                  "--state-file", str(state), "--json"]
+                  "--state-file", str(state), "--json",
+                  "--token-file", str(enrol_host(station, tmp_path, "host-b", HOST_IQN))]
         rc = host_cli.main([*common, "request", "1GiB", "--initiator-name", HOST_IQN,
                             "--host-address", "127.0.0.2"], iscsi=iscsi)
         out = json.loads(capsys.readouterr().out)
@@ -424,6 +426,7 @@ def test_ep_unit_name_that_does_not_resolve_falls_back_to_unit_address(station, 
         iscsi = FakeIscsi()
         with caplog.at_level(logging.WARNING):
             rc = host_cli.main(["--station-domain", MGMT, "--dns-server", dns.server, "--name", "host-b",
+                                "--token-file", str(enrol_host(station, tmp_path, "host-b", HOST_IQN)),
                                 "--state-file", str(tmp_path / "s.json"), "--json", "request", "1GiB",
                                 "--initiator-name", HOST_IQN, "--host-address", "127.0.0.2"], iscsi=iscsi)
         out = json.loads(capsys.readouterr().out)

@@ -31,7 +31,7 @@ from tests.component.test_station_autoconf import (
 
 
 def post(station: Any, path: str, **kw: Any) -> httpx.Response:
-    return httpx.post(station.url + path, timeout=10, **kw)
+    return httpx.post(station.url + path, headers=station.auth, timeout=10, **kw)
 
 
 def identity(station: Any, name: str) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def test_ep_peer_unit_cannot_forge_or_replay_station_exports_to_another_unit(sta
         assert b.lio.exports == held and b.agent.exports_applied == applied
         assert b.lio.exports[target].initiators == ("iqn.2026-11.org.dvsan.lab:host-b",)
         # the station still reaches b: a release goes through and is confirmed
-        rel = httpx.delete(f"{station.url}/api/v1/assignments/{r.json()['id']}", timeout=30)
+        rel = httpx.delete(f"{station.url}/api/v1/assignments/{r.json()['id']}", headers=station.auth, timeout=30)
         assert rel.status_code == 200 and rel.json()["unit_confirmed"] is True
     finally:
         a.close()
@@ -284,9 +284,9 @@ def test_gp_pending_unit_is_admitted_once_an_operator_approves_its_fingerprint(s
 @pytest.mark.station_args("--enrolment", "manual")
 def test_gp_pre_enrolled_unit_is_admitted_at_once_and_pending_can_be_forgotten(station):
     key, _ = load_or_create(station.data_dir.parent / "unit-unit-e" / "unit.key")   # where UnitHarness keeps it
-    r = httpx.put(f"{station.url}/api/v1/enrolment/unit-e/key", json={"public_key": encode_public(key)}, timeout=10)
+    r = httpx.put(f"{station.url}/api/v1/enrolment/unit-e/key", headers=station.auth, json={"public_key": encode_public(key)}, timeout=10)
     assert r.status_code == 200 and r.json()["state"] == "enrolled"
-    assert httpx.put(f"{station.url}/api/v1/enrolment/unit-e/key", json={"public_key": "nope"},
+    assert httpx.put(f"{station.url}/api/v1/enrolment/unit-e/key", headers=station.auth, json={"public_key": "nope"},
                      timeout=10).status_code == 422
     u = UnitHarness(station, "unit-e")
     stranger = UnitHarness(station, "unit-x")
@@ -295,8 +295,8 @@ def test_gp_pre_enrolled_unit_is_admitted_at_once_and_pending_can_be_forgotten(s
         online(station, 3)
         fut = asyncio.run_coroutine_threadsafe(stranger.agent.announce(), stranger.loop)
         wait_for(lambda: station.get("/api/v1/enrolment?state=pending").json())
-        assert httpx.delete(f"{station.url}/api/v1/enrolment/unit-e", timeout=10).status_code == 409
-        assert httpx.delete(f"{station.url}/api/v1/enrolment/unit-x", timeout=10).status_code == 204
+        assert httpx.delete(f"{station.url}/api/v1/enrolment/unit-e", headers=station.auth, timeout=10).status_code == 409
+        assert httpx.delete(f"{station.url}/api/v1/enrolment/unit-x", headers=station.auth, timeout=10).status_code == 204
         fut.cancel()
         assert [x["name"] for x in station.get("/api/v1/units").json()] == ["unit-e"]
     finally:

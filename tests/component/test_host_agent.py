@@ -5,6 +5,7 @@ including the crash between the station's answer and the host's state write (iss
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,18 @@ from tests.unit.test_host_detach import FakeBlock, FakeIscsi
 HOST_IQN = "iqn.2026-11.org.dvsan.lab:host-b"
 
 
+def enrol_host(station: Any, tmp_path: Path, name: str, iqn: str) -> Path:
+    """Enrol a host as an operator does (POST /api/v1/hosts); its token in a 0600 file."""
+    r = httpx.post(station.url + "/api/v1/hosts", headers=station.auth, timeout=10,
+                   json={"name": name, "initiator_iqns": [iqn]})
+    assert r.status_code == 201, r.text
+    path = tmp_path / f"{name}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (r.json()["token"]["token"] + "\n").encode())
+    os.close(fd)
+    return path
+
+
 class Host:
     """Runs dvsan-host-agent commands in-process with one state file and one fake initiator."""
 
@@ -29,10 +42,12 @@ class Host:
         self.iscsi = FakeIscsi()
         self.block = FakeBlock()
         self.capsys = capsys
+        self.token_file = enrol_host(station, tmp_path, "host-b", HOST_IQN)
 
     def run(self, *args: str) -> tuple[int, str, str]:
         rc = host_cli.main(["--station", self.station.url, "--name", "host-b", "--state-file",
-                            str(self.state_file), *args], iscsi=self.iscsi, block=self.block)
+                            str(self.state_file), "--token-file", str(self.token_file), *args],
+                           iscsi=self.iscsi, block=self.block)
         out = self.capsys.readouterr()
         return rc, out.out, out.err
 
@@ -65,7 +80,7 @@ def host(station: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> It
 def test_gp_release_of_what_the_station_already_released_is_success(host: Host) -> None:
     """Item 9: a release retried after a lost answer gets 404; the host drops its record."""
     a = host.request()
-    assert httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", timeout=30).status_code == 200
+    assert httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", headers=host.station.auth, timeout=30).status_code == 200
     rc, out, err = host.run("release", str(a["id"]))
     assert rc == 0, err
     assert out.strip() == f"released assignment {a['id']}: the station had already released it"
@@ -125,7 +140,7 @@ def test_gp_sync_heals_a_crash_between_the_stations_answer_and_the_state_write(
 
 
 def test_gp_sync_without_login_only_records(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = httpx.post(host.station.url + "/api/v1/assignments", timeout=30, json={
+    a = httpx.post(host.station.url + "/api/v1/assignments", headers=host.station.auth, timeout=30, json={
         "host": "host-b", "initiator_iqn": HOST_IQN, "host_address": "127.0.0.2", "size": "1GiB"}).json()
     rc, out, err = host.run("--json", "sync", "--no-login")
     assert rc == 0, err
@@ -135,7 +150,7 @@ def test_gp_sync_without_login_only_records(host: Host, monkeypatch: pytest.Monk
 
 def test_gp_sync_drops_a_record_the_station_no_longer_has_after_logging_out(host: Host) -> None:
     a = host.request()
-    httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", timeout=30)
+    httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", headers=host.station.auth, timeout=30)
     rc, out, err = host.run("sync")
     assert rc == 0, err
     assert out.strip() == f"assignment {a['id']}: the station no longer has it: logged out and dropped"
@@ -146,7 +161,7 @@ def test_gp_sync_drops_a_record_the_station_no_longer_has_after_logging_out(host
 def test_ep_sync_keeps_a_record_the_station_dropped_while_its_device_is_in_use(host: Host) -> None:
     a, b = host.request(), host.request()
     for x in (a, b):
-        httpx.delete(f"{host.station.url}/api/v1/assignments/{x['id']}", timeout=30)
+        httpx.delete(f"{host.station.url}/api/v1/assignments/{x['id']}", headers=host.station.auth, timeout=30)
     dev = a["device_path"].removeprefix("/dev/")
     host.block = FakeBlock({dev: [f"{dev} is mounted at /srv/a"]})
     rc, out, err = host.run("sync")

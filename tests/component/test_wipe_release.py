@@ -82,7 +82,7 @@ def test_gp_a_released_volume_is_zeroed_then_handed_out_again(station, tmp_path)
         assert a.status_code == 201, a.text
         a = a.json()
         assert a["device"] == "vdz2"
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", timeout=30)
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30)
         assert r.status_code == 200, r.text
         rel = r.json()
         assert rel["unit_confirmed"] is True and rel["volume_id"] == a["volume_id"]
@@ -107,7 +107,7 @@ def test_ep_a_refused_wipe_keeps_the_volume_out_and_says_why_then_a_retry_frees_
         a = request(station, 10 * MiB).json()
         # the device is not the size of the extent any more: the unit refuses to wipe it
         os.truncate(disks / "vdz2", 15 * MiB)
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", timeout=30).json()
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30).json()
         assert r["wipe_state"] == "failed"
         v = vol(station, a["volume_id"])
         assert v["wipe_state"] == "failed" and "bytes but the extent to wipe is" in v["wipe_detail"]
@@ -116,17 +116,17 @@ def test_ep_a_refused_wipe_keeps_the_volume_out_and_says_why_then_a_retry_frees_
         b = request(station, 10 * MiB, host="host-c", iqn="iqn.2026-11.org.dvsan.lab:host-c")
         assert b.status_code == 201 and b.json()["device"] == "vdz3"
         # bad retries: unknown volume, a clean one, an assigned one, a bad id
-        assert httpx.post(f"{station.url}/api/v1/volumes/999/wipe", timeout=10).status_code == 404
+        assert httpx.post(f"{station.url}/api/v1/volumes/999/wipe", headers=station.auth, timeout=10).status_code == 404
         clean = next(x for x in volumes(station) if x["device"] == "vdz1")
-        r2 = httpx.post(f"{station.url}/api/v1/volumes/{clean['id']}/wipe", timeout=10)
+        r2 = httpx.post(f"{station.url}/api/v1/volumes/{clean['id']}/wipe", headers=station.auth, timeout=10)
         assert r2.status_code == 409 and "nothing to wipe" in r2.json()["detail"]
-        r3 = httpx.post(f"{station.url}/api/v1/volumes/{b.json()['volume_id']}/wipe", timeout=10)
+        r3 = httpx.post(f"{station.url}/api/v1/volumes/{b.json()['volume_id']}/wipe", headers=station.auth, timeout=10)
         assert r3.status_code == 409 and "release it first" in r3.json()["detail"]
-        assert httpx.post(f"{station.url}/api/v1/volumes/0/wipe", timeout=10).status_code == 422
-        assert httpx.post(f"{station.url}/api/v1/volumes/{2**70}/wipe", timeout=10).status_code == 422
+        assert httpx.post(f"{station.url}/api/v1/volumes/0/wipe", headers=station.auth, timeout=10).status_code == 422
+        assert httpx.post(f"{station.url}/api/v1/volumes/{2**70}/wipe", headers=station.auth, timeout=10).status_code == 422
         # repaired; the operator retries
         os.truncate(disks / "vdz2", 16 * MiB)
-        r4 = httpx.post(f"{station.url}/api/v1/volumes/{a['volume_id']}/wipe", timeout=30)
+        r4 = httpx.post(f"{station.url}/api/v1/volumes/{a['volume_id']}/wipe", headers=station.auth, timeout=30)
         assert r4.status_code == 202, r4.text
         wait_for(lambda: vol(station, a["volume_id"])["wipe_state"] == "clean")
         assert zeros(disks / "vdz2")
@@ -144,7 +144,7 @@ def test_ep_station_killed_with_a_wipe_owed_hands_nothing_out_until_the_unit_wip
         assert a["device"] == "vdz3"
         # the unit goes away; the release is kept, its wipe owed
         assert u.stop()
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", timeout=60).json()
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=60).json()
         assert r["unit_confirmed"] is False and r["wipe_state"] == "needed"
         # the station dies hard and comes back on its database
         station.proc.send_signal(signal.SIGKILL)

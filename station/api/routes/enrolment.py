@@ -1,7 +1,6 @@
 """REST routes of unit enrolment (/api/v1/enrolment): list, approve, enrol a key, revoke, forget.
 
-NOTE: like every route of the station today, these are not authenticated yet (REST authentication
-is the management-plane issue); until then the REST port must only be reachable by operators.
+Reading needs `pool.read`; every change needs `enrolment.write` (admins).
 """
 
 import logging
@@ -10,22 +9,16 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
+from station.api.deps import DbDep, Reader, UnitAdmin
 from station.db import Database
 from station.services import enrolment
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
-
-
-def _db(request: Request) -> Database:
-    return request.app.state.db  # type: ignore[no-any-return]
-
-
-DbDep = Annotated[Database, Depends(_db)]
 
 
 @contextmanager
@@ -85,7 +78,7 @@ class RevocationPublic(IdentityPublic):
 
 
 @router.get("/station-key", response_model=StationKeyPublic)
-def station_key(request: Request) -> StationKeyPublic:
+def station_key(request: Request, _: Reader) -> StationKeyPublic:
     """The station's public key, for units' `--station-key` (also DATA_DIR/station_identity.pub)."""
     st = request.app.state
     return StationKeyPublic(public_key=st.station_public_key, fingerprint=st.station_fingerprint,
@@ -93,33 +86,33 @@ def station_key(request: Request) -> StationKeyPublic:
 
 
 @router.get("", response_model=list[IdentityPublic])
-def list_identities(db: DbDep, state: Annotated[str | None, Query()] = None) -> list[IdentityPublic]:
+def list_identities(db: DbDep, _: Reader, state: Annotated[str | None, Query()] = None) -> list[IdentityPublic]:
     with db.session() as s:
         return [IdentityPublic.model_validate(r) for r in enrolment.list_identities(s, state)]
 
 
 @router.get("/{name}", response_model=IdentityPublic)
-def get_identity(name: str, db: DbDep) -> IdentityPublic:
+def get_identity(name: str, db: DbDep, _: Reader) -> IdentityPublic:
     with db.session() as s:
         return IdentityPublic.model_validate(enrolment.get_identity(s, name))
 
 
 @router.post("/{name}/approve", response_model=IdentityPublic)
-def approve(name: str, body: Approval, db: DbDep, request: Request) -> IdentityPublic:
+def approve(name: str, body: Approval, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
     """Enrol the pending (or other offered) key of `name` whose fingerprint the operator checked."""
     with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.approve(s, name, body.fingerprint))
 
 
 @router.put("/{name}/key", response_model=IdentityPublic)
-def enrol_key(name: str, body: KeyEnrolment, db: DbDep, request: Request) -> IdentityPublic:
+def enrol_key(name: str, body: KeyEnrolment, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
     """Enrol, re-enrol or rotate `name` to a key given out of band (pre-enrolment)."""
     with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.enrol_key(s, name, body.public_key))
 
 
 @router.post("/{name}/revoke", response_model=RevocationPublic)
-def revoke(name: str, db: DbDep, request: Request) -> RevocationPublic:
+def revoke(name: str, db: DbDep, request: Request, _: UnitAdmin) -> RevocationPublic:
     """Refuse every message of `name` from now on; its volumes go offline, assignments kept."""
     with _changing(request, db, name) as s:
         row, offline = enrolment.revoke(s, name)
@@ -128,7 +121,7 @@ def revoke(name: str, db: DbDep, request: Request) -> RevocationPublic:
 
 
 @router.delete("/{name}", status_code=204)
-def forget(name: str, db: DbDep, request: Request) -> None:
+def forget(name: str, db: DbDep, request: Request, _: UnitAdmin) -> None:
     """Drop a pending announcement nobody will approve."""
     with _changing(request, db, name) as s:
         enrolment.forget_pending(s, name)

@@ -1,0 +1,72 @@
+"""The routes' dependencies: the database, the services, and who is calling (`require(permission)`).
+
+Every route but /healthz depends on a principal: no credentials or bad ones answer 401, a missing
+permission 403 naming it (station/services/auth.py).
+"""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dvsan.errors import Unauthenticated
+from station.db import Database
+from station.listeners.autoconf import AutoconfListener
+from station.services import auth
+from station.services.exports import ExportPusher
+from station.services.wipes import WipeService
+
+_bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer dvsan_<id>_<secret>`")
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def get_pusher(request: Request) -> ExportPusher:
+    return request.app.state.pusher  # type: ignore[no-any-return]
+
+
+def get_wipes(request: Request) -> WipeService:
+    return request.app.state.wipes  # type: ignore[no-any-return]
+
+
+def get_listener(request: Request) -> AutoconfListener:
+    return request.app.state.listener  # type: ignore[no-any-return]
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
+WipesDep = Annotated[WipeService, Depends(get_wipes)]
+ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
+
+
+def principal(request: Request, db: DbDep,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> auth.Principal:
+    """Who is calling, from the bearer token; 401 without one that the station takes."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
+    with db.session() as s:
+        who = auth.authenticate(s, creds.credentials)
+    request.state.principal = who
+    return who
+
+
+def require(permission: str) -> Callable[..., auth.Principal]:
+    """A dependency: the caller, who must hold `permission` (403 naming it otherwise)."""
+    def dep(who: Annotated[auth.Principal, Depends(principal)]) -> auth.Principal:
+        who.require(permission)
+        return who
+    dep.__name__ = f"require_{permission.replace('.', '_')}"
+    return dep
+
+
+Caller = Annotated[auth.Principal, Depends(principal)]
+Reader = Annotated[auth.Principal, Depends(require("pool.read"))]
+Operator = Annotated[auth.Principal, Depends(require("assignments.write"))]
+Wiper = Annotated[auth.Principal, Depends(require("volumes.wipe"))]
+HostAdmin = Annotated[auth.Principal, Depends(require("hosts.write"))]
+HostReader = Annotated[auth.Principal, Depends(require("hosts.read"))]
+Admin = Annotated[auth.Principal, Depends(require("users.admin"))]
+UnitAdmin = Annotated[auth.Principal, Depends(require("enrolment.write"))]

@@ -1,0 +1,173 @@
+"""REST routes of who may use the station: login, API tokens, users (admin), enrolled hosts."""
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from dvsan.errors import Conflict, Unauthenticated
+from station.api.deps import Admin, Caller, DbDep, HostAdmin, HostReader
+from station.services import auth
+
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+Name = Annotated[str, Path(min_length=1, max_length=63)]
+FAILED_LOGIN_DELAY = 1.0      # seconds added to every failed login (on top of argon2's own cost)
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenCreated(BaseModel):
+    """A new token. `token` is shown here once and never again: keep it in a 0600 file."""
+
+    id: int
+    token: str
+    expires_at: datetime | None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field("", max_length=63)
+    days: int | None = Field(None, ge=1, le=3650, description="expiry; none: until revoked")
+
+
+class TokenPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    user_name: str | None
+    host_name: str | None
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    role: str = Field(description="admin, operator or viewer")
+    password: str = Field(min_length=auth.MIN_PASSWORD, max_length=1024)
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    role: str
+    created_at: datetime
+    locked_until: datetime | None
+
+
+class HostCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63)
+    initiator_iqns: list[str] = Field(min_length=1, max_length=16)
+
+
+class HostPublic(BaseModel):
+    name: str
+    initiator_iqns: list[str]
+    created_at: datetime
+
+
+class HostEnrolled(HostPublic):
+    """The host and its token, shown once: put it on the host (`dvsan-host-agent --token-file`)."""
+
+    token: TokenCreated
+
+
+@router.post("/login", response_model=TokenCreated)
+async def login(body: LoginRequest, db: DbDep) -> TokenCreated:
+    """A user's name and password for a token valid 12 hours. Failures are slowed and counted;
+    five in a row lock the account for five minutes."""
+    def check() -> auth.NewToken:
+        with db.session() as s:
+            try:
+                return auth.login(s, body.name, body.password)[1]
+            except Unauthenticated as e:
+                s.commit()                 # the failure stays counted
+                raise e from None
+    try:
+        t = await run_in_threadpool(check)
+    except Unauthenticated:
+        await asyncio.sleep(FAILED_LOGIN_DELAY)
+        raise
+    return TokenCreated(id=t.id, token=t.value, expires_at=t.expires_at)
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+def create_token(body: TokenCreate, db: DbDep, who: Caller) -> TokenCreated:
+    """A new API token for the calling user (scripts); hosts get theirs when enrolled."""
+    who.require("tokens.own")
+    with db.session() as s:
+        t = auth.create_token(s, user=who.name, label=body.label,
+                              ttl=timedelta(days=body.days) if body.days else None)
+    return TokenCreated(id=t.id, token=t.value, expires_at=t.expires_at)
+
+
+@router.get("/tokens", response_model=list[TokenPublic])
+def list_tokens(db: DbDep, who: Caller) -> list[TokenPublic]:
+    """Tokens, never their values: the caller's own (an admin: everyone's)."""
+    who.require("tokens.own")
+    with db.session() as s:
+        rows = auth.list_tokens(s, None if who.may("users.admin") else who.name)
+        return [TokenPublic.model_validate(r) for r in rows]
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenPublic)
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, who: Caller) -> TokenPublic:
+    who.require("tokens.own")
+    with db.session() as s:
+        return TokenPublic.model_validate(auth.revoke_token(s, token_id, who))
+
+
+@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, db: DbDep, _: Admin) -> UserPublic:
+    with db.session() as s:
+        return UserPublic.model_validate(auth.create_user(s, body.name, body.role, body.password))
+
+
+@router.get("/users", response_model=list[UserPublic])
+def list_users(db: DbDep, _: Admin) -> list[UserPublic]:
+    with db.session() as s:
+        return [UserPublic.model_validate(u) for u in auth.list_users(s)]
+
+
+@router.delete("/users/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_user(name: Name, db: DbDep, who: Admin) -> Response:
+    if name == who.name:
+        raise Conflict("an admin cannot delete their own account")
+    with db.session() as s:
+        auth.delete_user(s, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/hosts", response_model=HostEnrolled, status_code=status.HTTP_201_CREATED)
+def enrol_host(body: HostCreate, db: DbDep, _: HostAdmin) -> HostEnrolled:
+    """Enrol a host with its initiator names; answers its token (once)."""
+    with db.session() as s:
+        h = auth.enrol_host(s, body.name, body.initiator_iqns)
+        t = auth.create_token(s, host=h.name, label="host")
+        return HostEnrolled(name=h.name, initiator_iqns=h.initiators, created_at=h.created_at,
+                            token=TokenCreated(id=t.id, token=t.value, expires_at=t.expires_at))
+
+
+@router.get("/hosts", response_model=list[HostPublic])
+def list_hosts(db: DbDep, _: HostReader) -> list[HostPublic]:
+    with db.session() as s:
+        return [HostPublic(name=h.name, initiator_iqns=h.initiators, created_at=h.created_at)
+                for h in auth.list_hosts(s)]
+
+
+@router.delete("/hosts/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_host(name: Name, db: DbDep, _: HostAdmin) -> Response:
+    """Forget a host (refused while it holds storage); its tokens are revoked."""
+    with db.session() as s:
+        auth.delete_host(s, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
