@@ -18,13 +18,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim import NullLio, parts, station
+from sim import NullLio, auth, parts, station
 
 from dvsan.identity import Signer, StationPin, generate
 from unit_agent.agent import UnitAgent
 
 
-async def run(n: int, wave: int, url: str, udp: int, key: bytes) -> tuple[float, int]:
+async def run(n: int, wave: int, url: str, udp: int, key: bytes, headers: dict[str, str]) -> tuple[float, int]:
     inv = parts()
     # each simulated unit has its own key (enrolled first-come) and pins the station's on first contact
     agents = [UnitAgent(f"sim-{i:05d}", key, ("127.0.0.1", udp), "127.0.0.1", 3260, NullLio(), lambda: inv,
@@ -35,7 +35,7 @@ async def run(n: int, wave: int, url: str, udp: int, key: bytes) -> tuple[float,
     t0 = time.perf_counter()
     for i in range(0, n, wave):
         await asyncio.gather(*(a.announce() for a in agents[i:i + wave]))
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         deadline = time.perf_counter() + 300
         while time.perf_counter() < deadline:
             vols = (await http.get(url + "/api/v1/volumes", params={"state": "online"})).json()
@@ -54,8 +54,8 @@ def main() -> int:
     ap.add_argument("--wave", type=int, default=50, help="units announcing at the same time")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, station(tmp) as (url, udp, key):
-        took, lost = asyncio.run(run(args.units, args.wave, url, udp, key))
-        stats = httpx.get(url + "/api/v1/protocol/stats").json()
+        took, lost = asyncio.run(run(args.units, args.wave, url, udp, key, auth(tmp)))
+        stats = httpx.get(url + "/api/v1/protocol/stats", headers=auth(tmp)).json()
     print(f"units announced          {args.units} (waves of {args.wave}, 3 partitions each)")
     print(f"time to all in the pool  {took:.2f} s")
     print(f"units per second         {args.units / took:.1f}")

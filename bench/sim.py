@@ -43,9 +43,27 @@ def parts() -> list[Partition]:
     return out
 
 
+def auth(data_dir: str) -> dict[str, str]:
+    """The benchmark admin's headers (its token made by station() before the station starts)."""
+    return {"Authorization": f"Bearer {(Path(data_dir) / 'admin.token').read_text().strip()}"}
+
+
+def _bootstrap(data_dir: str) -> None:
+    pw = Path(data_dir) / "admin.password"
+    pw.write_text("bench-admin-password-0\n")
+    pw.chmod(0o600)
+    for cmd in (["create-user", "admin", "--role", "admin", "--password-file", str(pw)],
+                ["create-token", "admin", "--token-file", str(Path(data_dir) / "admin.token")]):
+        subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", data_dir, "--log-level", "warning",
+                        *cmd], check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+
+
 @contextmanager
 def station(data_dir: str, *extra_args: str) -> Iterator[tuple[str, int, bytes]]:
-    """A real `dvsan-station` on loopback for the length of the block: (REST URL, UDP port, cluster key)."""
+    """A real `dvsan-station` on loopback for the length of the block: (REST URL, UDP port, cluster key).
+
+    REST calls need `auth(data_dir)` as headers."""
+    _bootstrap(data_dir)
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     with open(Path(data_dir) / "station.log", "wb") as log:
         proc = subprocess.Popen(

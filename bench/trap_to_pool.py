@@ -27,7 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim import NullLio, free_port, parts, station
+from sim import NullLio, auth, free_port, parts, station
 
 from dvsan.identity import Signer, StationPin, generate
 from dvsan.traps import MIB_DIR, TrapSecurity, UnitIdentity, UsmUser, engine_id_for
@@ -93,9 +93,10 @@ async def one_run(name: str, sender: str, url: str, trap_port: int, key: bytes, 
         agent.endpoint.close()
 
 
-async def bench(runs: int, url: str, trap_port: int, key: bytes, udp: int, env: dict[str, str]) -> None:
+async def bench(runs: int, url: str, trap_port: int, key: bytes, udp: int, env: dict[str, str],
+                headers: dict[str, str]) -> None:
     senders = ["agent-v2c", "agent-v3"] + (["snmptrap-v2c"] if shutil.which("snmptrap") else [])
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
         for sender in senders:
             times = [await one_run(f"trap-{sender}-{i:03d}", sender, url, trap_port, key, udp, http, env)
                      for i in range(runs)]
@@ -122,7 +123,7 @@ def main() -> int:
                      "--trap-community-file", str(files["community"]), "--trap-v3-user", USER.name,
                      "--trap-v3-auth-key-file", str(files["auth"]),
                      "--trap-v3-priv-key-file", str(files["priv"])) as (url, udp, key):
-            asyncio.run(bench(args.runs, url, trap, key, udp, env))
+            asyncio.run(bench(args.runs, url, trap, key, udp, env, auth(tmp)))
     return 0
 
 

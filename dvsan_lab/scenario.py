@@ -7,6 +7,7 @@ Shared by `dvsan-lab demo` (prints what happened and the timings) and tests/lab/
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -61,10 +62,38 @@ class Station:
     def key_file(self) -> Path:
         return self.data_dir / "cluster.key"
 
+    @property
+    def token(self) -> str:
+        """The lab admin's API token (made by bootstrap() before the station first starts)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def bootstrap(self) -> None:
+        """The first admin and its token, as an operator makes them: `dvsan-station create-user`
+        and `create-token` on the station's data directory (no REST call works before)."""
+        exe = Path(sys.executable).with_name("dvsan-station")
+        pw = self.data_dir / "admin.password"
+        if not pw.exists():
+            fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, (secrets.token_urlsafe(18) + "\n").encode())
+            os.close(fd)
+        for cmd in (["create-user", "admin", "--role", "admin", "--password-file", str(pw)],
+                    ["create-token", "admin", "--token-file", str(self.data_dir / "admin.token"),
+                     "--label", "lab"]):
+            r = subprocess.run([str(exe), "--data-dir", str(self.data_dir), "--log-level", "warning", *cmd],
+                               capture_output=True, text=True, timeout=120, check=False)
+            if r.returncode != 0:
+                raise LabError(f"dvsan-station {cmd[0]} failed: {r.stdout}{r.stderr}")
+
     def start(self) -> float:
         """Start the station and wait for /healthz; returns seconds taken."""
         t0 = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "admin.token").exists():
+            self.bootstrap()
         exe = Path(sys.executable).with_name("dvsan-station")
         # NOTE: a station left by an earlier run that was killed (or a fixture that failed before
         # its teardown) would hold the lab's fixed ports: the lab's address is ours, so stop it.
@@ -104,7 +133,7 @@ class Station:
         self.proc = None
 
     def get(self, path: str) -> Any:
-        r = httpx.get(self.url + path, timeout=30)
+        r = httpx.get(self.url + path, timeout=30, headers=self.auth)
         r.raise_for_status()
         return r.json()
 
@@ -120,6 +149,7 @@ class Flow:
         self.station = station
         self.venv_bin = Path(sys.executable).parent
         self.unit_pids: dict[str, int] = {}
+        self.enrolled: set[str] = set()     # hosts enrolled at this flow's station, token in place
 
     # --- unit agent ------------------------------------------------------------------------
     def start_unit(self, guest: str, disk: str = "vda", extra: str = "") -> int:
@@ -153,8 +183,22 @@ class Flow:
         return json.loads(r.out)["partitiontable"]  # type: ignore[no-any-return]
 
     # --- host agent ------------------------------------------------------------------------
+    def enrol_host(self, guest: str) -> None:
+        """Enrol `guest` at this flow's station with its initiator name, as an operator does, and
+        put the host's token in the guest (/etc/dvsan/host.token, 0600)."""
+        r = httpx.post(self.station.url + "/api/v1/hosts", headers=self.station.auth, timeout=30,
+                       json={"name": guest, "initiator_iqns": [self.lab.initiator_name(guest)]})
+        if r.status_code != 201:
+            raise LabError(f"enrolling {guest} failed: {r.status_code} {r.text}")
+        self.lab.exec(guest, "mkdir -p /etc/dvsan && umask 077 && cat > /etc/dvsan/host.token",
+                      input=r.json()["token"]["token"] + "\n", check=True)
+        self.enrolled.add(guest)
+
     def host_agent(self, guest: str, args: str, timeout: float = 180) -> Any:
+        if guest not in self.enrolled:
+            self.enrol_host(guest)
         return self.lab.exec(guest, f"{self.venv_bin}/dvsan-host-agent --station {self.station.url} "
+                                    f"--name {guest} --token-file /etc/dvsan/host.token "
                                     f"--state-file /var/lib/dvsan-host/assignments.json {args}",
                              timeout=timeout)
 

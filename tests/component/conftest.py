@@ -50,7 +50,7 @@ class StationProc:
     def admin_command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`dvsan-station --data-dir D COMMAND ...` (create-user, create-token, enrol-host)."""
         return subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", str(self.data_dir),
-                               "--log-level", "warning", *args], capture_output=True, text=True, timeout=60)
+                               "--log-level", "warning", *args], check=False, capture_output=True, text=True, timeout=60)
 
     def bootstrap(self) -> None:
         """The first admin and its token, as an operator makes them: through the station's CLI."""

@@ -174,7 +174,7 @@ def _second_station(first: StationProc, tmp_path: Path, name: str) -> StationPro
     st = StationProc(tmp_path / name, free_port(), free_port(socket.SOCK_DGRAM))
     st.data_dir.mkdir(parents=True)
     for f in first.data_dir.iterdir():
-        if f.is_file() and not f.name.startswith(("station.db", "station.log")):
+        if f.is_file() and not f.name.startswith(("station.db", "station.log", "admin.")):
             shutil.copy2(f, st.data_dir / f.name)
     return st
 

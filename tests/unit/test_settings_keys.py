@@ -202,6 +202,13 @@ def test_ep_unit_without_a_key_or_with_a_missing_file(tmp_path):
         unit(cluster_key_file=tmp_path / "nope").load_cluster_key()
 
 
+def test_ep_unit_without_a_key_says_where_the_station_keeps_it():
+    with pytest.raises(InvalidInput) as ei:
+        unit().load_cluster_key()
+    assert str(ei.value) == ("no cluster key: give --cluster-key-file (the station keeps it in its "
+                             "data directory as cluster.key) or DVSAN_UNIT_CLUSTER_KEY")
+
+
 def test_gp_a_binary_key_that_is_not_utf8_is_judged_like_any_other():
     key = bytes(range(0x80, 0xA0))            # 32 distinct bytes, invalid UTF-8
     assert keyfiles.check_cluster_key(key) == key
