@@ -1,5 +1,6 @@
 """The station's FastAPI application factory: database, protocol listener, routes, error mapping."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from station.api.routes import pool as pool_routes
 from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
-from station.services import auth
+from station.services import audit, auth
 from station.services.enrolment import EnrolmentGate
 from station.services.exports import ExportPusher
 from station.services.units import UnitService
@@ -53,6 +54,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 _STATUS = [(Unauthenticated, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (InvalidInput, 422),
            (Unavailable, 503)]
+
+
+async def _sweep_audit(db: Database, days: int) -> None:
+    """Keep the audit log to its retention: at start, then every six hours."""
+    while True:
+        def sweep() -> None:
+            with db.session() as s:
+                audit.sweep(s, days)
+        try:
+            await asyncio.to_thread(sweep)
+        except Exception as e:  # noqa: BLE001 - a failed sweep is retried at the next round
+            log.warning("audit log retention sweep failed: %s", e)
+        await asyncio.sleep(6 * 3600)
 
 
 def create_app(settings: StationSettings) -> FastAPI:
@@ -84,6 +98,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))
         app.state.db, app.state.listener, app.state.pusher, app.state.units = db, listener, pusher, units
+        units.background(_sweep_audit(db, settings.audit_retention_days))
         app.state.wipes = wipes
         app.state.snmp = None
         try:
@@ -108,6 +123,27 @@ def create_app(settings: StationSettings) -> FastAPI:
                   description="Control management station of the dvsan virtual SAN.")
     for r in (pool_routes.router, assignment_routes.router, auth_routes.router, enrolment_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
+
+    @app.middleware("http")
+    async def _audit(request: Request, call_next: Any) -> Any:
+        """Every call that is not a read goes to the audit log, whatever it answered."""
+        response = await call_next(request)
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            route = request.scope.get("route")
+            who = getattr(request.state, "principal", None)
+            entry = (str(who) if who is not None else "anonymous",
+                     request.client.host if request.client else "",
+                     f"{request.method} {getattr(route, 'path', request.url.path)}", request.url.path,
+                     response.status_code, getattr(request.state, "audit", None))
+
+            def write() -> None:
+                with request.app.state.db.session() as s:
+                    audit.record(s, *entry)
+            try:
+                await asyncio.to_thread(write)
+            except Exception as e:  # noqa: BLE001 - the answer stands; the failure is loud
+                log.error("could not write the audit log entry %s: %s", entry[:5], e)
+        return response
 
     @app.exception_handler(DvsanError)
     async def _dvsan_error(request: Request, exc: DvsanError) -> JSONResponse:

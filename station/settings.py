@@ -47,6 +47,8 @@ class StationSettings(BaseSettings):
     # its public half is written beside it as station_identity.pub for the units)
     identity_key_file: Path | None = None
     log_level: str = "info"
+    # how long the audit log keeps its rows (station/services/audit.py)
+    audit_retention_days: int = Field(365, ge=1, le=36500)
 
     def snmp_users(self) -> list[UsmUser]:
         """The SNMPv3 users traps may come from (authPriv, SHA + AES-128); InvalidInput if one is incomplete."""

@@ -231,3 +231,21 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRow(Base):
+    """One change asked of the station (every write, every login, every refusal): append-only.
+
+    Rows are only ever added, and removed only by the retention sweep (station/services/audit.py).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    principal: Mapped[str] = mapped_column(String(80), index=True)     # user:alice | host:host-b | anonymous
+    source: Mapped[str] = mapped_column(String(64))                    # the client's address
+    action: Mapped[str] = mapped_column(String(96), index=True)        # "POST /api/v1/assignments"
+    object: Mapped[str] = mapped_column(String(255))                   # the path acted on
+    outcome: Mapped[int] = mapped_column(Integer)                      # the HTTP status answered
+    detail: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # what changed (no secret)

@@ -186,3 +186,40 @@ def test_gp_no_secret_reaches_the_stations_log(station, tmp_path):
     assert "GET /api/v1/units" in log or "/api/v1/" in log
     for s in secrets:
         assert s not in log and s.split("_")[-1] not in log
+
+
+def test_gp_every_write_login_and_refusal_is_audited_without_secrets(station, tmp_path):
+    u = UnitHarness(station)
+    try:
+        u.start()
+        online(station, 3)
+        tb = host_token(station, tmp_path, "host-b", IQN_B)
+        viewer = user_token(station, "vera", "viewer")
+        ask = {"host_address": "127.0.0.2", "size": "100M"}
+        ok = call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-b", "initiator_iqn": IQN_B, **ask})
+        assert ok.status_code == 201
+        call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-c", "initiator_iqn": IQN_B, **ask})
+        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}", viewer)
+        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}", tb)
+        call(station, "POST", "/api/v1/login", json={"name": "vera", "password": "not-veras-password"})
+        call(station, "DELETE", "/api/v1/assignments/1")
+        log = call(station, "GET", "/api/v1/audit?limit=1000", station.token).json()
+        rows = [(r["principal"], r["action"], r["outcome"]) for r in reversed(log)]
+        for expected in [("user:admin", "POST /api/v1/hosts", 201),
+                         ("anonymous", "POST /api/v1/login", 200),
+                         ("host:host-b", "POST /api/v1/assignments", 201),
+                         ("host:host-b", "POST /api/v1/assignments", 403),
+                         ("user:vera", "DELETE /api/v1/assignments/{assignment_id}", 403),
+                         ("host:host-b", "DELETE /api/v1/assignments/{assignment_id}", 200),
+                         ("anonymous", "POST /api/v1/login", 401),
+                         ("anonymous", "DELETE /api/v1/assignments/{assignment_id}", 401)]:
+            assert expected in rows, (expected, rows)
+        made = next(r for r in log if r["action"] == "POST /api/v1/assignments" and r["outcome"] == 201)
+        assert '"host": "host-b"' in made["detail"] and made["source"] == "127.0.0.1"
+        text = str(log)
+        assert tb not in text and viewer not in text and "not-veras-password" not in text
+        # the audit log is for admins only, and has no route that changes it
+        assert call(station, "GET", "/api/v1/audit", viewer).status_code == 403
+        assert call(station, "DELETE", "/api/v1/audit", station.token).status_code == 405
+    finally:
+        u.close()

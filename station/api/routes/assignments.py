@@ -3,7 +3,7 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
@@ -60,7 +60,8 @@ def get_assignment(assignment_id: Id, db: DbDep, who: Caller) -> AssignmentPubli
 
 
 @router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
-async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep, who: Caller) -> AssignmentPublic:
+async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep, who: Caller,
+                            request: Request) -> AssignmentPublic:
     """Give a host the smallest free volume that fits; answers once the unit exports it to the host.
 
     Operators may ask for any host; a host token only for its own host, with an initiator name
@@ -72,12 +73,14 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
     out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
                                    body.size_bytes)
     log.info("assignment %d made for %s by %s", out.id, body.host, who)
+    request.state.audit = {"assignment": out.id, "host": body.host, "initiator_iqn": body.initiator_iqn,
+                           "size_bytes": body.size_bytes, "unit": out.unit, "device": out.device}
     return await run_in_threadpool(load_assignment, db, who, out.id)
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
 async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wipes: WipesDep,
-                            who: Caller) -> ReleasePublic:
+                            who: Caller, request: Request) -> ReleasePublic:
     """Release a volume: the assignment goes, the unit drops the export and zeroes the volume;
     it is free again once the wipe has succeeded (`GET /api/v1/volumes` shows its progress)."""
     def check() -> None:
@@ -88,5 +91,6 @@ async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wip
     await run_in_threadpool(check)
     r = await assignments.release(db, pusher, wipes, assignment_id)
     log.info("assignment %d released by %s", assignment_id, who)
+    request.state.audit = {"assignment": r.id, "unit": r.unit, "volume": r.volume_id, "wipe": r.wipe_state}
     return ReleasePublic(id=r.id, unit=r.unit, unit_confirmed=r.unit_confirmed, detail=r.detail,
                          volume_id=r.volume_id, wipe_state=r.wipe_state)

@@ -4,13 +4,13 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import Conflict, Unauthenticated
 from station.api.deps import Admin, Caller, DbDep, HostAdmin, HostReader
-from station.services import auth
+from station.services import audit, auth
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 Name = Annotated[str, Path(min_length=1, max_length=63)]
@@ -83,9 +83,10 @@ class HostEnrolled(HostPublic):
 
 
 @router.post("/login", response_model=TokenCreated)
-async def login(body: LoginRequest, db: DbDep) -> TokenCreated:
+async def login(body: LoginRequest, db: DbDep, request: Request) -> TokenCreated:
     """A user's name and password for a token valid 12 hours. Failures are slowed and counted;
     five in a row lock the account for five minutes."""
+    request.state.audit = {"name": body.name}
     def check() -> auth.NewToken:
         with db.session() as s:
             try:
@@ -171,3 +172,25 @@ def delete_host(name: Name, db: DbDep, _: HostAdmin) -> Response:
     with db.session() as s:
         auth.delete_host(s, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class AuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: datetime
+    principal: str
+    source: str
+    action: str
+    object: str
+    outcome: int
+    detail: str | None
+
+
+@router.get("/audit", response_model=list[AuditPublic])
+def read_audit(db: DbDep, _: Admin, principal: str | None = None, action: str | None = None,
+               since: datetime | None = None, outcome: Annotated[int | None, Query(ge=100, le=599)] = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[AuditPublic]:
+    """The audit log, newest first (admins): every write, login and refusal, filtered."""
+    with db.session() as s:
+        return [AuditPublic.model_validate(r) for r in audit.query(s, principal=principal, action=action,
+                                                                   since=since, outcome=outcome, limit=limit)]
