@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="find the station's REST API by the DNS SRV record _dvsan-api._tcp.DOMAIN")
     p.add_argument("--dns-server", metavar="IP[:PORT]",
                    help="the DNS server to ask (default: the system's, from /etc/resolv.conf)")
+    p.add_argument("--ca-file", type=Path, help="verify the station's TLS certificate against this PEM "
+                   "CA file (https:// stations; stations found by SRV are then spoken to over https)")
     p.add_argument("--token-file", type=Path, default=Path("/etc/dvsan/host.token"),
                    help="0600 file holding this host's API token, made when an operator enrolled it "
                    "(default /etc/dvsan/host.token; or env DVSAN_HOST_TOKEN)")
@@ -99,12 +101,15 @@ def _dispatch(args: argparse.Namespace, iscsi: Any = None, block: Any = None) ->
         from host_agent.blockdev import BlockDevices
 
         block = BlockDevices()
-    finder = ApiFinder(args.station_domain, args.station, args.dns_server)
+    ca = str(args.ca_file) if args.ca_file else None
+    if ca is not None and not args.ca_file.is_file():
+        raise InvalidInput(f"--ca-file {ca}: no such file")
+    finder = ApiFinder(args.station_domain, args.station, args.dns_server, ca_file=ca)
     state = HostState(args.state_file)
     with state.locked():
         if args.cmd == "status":
             return _status(args, state, iscsi)
-        client = StationClient(finder.find(), token=host_token(args.token_file))
+        client = StationClient(finder.find(), token=host_token(args.token_file), ca_file=ca)
         if args.cmd == "request":
             return _request(args, client, state, iscsi, finder)
         if args.cmd == "release":

@@ -1,5 +1,6 @@
 """The host agent's REST client of the station (httpx)."""
 
+import ssl
 from typing import Any
 
 import httpx
@@ -18,13 +19,20 @@ _BY_STATUS: dict[int, type[DvsanError]] = {401: Unauthenticated, 403: Forbidden,
                                             422: InvalidInput, 503: Unavailable}
 
 
+def tls_verify(ca_file: str | None) -> ssl.SSLContext | bool:
+    """How to verify the station's certificate: against `ca_file`, else the system's CAs."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
 class StationClient:
     """Talks to one station's REST API; maps its errors back to dvsan exceptions."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0, token: str | None = None):
+    def __init__(self, base_url: str, timeout: float = 60.0, token: str | None = None,
+                 ca_file: str | None = None):
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers,
+                                  verify=tls_verify(ca_file))
 
     def close(self) -> None:
         self._http.close()

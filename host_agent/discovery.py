@@ -1,6 +1,7 @@
 """How a host finds the station's REST API (SRV `_dvsan-api._tcp.<domain>`) and a unit's portal by name."""
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,13 +15,13 @@ log = logging.getLogger(__name__)
 SERVICE, PROTO = "dvsan-api", "tcp"
 
 
-def _url(address: str, port: int) -> str:
-    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+def _url(address: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{address}]:{port}" if ":" in address else f"{scheme}://{address}:{port}"
 
 
-def _healthy(url: str, timeout: float = 3.0) -> None:
+def _healthy(url: str, timeout: float = 3.0, verify: ssl.SSLContext | bool = True) -> None:
     """Raise unless the station at `url` answers its health check."""
-    r = httpx.get(url + "/healthz", timeout=timeout)
+    r = httpx.get(url + "/healthz", timeout=timeout, verify=verify)
     r.raise_for_status()
 
 
@@ -29,14 +30,18 @@ class ApiFinder:
 
     def __init__(self, domain: str | None = None, fallback_url: str | None = None,
                  dns_server: str | None = None, timeout: float = dnsresolve.DEFAULT_TIMEOUT,
-                 probe: Callable[[str], Any] = _healthy):
+                 probe: Callable[[str], Any] | None = None, ca_file: str | None = None):
         self.domain = dnsresolve.check_dns_name(domain.strip().rstrip(".")) if domain else None
         self.fallback_url = fallback_url.rstrip("/") if fallback_url else None
         server = dnsresolve.parse_dns_server(dns_server) if dns_server else None
         self.nameservers: Sequence[str] | None = [server[0]] if server else None
         self.dns_port = server[1] if server else 53
         self.timeout = timeout
-        self.probe = probe
+        # with a CA file, stations found by SRV are spoken to over TLS, verified against it
+        self.ca_file = ca_file
+        self.scheme = "https" if ca_file else "http"
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.probe = probe or (lambda url: _healthy(url, verify=verify))
 
     def resolve_host(self, name: str) -> list[str]:
         """A name's addresses through this finder's DNS server (or the system's)."""
@@ -49,7 +54,7 @@ class ApiFinder:
         if self.domain:
             targets, problems = dnsresolve.srv_endpoints(SERVICE, PROTO, self.domain, "station API",
                                                          self.nameservers, self.dns_port, self.timeout)
-            urls += [_url(a, port) for a, port in targets]
+            urls += [_url(a, port, self.scheme) for a, port in targets]
         if self.fallback_url:
             urls.append(self.fallback_url)
         return list(dict.fromkeys(urls)), problems

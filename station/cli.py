@@ -9,8 +9,13 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from dvsan.errors import DvsanError
-from dvsan.keyfiles import cli_secret_refused, read_secret_lines, write_secret_file
+from dvsan.errors import DvsanError, InvalidInput
+from dvsan.keyfiles import (
+    cli_secret_refused,
+    read_secret_file,
+    read_secret_lines,
+    write_secret_file,
+)
 from station.app import create_app
 from station.settings import StationSettings
 
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     # NOTE: secrets as values would show in /proc/PID/cmdline: these exist only to say so.
     for opt in ("--trap-community", "--trap-v3-auth-key", "--trap-v3-priv-key"):
         p.add_argument(opt, dest="refused_" + opt[2:].replace("-", "_"), help=argparse.SUPPRESS)
+    p.add_argument("--tls-cert", dest="tls_cert_file", type=Path, metavar="FILE",
+                   help="serve the REST API over TLS with this PEM certificate (chain); with --tls-key")
+    p.add_argument("--tls-key", dest="tls_key_file", type=Path, metavar="FILE",
+                   help="the certificate's private key, a 0600 PEM file")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            help="an administration command on the station's database (none: run the station)")
@@ -88,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.load_cluster_key()   # fail before binding anything
         settings.load_identity()
         settings.snmp_users()
+        _check_tls(settings)
     except ValidationError as e:
         print(f"dvsan-station: bad setting: {e}", file=sys.stderr)
         return 2
@@ -105,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     key_path = settings.cluster_key_file or settings.data_dir / "cluster.key"
     if settings.cluster_key is None:
         logging.getLogger("station").info("cluster key: %s (units need the same key)", key_path)
+    tls = ({"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+           if settings.tls_cert_file else {})
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level)
+                log_level=settings.log_level, **tls)  # type: ignore[arg-type]
     return 0
 
 
@@ -120,6 +132,19 @@ def _trap_secret_files(args: argparse.Namespace) -> dict[str, object]:
         if path is not None:
             out[opt] = read_secret_lines(path)[0]
     return out
+
+
+def _check_tls(settings: StationSettings) -> None:
+    """Both TLS files or neither; the certificate readable, the key 0600."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return
+    if not cert.is_file():
+        raise InvalidInput(f"--tls-cert {cert}: no such file")
+    if "BEGIN PRIVATE KEY" not in read_secret_file(key) and "PRIVATE KEY-----" not in read_secret_file(key):
+        raise InvalidInput(f"--tls-key {key} holds no PEM private key")
 
 
 def _admin_command(args: argparse.Namespace, settings: StationSettings) -> int:

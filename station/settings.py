@@ -47,6 +47,9 @@ class StationSettings(BaseSettings):
     # its public half is written beside it as station_identity.pub for the units)
     identity_key_file: Path | None = None
     log_level: str = "info"
+    # TLS for the REST API: a PEM certificate (chain) and its key (0600); both or neither
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # how long the audit log keeps its rows (station/services/audit.py)
     audit_retention_days: int = Field(365, ge=1, le=36500)
 

@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,14 +29,20 @@ class StationProc:
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     extra_args: tuple[str, ...] = ()
+    ca_file: Path | None = None        # set: the station serves TLS, verified against this CA
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.api_port}"
 
     @property
     def key(self) -> bytes:
         return (self.data_dir / "cluster.key").read_text().strip().encode()
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies this station's certificate with (True: plain HTTP anyway)."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     @property
     def token(self) -> str:
@@ -80,7 +87,7 @@ class StationProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"station exited: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -96,7 +103,7 @@ class StationProc:
                 self.proc.wait()
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10, headers=self.auth)
+        return httpx.get(self.url + path, timeout=10, headers=self.auth, verify=self.verify)
 
 
 @pytest.fixture

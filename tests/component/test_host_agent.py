@@ -23,7 +23,7 @@ HOST_IQN = "iqn.2026-11.org.dvsan.lab:host-b"
 
 def enrol_host(station: Any, tmp_path: Path, name: str, iqn: str) -> Path:
     """Enrol a host as an operator does (POST /api/v1/hosts); its token in a 0600 file."""
-    r = httpx.post(station.url + "/api/v1/hosts", headers=station.auth, timeout=10,
+    r = httpx.post(station.url + "/api/v1/hosts", headers=station.auth, timeout=10, verify=station.verify,
                    json={"name": name, "initiator_iqns": [iqn]})
     assert r.status_code == 201, r.text
     path = tmp_path / f"{name}.token"
