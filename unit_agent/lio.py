@@ -100,8 +100,22 @@ class Lio:
     # ---- reading ---------------------------------------------------------------------------
 
     def actual_exports(self) -> list[Export]:
-        """The whole exports of this unit as LIO holds them, from the in-memory cache."""
+        """The whole exports of this unit as LIO holds them.
+
+        From the in-memory cache, checked first against the kernel cheaply (one directory listing
+        of this unit's targets): when a target of ours appeared or went behind our back (an
+        operator's targetcli, a crash), configfs is read again, so the next plan puts it right.
+        """
         with self._lock:
+            fabric = Path(self._fabric.path)
+            try:
+                present = {n for n in os.listdir(fabric) if n.startswith(self.prefix)} if fabric.is_dir() else set()
+            except OSError as e:
+                raise _adapter_error("cannot list LIO's iSCSI targets", e) from e
+            if present != set(self._exports) | set(self._broken):
+                log.warning("LIO: this unit's targets changed behind the agent (%d held, %d expected): "
+                            "reading configfs again", len(present), len(self._exports) + len(self._broken))
+                self._scan_or_raise()
             return [self._exports[k] for k in sorted(self._exports)]
 
     def sessions(self, target_iqn: str) -> int:

@@ -1,0 +1,97 @@
+"""On real kernels (issue 6): a target deleted by hand under the unit agent is back after the next
+push, and host-b's session recovers onto it; an operator's assignment is picked up by
+`dvsan-host-agent sync`, which logs out again once the assignment is gone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_adapters import run_py  # tests/lab is on sys.path (rootdir conftest)
+
+from dvsan_lab.scenario import Flow, Station, reset_host, wait_for
+
+pytestmark = pytest.mark.lab
+UNIT, HOST_B, HOST_C = "unit-a", "host-b", "host-c"
+
+
+@pytest.fixture(scope="module")
+def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
+    for g in (HOST_B, HOST_C):
+        reset_host(lab, g)
+    station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("drift-station")), lab.host_ip)
+    station.start()
+    f = Flow(lab, station)
+    try:
+        f.start_unit(UNIT)
+        f.wait_pool(UNIT, 3)
+        yield f
+    finally:
+        for g in (HOST_B, HOST_C):
+            reset_host(lab, g)
+        if UNIT in f.unit_pids:
+            f.stop_unit(UNIT)
+        station.stop()
+
+
+def target_exists(flow: Flow, iqn: str) -> bool:
+    return flow.lab.exec(UNIT, f"test -d /sys/kernel/config/target/iscsi/{iqn}/tpgt_1/lun/lun_0").rc == 0
+
+
+def test_gp_a_target_deleted_by_hand_is_back_after_the_next_push(flow: Flow) -> None:
+    lab = flow.lab
+    b = flow.request(HOST_B, "100MiB")
+    sha = flow.write_pattern(HOST_B, b["device_path"], 4, "drift")
+    # an operator's targetcli (here rtslib in the guest, outside the agent) removes the target
+    run_py(lab, UNIT, f"""
+        from rtslib_fb import FabricModule, Target
+        Target(FabricModule("iscsi"), {b['target_iqn']!r}, mode="lookup").delete()
+        result(ok=True)
+    """)
+    assert not target_exists(flow, b["target_iqn"])
+    # the next push (another host's request) puts it back, with host-b's ACL
+    c = flow.request(HOST_C, "100MiB")
+    assert c["unit"] == UNIT
+    wait_for(lambda: target_exists(flow, b["target_iqn"]), 60, "the deleted target re-created")
+    acls = lab.exec(UNIT, f"ls /sys/kernel/config/target/iscsi/{b['target_iqn']}/tpgt_1/acls/").out.split()
+    assert acls == [lab.initiator_name(HOST_B)]
+    assert "targets changed behind the agent" in flow.unit_log(UNIT)
+    # host-b's session recovers onto it and reads what it wrote
+    assert wait_for(lambda: flow.read_sha(HOST_B, b["device_path"], 4) == sha, 180, "host-b reading again")
+    for guest, a in ((HOST_B, b), (HOST_C, c)):
+        r = flow.release(guest, a["id"])
+        assert r.rc == 0, r.err
+
+
+def test_gp_sync_picks_up_an_operators_assignment_and_logs_out_once_it_is_gone(flow: Flow) -> None:
+    lab = flow.lab
+    if HOST_B not in flow.enrolled:
+        flow.enrol_host(HOST_B)
+    # the operator assigns a volume to host-b (the semi-automatic path): the host did not ask
+    r = httpx.post(flow.station.url + "/api/v1/assignments", headers=flow.station.auth, timeout=120,
+                   json={"host": HOST_B, "initiator_iqn": lab.initiator_name(HOST_B),
+                         "host_address": lab.ip(HOST_B), "size": "100MiB"})
+    assert r.status_code == 201, r.text
+    a = r.json()
+    out = flow.host_agent(HOST_B, "--json sync")
+    assert out.rc == 0, out.err
+    assert a["id"] in json.loads(out.out.strip().splitlines()[-1])["added"]
+    assert a["target_iqn"] in flow.iscsiadm(HOST_B, "-m session").out
+    dev = flow.device_of(HOST_B, a["target_iqn"])
+    assert lab.exec(HOST_B, f"test -b {dev}").rc == 0
+    again = flow.host_agent(HOST_B, "--json sync")           # safe to run again: nothing changes
+    assert again.rc == 0 and json.loads(again.out.strip().splitlines()[-1])["added"] == []
+    # the operator takes it back (the unit drops the export under host-b's session); the next sync
+    # logs out and forgets it
+    assert httpx.delete(f"{flow.station.url}/api/v1/assignments/{a['id']}", headers=flow.station.auth,
+                        timeout=120).status_code == 200
+    out = flow.host_agent(HOST_B, "--json sync", timeout=400)
+    assert out.rc == 0, out.err
+    assert a["id"] in json.loads(out.out.strip().splitlines()[-1])["dropped"]
+    sessions = flow.iscsiadm(HOST_B, "-m session")
+    assert sessions.rc == 21 or a["target_iqn"] not in sessions.out
+    assert flow.host_agent(HOST_B, "--json status").out.strip() == "[]"
