@@ -13,10 +13,10 @@ from dvsan.errors import InvalidInput
 
 IQN_PREFIX = "iqn.2026-11.org.dvsan"
 BACKSTORE_PREFIX = "dvsan_"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+NAME_RE = _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 _DEVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 # RFC 3720 iqn. names and RFC 3721 eui. names, lower case as LIO stores them.
-_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9a-f]{16})$")
+IQN_RE = _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9a-f]{16})$")
 
 
 def check_unit_name(name: str) -> str:

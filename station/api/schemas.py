@@ -6,7 +6,7 @@ from ipaddress import ip_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dvsan.errors import InvalidInput
-from dvsan.naming import check_iqn, check_unit_name
+from dvsan.naming import IQN_RE, NAME_RE, check_iqn, check_unit_name
 from dvsan.sizes import parse_size
 
 
@@ -54,9 +54,11 @@ class AssignmentCreate(BaseModel):
     """A host asks for storage: who it is, where it is, and how much it needs."""
 
     model_config = ConfigDict(extra="forbid")
-    host: str = Field(description="the host's name (lower-case letters, digits, '-', '.')")
-    initiator_iqn: str = Field(description="the host's iSCSI initiator name")
-    host_address: str = Field(description="the host's IP address on the storage network")
+    host: str = Field(description="the host's name (lower-case letters, digits, '-', '.')",
+                      pattern=NAME_RE.pattern, max_length=63)
+    initiator_iqn: str = Field(description="the host's iSCSI initiator name", pattern=IQN_RE.pattern,
+                               max_length=223)
+    host_address: str = Field(description="the host's IP address on the storage network", max_length=45)
     size: str | int = Field(description="bytes, or e.g. '1GiB', '80 GB', '512M'")
 
     @field_validator("host")
