@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dvsan import secretbox
 from dvsan.errors import InvalidInput
 from dvsan.naming import check_device, check_iqn
 
@@ -140,6 +141,18 @@ class Extent:
             raise InvalidInput(f"extent is missing field {e.args[0]!r}") from e
 
 
+_CHAP_USER_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CHAP_SECRET_RE = re.compile(r"^[!-~]{12,128}$")      # printable ASCII, no space
+
+
+def check_chap(user: str, secret: str) -> None:
+    """CHAP credentials LIO and open-iscsi both take: a plain user name, a 12-128 character secret."""
+    if not isinstance(user, str) or not _CHAP_USER_RE.fullmatch(user):
+        raise InvalidInput("CHAP user must be 1-64 of [A-Za-z0-9._:-]")
+    if not isinstance(secret, str) or not _CHAP_SECRET_RE.fullmatch(secret):
+        raise InvalidInput("CHAP secret must be 12-128 printable characters without spaces")
+
+
 @dataclass(frozen=True, slots=True)
 class Export:
     """One volume a unit must export: a target with LUN 0 and ACLs for exactly these initiators.
@@ -156,10 +169,16 @@ class Export:
     lun: int = 0
     wwn: str = ""
     extent: Extent | None = None
+    # One-way CHAP every initiator of this export must answer (empty: none). On the wire the
+    # secret travels sealed (dvsan.secretbox); in memory it is plain, and never in a repr.
+    chap_user: str = ""
+    chap_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         check_device(self.device)
         check_iqn(self.target_iqn)
+        if self.chap_user or self.chap_secret:
+            check_chap(self.chap_user, self.chap_secret)
         for i in self.initiators:
             check_iqn(i)
         if not isinstance(self.lun, int) or isinstance(self.lun, bool) or self.lun < 0:
@@ -167,15 +186,21 @@ class Export:
         if not isinstance(self.wwn, str) or not _WWN_RE.fullmatch(self.wwn):
             raise InvalidInput(f"export {self.target_iqn}: invalid unit serial {self.wwn!r}")
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, chap_key: bytes | None = None) -> dict[str, Any]:
+        """The export as a protocol body; a CHAP secret goes sealed with `chap_key`, never plain."""
         out: dict[str, Any] = {"device": self.device, "target_iqn": self.target_iqn,
                                "initiators": list(self.initiators), "lun": self.lun, "wwn": self.wwn}
         if self.extent is not None:
             out["extent"] = self.extent.to_wire()
+        if self.chap_user:
+            if chap_key is None:
+                raise ValueError(f"export {self.target_iqn} has a CHAP secret and no key to seal it with")
+            out["chap"] = {"user": self.chap_user,
+                           "secret": secretbox.seal(chap_key, self.chap_secret, self.target_iqn)}
         return out
 
     @classmethod
-    def from_wire(cls, d: Any) -> "Export":
+    def from_wire(cls, d: Any, chap_key: bytes | None = None) -> "Export":
         if not isinstance(d, dict):
             raise InvalidInput("an export must be an object")
         try:
@@ -183,8 +208,18 @@ class Export:
             if not isinstance(inits, list) or not all(isinstance(i, str) for i in inits):
                 raise InvalidInput("export initiators must be a list of iSCSI names")
             extent = Extent.from_wire(d["extent"]) if d.get("extent") is not None else None
+            user = secret = ""
+            chap = d.get("chap")
+            if chap is not None:
+                if not isinstance(chap, dict) or not isinstance(chap.get("user"), str) \
+                        or not isinstance(chap.get("secret"), str):
+                    raise InvalidInput("export chap must be an object with 'user' and a sealed 'secret'")
+                if chap_key is None:
+                    raise InvalidInput("export carries CHAP but this side has no key to open it")
+                user = chap["user"]
+                secret = secretbox.unseal(chap_key, chap["secret"], str(d["target_iqn"]))
             return cls(device=d["device"], target_iqn=d["target_iqn"],
                        initiators=tuple(sorted(inits)), lun=d.get("lun", 0), wwn=d.get("wwn", ""),
-                       extent=extent)
+                       extent=extent, chap_user=user, chap_secret=secret)
         except KeyError as e:
             raise InvalidInput(f"export is missing field {e.args[0]!r}") from e

@@ -30,8 +30,8 @@ Action = CreateExport | DeleteExport | SetInitiators
 def plan(desired: list[Export], actual: list[Export]) -> list[Action]:
     """Actions that turn `actual` into `desired`: deletions first, then ACL changes, then creations.
 
-    An export whose device, LUN or unit serial (the volume's identity) differs is deleted and
-    re-created; one whose only difference is its initiators gets its ACLs changed in place so
+    An export whose device, LUN, unit serial (the volume's identity) or CHAP credentials differ is
+    deleted and re-created; one whose only difference is its initiators gets its ACLs changed in place so
     that logged-in hosts stay.
     """
     want = {e.target_iqn: e for e in desired}
@@ -41,7 +41,10 @@ def plan(desired: list[Export], actual: list[Export]) -> list[Action]:
     creates: list[Action] = []
     for iqn, h in sorted(have.items()):
         w = want.get(iqn)
-        if w is None or w.device != h.device or w.lun != h.lun or (w.wwn and w.wwn != h.wwn):
+        if w is None or w.device != h.device or w.lun != h.lun or (w.wwn and w.wwn != h.wwn) \
+                or (w.chap_user, w.chap_secret) != (h.chap_user, h.chap_secret):
+            # NOTE: CHAP is made once per assignment and never changes under it: a difference
+            # means another assignment (or an export from before CHAP), so it is made anew.
             deletes.append(DeleteExport(h))
             if w is not None:
                 creates.append(CreateExport(w))

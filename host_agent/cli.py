@@ -132,7 +132,7 @@ def host_token(path: Path) -> str:
 def _status(args: argparse.Namespace, state: HostState, iscsi: IscsiPort) -> int:
     held = state.load()
     sessions = {(s.target_iqn, s.portal_ip) for s in iscsi.sessions()}
-    out = [{**a, "logged_in": any((a["target_iqn"], ip) in sessions for ip, _ in portals_of(a))}
+    out = [{**masked(a), "logged_in": any((a["target_iqn"], ip) in sessions for ip, _ in portals_of(a))}
            for a in held.values()]
     print(json.dumps(out, indent=2) if args.json else
           "\n".join(f"{a['id']}: {a['target_iqn']} @ {_portal(a)} "
@@ -159,19 +159,31 @@ def _request(args: argparse.Namespace, client: StationClient, state: HostState, 
     a = {**a, "portal_address": portal}
     state.put(a)   # recorded before login, so a failed login can still be released
     iscsi.discover(portal, a["portal_port"])
+    _set_chap(iscsi, a, portal, a["portal_port"])
     iscsi.login(a["target_iqn"], portal, a["portal_port"])
     dev = iscsi.wait_for_device(a["target_iqn"], portal, a["lun"], timeout=args.device_timeout)
     t_dev = time.monotonic()
     a = {**a, "device_path": dev}
     state.put(a)
     if args.json:
-        print(json.dumps({**a, "seconds_to_assignment": round(t_assigned - t0, 3),
+        print(json.dumps({**masked(a), "seconds_to_assignment": round(t_assigned - t0, 3),
                           "seconds_to_device": round(t_dev - t0, 3)}))
     else:
         print(f"volume {a['unit']}:{a['device']} ({format_size(a['size_bytes'])}, LBA {a['start_lba']}-"
               f"{a['end_lba']}) as {a['target_iqn']} lun {a['lun']} via {portal}:{a['portal_port']}")
         print(f"assignment {a['id']}: block device {dev} ready in {t_dev - t0:.2f} s")
     return 0
+
+
+def _set_chap(iscsi: IscsiPort, a: dict[str, Any], portal: str, port: int) -> None:
+    """The assignment's one-way CHAP on its node record, before any login (the unit requires it)."""
+    if a.get("chap_user") and a.get("chap_secret"):
+        iscsi.set_chap(a["target_iqn"], portal, port, a["chap_user"], a["chap_secret"])
+
+
+def masked(a: dict[str, Any]) -> dict[str, Any]:
+    """An assignment fit to print: its CHAP secret stays in the 0600 state file only."""
+    return {**a, "chap_secret": "***"} if a.get("chap_secret") else a
 
 
 def _release(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: IscsiPort,
@@ -210,6 +222,7 @@ def _sync(args: argparse.Namespace, client: StationClient, state: HostState, isc
         if args.login:
             try:
                 iscsi.discover(portal, a["portal_port"])
+                _set_chap(iscsi, a, portal, a["portal_port"])
                 iscsi.login(a["target_iqn"], portal, a["portal_port"])
                 dev = iscsi.wait_for_device(a["target_iqn"], portal, a["lun"], timeout=args.device_timeout)
                 state.put({**rec, "device_path": dev})
@@ -219,6 +232,8 @@ def _sync(args: argparse.Namespace, client: StationClient, state: HostState, isc
         known = [list(p) for p in portals_of(rec)]
         for ip, port in portals:
             try:
+                iscsi.discover(ip, port)
+                _set_chap(iscsi, rec, ip, port)
                 iscsi.login(rec["target_iqn"], ip, port)
             except DvsanError as e:
                 report["problems"].append(f"assignment {rec['id']}: new portal {ip}:{port}: {e}")

@@ -28,6 +28,7 @@ from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
 from station.services import audit, auth
+from station.services.chap import ChapVault
 from station.services.enrolment import EnrolmentGate
 from station.services.exports import ExportPusher
 from station.services.units import UnitService
@@ -91,7 +92,8 @@ def create_app(settings: StationSettings) -> FastAPI:
                             "--role admin", settings.data_dir)
         listener = AutoconfListener(key, signer=identity.Signer(identity.STATION, station_key),
                                     verifier=app.state.enrolment_gate)
-        pusher = ExportPusher(db, listener, settings.export_timeout)
+        vault = ChapVault.of(settings.load_secrets_key(), key)
+        pusher = ExportPusher(db, listener, settings.export_timeout, vault)
         wipes = WipeService(db, listener, settings.export_timeout)
         units = UnitService(db, listener, pusher, wipes)
         await listener.start(units, wipes, settings.udp_host, settings.udp_port)

@@ -97,6 +97,21 @@ class StationSettings(BaseSettings):
             key = key.ljust(keyfiles.MIN_KEY_BYTES, b"\0")
         return key
 
+    def load_secrets_key(self) -> bytes:
+        """The key that seals secrets in the database (CHAP): DATA_DIR/secrets.key, made once, 0600."""
+        path = self.data_dir / "secrets.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_secret_file(path, secrets.token_hex(32) + "\n")
+        text = keyfiles.read_secret_file(path).strip()
+        try:
+            key = bytes.fromhex(text)
+        except ValueError as e:
+            raise InvalidInput(f"{path} must hold 64 hexadecimal digits") from e
+        if len(key) != 32:
+            raise InvalidInput(f"{path} must hold 64 hexadecimal digits")
+        return key
+
     def load_identity(self) -> "identity.Ed25519PrivateKey":
         """The station's signing key, made at first start; its public key is kept beside it (.pub)."""
         path = self.identity_key_file or (self.data_dir / "station_identity.key")

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from dvsan import __version__
+from dvsan import __version__, secretbox
 from dvsan.endpoint import Endpoint, Peer
 from dvsan.errors import AdapterError, Conflict, InvalidInput, Unavailable
 from dvsan.identity import STATION, Signer, StationPin
@@ -45,6 +45,8 @@ class UnitAgent:
         self.signer, self.station_pin = signer, station_pin
         self.name = name
         self.key = key
+        # CHAP secrets come sealed in EXPORTS under a key derived from the cluster key
+        self.chap_key = secretbox.derive(key, secretbox.CHAP_WIRE)
         self.station = station
         self.portal_address = portal_address
         self.portal_port = portal_port
@@ -241,7 +243,7 @@ class UnitAgent:
         unsafe: set[str] = set()          # targets that must not stay on what the device is now
         for i, item in enumerate(raw):
             try:
-                e = Export.from_wire(item)
+                e = Export.from_wire(item, self.chap_key)
             except InvalidInput as err:
                 name = item.get("target_iqn") if isinstance(item, dict) else None
                 refused[name if isinstance(name, str) else f"#{i}"] = f"malformed export: {err}"

@@ -38,9 +38,9 @@ CONFIGFS_TARGET = "/sys/kernel/config/target"
 DBROOT = "/etc/target"
 TPG_TAG = 1
 # Set explicitly on every TPG we make. The kernel's default for `authentication` is 1 (CHAP
-# required), and `generate_node_acls` 1 would be demo mode: any initiator gets every LUN.
+# required); we set it ourselves, 1 for an export with CHAP credentials and 0 without
+# (`_auth_value`). `generate_node_acls` 1 would be demo mode: any initiator gets every LUN.
 TPG_ATTRIBUTES: dict[str, str] = {
-    "authentication": "0",
     "generate_node_acls": "0",
     "demo_mode_write_protect": "1",
 }
@@ -191,6 +191,14 @@ class Lio:
             got = _read(tpg / "attrib" / attr)
             if got != want:
                 raise _Incomplete(f"TPG attribute {attr}={got}, expected {want}")
+        chap = {(_read(a / "auth" / "userid") or "", _read(a / "auth" / "password") or "")
+                for a in (tpg / "acls").iterdir()}
+        if len(chap) > 1:
+            raise _Incomplete("its ACLs hold different CHAP credentials")
+        chap_user, chap_secret = chap.pop() if chap else ("", "")
+        auth = _read(tpg / "attrib" / "authentication")
+        if auth != ("1" if chap_user else "0"):
+            raise _Incomplete(f"TPG authentication={auth} with{'' if chap_user else 'out'} CHAP credentials")
         # NOTE: any portal will do: a unit that came back on a new address keeps the old portals
         # (hosts may be logged in through them) and `apply` adds the new one beside them.
         portals = sorted(p.name for p in (tpg / "np").iterdir()) if (tpg / "np").is_dir() else []
@@ -218,7 +226,8 @@ class Lio:
                 raise _Incomplete(f"ACL {acl} has no mapped LUN {lun}")
             initiators.append(acl)
         wwn = _unit_serial(so_dir)
-        return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun, wwn=wwn)
+        return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun, wwn=wwn,
+                      chap_user=chap_user, chap_secret=chap_secret)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -291,10 +300,13 @@ class Lio:
             tpg = TPG(target, TPG_TAG, "create")
             for attr, value in TPG_ATTRIBUTES.items():
                 tpg.set_attribute(attr, value)
+            tpg.set_attribute("authentication", _auth_value(export))
             lun = LUN(tpg, export.lun, so)
             NetworkPortal(tpg, self.portal_ip, self.portal_port, "create")
             for initiator in export.initiators:
-                MappedLUN(NodeACL(tpg, initiator, "create"), export.lun, lun)
+                acl = NodeACL(tpg, initiator, "create")
+                _set_chap(acl, export)
+                MappedLUN(acl, export.lun, lun)
             tpg.enable = True
             self._portals[iqn] = {_portal_dirname(self.portal_ip, self.portal_port)}
         except _LIO_ERRORS as e:
@@ -305,7 +317,8 @@ class Lio:
             return
         self._exports[iqn] = Export(device=export.device, target_iqn=iqn,
                                     initiators=tuple(sorted(export.initiators)), lun=export.lun,
-                                    wwn=export.wwn or _unit_serial(Path(so.path)))
+                                    wwn=export.wwn or _unit_serial(Path(so.path)),
+                                    chap_user=export.chap_user, chap_secret=export.chap_secret)
 
     def _ensure_backstore(self, device: str, wwn: str = "") -> BlockStorageObject:
         """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew.
@@ -449,6 +462,7 @@ class Lio:
         for initiator in add:
             try:
                 acl = NodeACL(tpg, initiator, "any")
+                _set_chap(acl, have)
                 if not Path(acl.path, f"lun_{have.lun}").is_dir():
                     MappedLUN(acl, have.lun, lun)
             except _LIO_ERRORS as e:
@@ -456,7 +470,8 @@ class Lio:
                 continue
             current.add(initiator)
         self._exports[iqn] = Export(device=have.device, target_iqn=iqn,
-                                    initiators=tuple(sorted(current)), lun=have.lun, wwn=have.wwn)
+                                    initiators=tuple(sorted(current)), lun=have.lun, wwn=have.wwn,
+                                    chap_user=have.chap_user, chap_secret=have.chap_secret)
 
     def _ensure_portals(self, errors: list[AdapterError]) -> None:
         """Give every held export this agent's portal, beside any it had (never removing one)."""
@@ -482,6 +497,18 @@ class Lio:
         for name in sorted(self._orphans):
             log.warning("LIO: removing leftover backstore %s (%s)", name, self._orphans[name])
             self._delete_backstore(name, errors)
+
+
+def _auth_value(export: Export) -> str:
+    """The TPG's `authentication`: 1 (CHAP required) when the export has credentials."""
+    return "1" if export.chap_user else "0"
+
+
+def _set_chap(acl: NodeACL, export: Export) -> None:
+    """One-way CHAP on a host's ACL (the secret is written to configfs, never logged)."""
+    if export.chap_user:
+        acl.chap_userid = export.chap_user
+        acl.chap_password = export.chap_secret
 
 
 def _read(p: Path) -> str | None:

@@ -125,6 +125,9 @@ class AssignmentPublic(BaseModel):
     export_state: str = "pending"      # pending | exported | refused | withheld
     export_detail: str | None = None   # why refused or withheld
     volume_detail: str | None = None
+    # one-way CHAP the host logs in with; the secret only to the host itself and to operators
+    chap_user: str = ""
+    chap_secret: str | None = None
 
 
 class ReleasePublic(BaseModel):

@@ -23,6 +23,7 @@ from station.db.tables import (
     WipeState,
 )
 from station.services import pool, wipes
+from station.services.chap import ChapVault
 from station.services.exports import ExportPusher
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def free_candidates(s: Session) -> list[Candidate]:
     return [Candidate(*row) for row in s.execute(q)]
 
 
-def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, size_bytes: int) -> int:
+def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, size_bytes: int,
+             vault: ChapVault | None = None) -> int:
     """Record a new assignment of the best-fitting free volume; returns its id.
 
     NOTE: the UNIQUE constraint on assignments.volume_id is what makes double allocation
@@ -61,6 +63,8 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
                                     target_iqn=target, lun=0,
                                     wwn=volume_wwn(pool.pool_id(s), c.unit, c.device, v.start_lba,
                                                    v.length_blocks, v.block_size, v.uid))
+                if vault is not None:
+                    row.chap_user, row.chap_secret_sealed = vault.new(target)
                 s.add(row)
                 s.flush()
                 # The export is wanted again: a drop still pending from an earlier release is void.
@@ -136,7 +140,7 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
     assignment is taken back so the volume returns to the pool, and the unit is pushed again so it
     drops whatever part of the export it may have made. Raises Conflict (refused) or Unavailable.
     """
-    aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes)
+    aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes, pusher.vault)
 
     def load() -> Assigned:
         with db.session() as s:

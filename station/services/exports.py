@@ -11,6 +11,7 @@ from dvsan.protocol import MsgType
 from station.db import Database
 from station.db.tables import UnitState
 from station.services import pool
+from station.services.chap import ChapVault
 from station.services.messenger import Messenger
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ class PushResult:
 class ExportPusher:
     """Owns one lock per unit, so a later push always carries a state at least as new."""
 
-    def __init__(self, db: Database, messenger: Messenger, timeout: float = 15.0):
-        self.db, self.messenger, self.timeout = db, messenger, timeout
+    def __init__(self, db: Database, messenger: Messenger, timeout: float = 15.0, vault: ChapVault | None = None):
+        self.db, self.messenger, self.timeout, self.vault = db, messenger, timeout, vault
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def push(self, unit: str) -> PushResult:
@@ -44,11 +45,11 @@ class ExportPusher:
                     u = pool.get_unit(s, unit)
                     if u.state != UnitState.ONLINE:
                         raise Conflict(f"unit {unit} is {u.state}")
-                    return (u.control_host, u.control_port), u.portal_address, pool.desired_state(s, unit)
+                    return (u.control_host, u.control_port), u.portal_address, pool.desired_state(s, unit, self.vault.reveal if self.vault else None)
 
             control, portal, state = await asyncio.to_thread(read)
             body = {"unit": unit, "pool_id": state.pool_id, "generation": state.generation,
-                    "portal_address": portal, "exports": [e.to_wire() for e in state.exports],
+                    "portal_address": portal, "exports": [e.to_wire(self.vault.wire if self.vault else None) for e in state.exports],
                     "drop": state.drop}
             ack = await self.messenger.send(control, MsgType.EXPORTS, body, timeout=self.timeout)
             if ack.get("status") != "ok":

@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -206,9 +207,11 @@ def desired_exports(s: Session, unit: str) -> list[Export]:
     return desired_state(s, unit).exports
 
 
-def desired_state(s: Session, unit: str) -> DesiredState:
+def desired_state(s: Session, unit: str, reveal: Callable[[str, str], str] | None = None) -> DesiredState:
     """Everything a push to `unit` carries. Volumes not online (offline, missing, changed) are
-    withheld: never sent, so never re-created on whatever the device is now."""
+    withheld: never sent, so never re-created on whatever the device is now. `reveal(target,
+    sealed)` opens an assignment's CHAP secret; without it an export with CHAP is an error (it
+    must never go out without its CHAP)."""
     u = get_unit(s, unit)
     rows = s.execute(
         select(AssignmentRow, VolumeRow).join(VolumeRow, AssignmentRow.volume_id == VolumeRow.id)
@@ -223,8 +226,14 @@ def desired_state(s: Session, unit: str) -> DesiredState:
                 # session (the host would write over someone else's blocks), not merely wait.
                 moved.append(a.target_iqn)
             continue
+        secret = ""
+        if a.chap_user:
+            if reveal is None:
+                raise ValueError(f"assignment {a.id} has CHAP and nothing to open its secret with")
+            secret = reveal(a.target_iqn, a.chap_secret_sealed)
         exports.append(Export(device=v.device, target_iqn=a.target_iqn, initiators=(a.initiator_iqn,),
-                              lun=a.lun, wwn=a.wwn, extent=volume_extent(v)))
+                              lun=a.lun, wwn=a.wwn, extent=volume_extent(v), chap_user=a.chap_user,
+                              chap_secret=secret))
     drop = sorted({*s.scalars(select(PendingDropRow.target_iqn).where(PendingDropRow.unit_name == unit)),
                    *moved})
     return DesiredState(pool_id(s), u.generation, exports, drop, withheld)

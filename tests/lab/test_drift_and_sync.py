@@ -95,3 +95,34 @@ def test_gp_sync_picks_up_an_operators_assignment_and_logs_out_once_it_is_gone(f
     sessions = flow.iscsiadm(HOST_B, "-m session")
     assert sessions.rc == 21 or a["target_iqn"] not in sessions.out
     assert flow.host_agent(HOST_B, "--json status").out.strip() == "[]"
+
+
+def test_ep_a_host_spoofing_the_initiator_name_without_the_chap_secret_is_refused(flow: Flow) -> None:
+    """Issue 6: LIO's ACL alone trusts a name anyone can claim; CHAP does not. host-c claims
+    host-b's initiator name (an iscsiadm iface): refused (exit 24), with no secret or a wrong one,
+    while host-b is logged in with the assignment's CHAP user."""
+    lab = flow.lab
+    b = flow.request(HOST_B, "100MiB")
+    assert b["chap_user"] and b["chap_secret"] == "***"          # printed masked by the host agent
+    detail = flow.iscsiadm(HOST_B, "-m session -P 2").out
+    assert b["target_iqn"] in detail and f"username: {b['chap_user']}" in detail
+    portal = f"{b['unit_address']}:{b['portal_port']}"
+    node = f"-m node -T {b['target_iqn']} -p {portal} -I spoof"
+    try:
+        lab.exec(HOST_C, "iscsiadm -m iface -I spoof -o new", check=True)
+        lab.exec(HOST_C, f"iscsiadm -m iface -I spoof -o update -n iface.initiatorname "
+                         f"-v {lab.initiator_name(HOST_B)}", check=True)
+        lab.exec(HOST_C, f"iscsiadm -m discovery -t st -p {portal} -I spoof", check=True, timeout=120)
+        assert flow.iscsiadm(HOST_C, f"{node} --login").rc == 24          # no secret
+        for name, value in (("node.session.auth.authmethod", "CHAP"),
+                            ("node.session.auth.username", b["chap_user"]),
+                            ("node.session.auth.password", "a-wrong-secret-0")):
+            lab.exec(HOST_C, f"iscsiadm {node} -o update -n {name} -v {value}", check=True)
+        assert flow.iscsiadm(HOST_C, f"{node} --login").rc == 24          # a wrong secret
+        assert b["target_iqn"] not in flow.iscsiadm(HOST_C, "-m session").out
+    finally:
+        lab.exec(HOST_C, "iscsiadm -m node -I spoof -o delete >/dev/null 2>&1; "
+                         "iscsiadm -m iface -I spoof -o delete >/dev/null 2>&1; true")
+    assert b["target_iqn"] in flow.iscsiadm(HOST_B, "-m session").out   # host-b untouched
+    r = flow.release(HOST_B, b["id"])
+    assert r.rc == 0, r.err

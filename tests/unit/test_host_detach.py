@@ -35,6 +35,11 @@ class FakeIscsi:
         self.calls.append(("discover", portal_ip, port))
         return []
 
+    def set_chap(self, target_iqn: str, portal_ip: str, port: int, username: str, password: str) -> None:
+        self.calls.append(("chap", target_iqn, portal_ip, port, username))
+        self.chap = getattr(self, "chap", {})
+        self.chap[(target_iqn, portal_ip, port)] = (username, password)
+
     def login(self, target_iqn: str, portal_ip: str, port: int) -> None:
         self.calls.append(("login", target_iqn, portal_ip, port))
         if not any(n == NodeRecord(portal_ip, port, 1, target_iqn) for n in self.nodes):

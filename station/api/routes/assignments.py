@@ -12,16 +12,23 @@ from station.api.schemas import AssignmentCreate, AssignmentPublic, ReleasePubli
 from station.db import Database
 from station.db.tables import AssignmentRow
 from station.services import assignments, auth
+from station.services.chap import ChapVault
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["assignments"])
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-def assignment_public(a: AssignmentRow) -> AssignmentPublic:
+def assignment_public(a: AssignmentRow, who: auth.Principal | None = None,
+                      vault: ChapVault | None = None) -> AssignmentPublic:
+    """The assignment as `who` may see it: its CHAP secret only for its own host or an operator."""
     v = a.volume
     u = v.unit
-    return AssignmentPublic(
+    secret = None
+    if a.chap_user and vault is not None and who is not None and (
+            who.may("assignments.write") or (who.may("host.storage") and a.host_name == who.name)):
+        secret = vault.reveal(a.target_iqn, a.chap_secret_sealed)
+    return AssignmentPublic(chap_user=a.chap_user, chap_secret=secret,
         id=a.id, host=a.host_name, initiator_iqn=a.initiator_iqn, host_address=a.host_address,
         requested_bytes=a.requested_bytes, volume_id=v.id, unit=u.name, unit_address=u.portal_address,
         unit_dns_name=u.dns_name, portal_port=u.portal_port, target_iqn=a.target_iqn, lun=a.lun,
@@ -39,24 +46,25 @@ def _visible(s: object, who: auth.Principal, assignment_id: int) -> AssignmentRo
     return a
 
 
-def load_assignment(db: Database, who: auth.Principal, assignment_id: int) -> AssignmentPublic:
+def load_assignment(db: Database, who: auth.Principal, assignment_id: int,
+                    vault: ChapVault | None = None) -> AssignmentPublic:
     with db.session() as s:
-        return assignment_public(_visible(s, who, assignment_id))
+        return assignment_public(_visible(s, who, assignment_id), who, vault)
 
 
 @router.get("/assignments", response_model=list[AssignmentPublic])
-def list_assignments(db: DbDep, who: Caller, host: str | None = None) -> list[AssignmentPublic]:
+def list_assignments(db: DbDep, who: Caller, pusher: PusherDep, host: str | None = None) -> list[AssignmentPublic]:
     """Every assignment (a host token: its own only)."""
     if not who.may("pool.read"):
         who.require("host.storage")
         host = who.name
     with db.session() as s:
-        return [assignment_public(a) for a in assignments.list_all(s, host)]
+        return [assignment_public(a, who, pusher.vault) for a in assignments.list_all(s, host)]
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
-def get_assignment(assignment_id: Id, db: DbDep, who: Caller) -> AssignmentPublic:
-    return load_assignment(db, who, assignment_id)
+def get_assignment(assignment_id: Id, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
+    return load_assignment(db, who, assignment_id, pusher.vault)
 
 
 @router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
@@ -75,7 +83,7 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
     log.info("assignment %d made for %s by %s", out.id, body.host, who)
     request.state.audit = {"assignment": out.id, "host": body.host, "initiator_iqn": body.initiator_iqn,
                            "size_bytes": body.size_bytes, "unit": out.unit, "device": out.device}
-    return await run_in_threadpool(load_assignment, db, who, out.id)
+    return await run_in_threadpool(load_assignment, db, who, out.id, pusher.vault)
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
