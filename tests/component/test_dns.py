@@ -191,6 +191,9 @@ class FakeIscsi:
         self.calls.append(("discover", portal, str(port)))
         return []
 
+    def set_chap(self, iqn: str, portal: str, port: int, username: str, password: str) -> None:
+        self.calls.append(("chap", iqn, portal, str(port), username))
+
     def login(self, iqn: str, portal: str, port: int) -> None:
         self.calls.append(("login", iqn, portal, str(port)))
 
