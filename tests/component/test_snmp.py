@@ -364,12 +364,12 @@ def test_gp_unit_agent_traps_reach_station_and_snmptrapd_by_name(version, trap_s
         assert "DVSAN-MIB::dvsanUnitEvent.0 = INTEGER: boot(1)" in log
         # the link-watch API: link down, link up; then the unit shuts down
         u.call(sender.send_link_down())
-        wait_for(lambda: unit_state(trap_station, name) == "link-down")
+        wait_for(lambda: unit_state(trap_station, name) == "link-down", 30)
         u.call(sender.send_link_up())
-        wait_for(lambda: unit_state(trap_station, name) == "online")
+        wait_for(lambda: unit_state(trap_station, name) == "online", 30)
         online(trap_station, 3)
         u.call(sender.send_link_down(shutdown=True))
-        wait_for(lambda: unit_state(trap_station, name) == "offline")
+        wait_for(lambda: unit_state(trap_station, name) == "offline", 30)
         wait_for(lambda: "shutdown(4)" in trapd.text())
         log = trapd.text()
         index = socket.if_nametoindex("lo")
