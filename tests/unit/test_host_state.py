@@ -116,8 +116,8 @@ def test_gp_the_state_file_is_sorted_indented_json_an_operator_can_read(tmp_path
 
 
 BAD_FILES = [
-    ("not JSON", "{not json", "is not valid JSON", "; nothing was changed (move it aside and run 'sync' "
-     "to rebuild it from the station)"),
+    ("not JSON", "{not json", "is not valid JSON",
+     "; nothing was changed (move it aside and run 'sync' to rebuild it from the station)"),
     ("not an object", "[1, 2]", "does not hold an object of assignment records",
      "; nothing was changed (move it aside and run 'sync')"),
     ("a record not an object", '{"1": "x"}', "does not hold an object of assignment records",

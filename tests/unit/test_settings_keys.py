@@ -228,3 +228,30 @@ def test_ep_a_failed_write_leaves_no_temp_file_and_the_old_key(tmp_path):
     with pytest.raises(OSError):
         write_secret_file(target, GOOD)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.key"]
+
+
+# --- secrets given in files, one a line (station and unit command lines) ------------------------------
+
+def test_gp_secret_lines_skip_blanks_and_comments_and_are_stripped(tmp_path):
+    p = key_file(tmp_path, "# SNMP communities\n\n  public-one  \n#old-one\npublic-two\t")
+    assert keyfiles.read_secret_lines(p) == ["public-one", "public-two"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n   \n"])
+def test_ep_a_secret_file_with_no_secret_is_refused_naming_it(tmp_path, text):
+    p = key_file(tmp_path, text)
+    with pytest.raises(InvalidInput) as ei:
+        keyfiles.read_secret_lines(p)
+    assert str(ei.value) == f"secret file {p} holds no secret"
+
+
+def test_ep_a_secret_lines_file_others_may_read_is_refused(tmp_path):
+    with pytest.raises(InvalidInput, match="accessible by group or others"):
+        keyfiles.read_secret_lines(key_file(tmp_path, "public-one", 0o644))
+
+
+def test_ep_a_secret_on_the_command_line_is_refused_saying_where_to_put_it():
+    assert keyfiles.cli_secret_refused("--cluster-key", "--cluster-key-file", "DVSAN_CLUSTER_KEY") == (
+        "--cluster-key takes no secret on the command line, where every local user can read it "
+        "(/proc/PID/cmdline, ps): put it in a file of mode 0600 and give --cluster-key-file FILE, "
+        "or set DVSAN_CLUSTER_KEY")

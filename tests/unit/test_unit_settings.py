@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from dvsan.errors import InvalidInput
-from dvsan.identity import (
-    Signer, encode_public, fingerprint, generate, save_public_key,
-)
+from dvsan.identity import Signer, encode_public, fingerprint, generate, save_public_key
 from dvsan.traps import UsmUser
 from unit_agent.settings import UnitSettings
 
