@@ -56,23 +56,28 @@ class UnitService:
                            dns_name: str | None = None, agent_version: str = "") -> None:
         """A unit announced itself (signed STARTUP): store it, ask for its storage info."""
         check_unit_name(unit)
+        heard = time.monotonic()
         await self._tx(pool.record_startup, unit, control, portal_address, portal_port, dns_name,
                        agent_version)
         log.info("unit %s started (control %s:%d, portal %s:%d); asking for its storage info",
                  unit, control[0], control[1], portal_address, portal_port)
-        self.background(self._ask_storage_info(unit, control))
+        self.background(self._ask_storage_info(unit, control, heard))
 
     async def unit_trap_up(self, unit: str) -> None:
         """An SNMP coldStart/linkUp named a known unit: ask it, at the control address the signed
         protocol gave, for its storage info. A trap never changes a unit's addresses or names
         (v2c is spoofable); the unit's signed answer is what brings it back online."""
+        # NOTE: the news is as old as its arrival, not as the question it leads to: a linkDown
+        # that arrives while the control address is read must still win over this coldStart.
+        heard = time.monotonic()
+
         def control(s: Any) -> Peer:
             u = pool.get_unit(s, unit)
             return (u.control_host, u.control_port)
 
         peer = await self._tx(control)
         log.info("SNMP says unit %s is up; asking it for its storage info at %s:%d", unit, *peer)
-        self.background(self._ask_storage_info(unit, peer))
+        self.background(self._ask_storage_info(unit, peer, heard))
 
     async def unit_down(self, unit: str, state: str = UnitState.OFFLINE) -> int:
         """A unit went away (UDP SHUTDOWN, SNMP linkDown, liveness): its volumes go offline, kept."""
@@ -109,8 +114,10 @@ class UnitService:
     async def silent_units(self, older_than: datetime) -> list[str]:
         return await self._tx(pool.silent_units, older_than)
 
-    async def _ask_storage_info(self, unit: str, peer: Peer) -> None:
-        self._asked[unit] = time.monotonic()
+    async def _ask_storage_info(self, unit: str, peer: Peer, heard: float) -> None:
+        """Ask for the storage report; `heard` is when the "unit is up" news arrived: a report
+        answers it only if no "unit is down" news arrived after that."""
+        self._asked[unit] = max(heard, self._asked.get(unit, heard))
         try:
             await self.messenger.send(peer, MsgType.NEED_STORAGE_INFO, {"unit": unit}, timeout=30)
         except DvsanError as e:
