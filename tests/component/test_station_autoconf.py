@@ -7,6 +7,7 @@ path is proven in tests/lab.
 import asyncio
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,26 +36,39 @@ PARTS = [part("vdz1", 2048, 512 * MiB), part("vdz2", 2048 + 1048576, 1280 * MiB)
 
 
 class MemoryLio:
-    """In-memory stand-in for unit_agent.lio.Lio: applies reconcile actions to a dict."""
+    """In-memory stand-in for unit_agent.lio.Lio: applies reconcile actions to a dict.
+
+    The agent applies from its own threads while a test reads: `exports` is a snapshot taken under
+    a lock (iterating the live dict could meet it changing size mid-way).
+    """
 
     def __init__(self) -> None:
-        self.exports: dict[str, Export] = {}
+        self._lock = threading.Lock()
+        self._exports: dict[str, Export] = {}
         self.applied: list[Action] = []
         self.logged_in: dict[str, int] = {}     # target IQN -> initiators logged in
 
+    @property
+    def exports(self) -> dict[str, Export]:
+        with self._lock:
+            return dict(self._exports)
+
     def actual_exports(self) -> list[Export]:
-        return list(self.exports.values())
+        with self._lock:
+            return list(self._exports.values())
 
     def sessions(self, target_iqn: str) -> int:
-        return self.logged_in.get(target_iqn, 0) if target_iqn in self.exports else 0
+        with self._lock:
+            return self.logged_in.get(target_iqn, 0) if target_iqn in self._exports else 0
 
     def apply(self, actions: Sequence[Action]) -> None:
-        for a in actions:
-            self.applied.append(a)
-            if isinstance(a, DeleteExport):
-                del self.exports[a.export.target_iqn]
-            elif isinstance(a, (CreateExport, SetInitiators)):
-                self.exports[a.export.target_iqn] = a.export
+        with self._lock:
+            for a in actions:
+                self.applied.append(a)
+                if isinstance(a, DeleteExport):
+                    del self._exports[a.export.target_iqn]
+                elif isinstance(a, (CreateExport, SetInitiators)):
+                    self._exports[a.export.target_iqn] = a.export
 
 
 def wait_for(pred: Any, timeout: float = 10.0) -> Any:
