@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -52,10 +53,16 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
     """
     check_unit_name(host)
     check_iqn(initiator_iqn)
-    for _ in range(20):
+    for attempt in range(20):
         try:
             with db.session() as s:
-                c = best_fit(free_candidates(s), size_bytes)
+                free = free_candidates(s)
+                c = best_fit(free, size_bytes)
+                if attempt:
+                    # NOTE: a lost race: every contender computed the same best fit. Spread the
+                    # retries over the volumes that fit equally well (still the best size), so
+                    # a storm of requests does not queue on one volume at a time.
+                    c = random.choice([x for x in free if x.size_bytes == c.size_bytes])
                 v = s.get_one(VolumeRow, c.volume_id)
                 target = target_iqn(c.unit, c.device)
                 row = AssignmentRow(volume_id=c.volume_id, host_name=host, initiator_iqn=initiator_iqn,
