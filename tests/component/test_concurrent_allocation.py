@@ -114,7 +114,10 @@ def test_gp_200_enrolled_hosts_at_once_over_150_volumes_with_their_own_tokens(st
             got = list(pool.map(ask_as_host, range(200)))
         codes = Counter(r.status_code for r in got)
         assert codes == {201: 150, 409: 50}, Counter(r.json()["detail"][:90] for r in got if r.status_code != 201)
-        assert all("no free volume in the pool" in r.json()["detail"] for r in got if r.status_code == 409)
+        # each refusal says why: the pool ran out (or, rarely, the request lost the race 20 times)
+        assert all(("no free volume in the pool" in r.json()["detail"] or "the pool is too busy" in r.json()["detail"])
+                   for r in got if r.status_code == 409), Counter(r.json()["detail"][:60] for r in got
+                                                              if r.status_code == 409)
         held = assignments(station)
         assert len(held) == 150 and len({a["volume_id"] for a in held}) == 150
         assert {a["host"] for a in held} == {r.json()["host"] for r in got if r.status_code == 201}

@@ -95,10 +95,19 @@ def dnsmasq(tmp_path: Path) -> Iterator[Callable[..., Dnsmasq]]:
     started: list[Dnsmasq] = []
 
     def start(*records: str, port: int | None = None) -> Dnsmasq:
-        d = Dnsmasq(port or free_port(socket.SOCK_DGRAM), list(records), tmp_path / f"dnsmasq{len(started)}.log")
-        started.append(d)
-        d.start()
-        return d
+        # NOTE: dnsmasq binds TCP as well as UDP on its port; a port free for UDP may be a TCP port
+        # in use (a station's API port): then try another one.
+        for attempt in range(5):
+            d = Dnsmasq(port or free_port(socket.SOCK_DGRAM), list(records),
+                        tmp_path / f"dnsmasq{len(started)}-{attempt}.log")
+            started.append(d)
+            try:
+                d.start()
+                return d
+            except RuntimeError as e:
+                if port is not None or "Address already in use" not in str(e):
+                    raise
+        raise RuntimeError("dnsmasq found no free port in 5 tries")
 
     yield start
     for d in started:
