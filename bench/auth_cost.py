@@ -74,7 +74,7 @@ def main() -> int:
                             args.calls)
             t0 = time.perf_counter()
             for _ in range(args.allocations):
-                r = c.post("/api/v1/assignments", headers=htoken, json={
+                r = c.post("/api/v1/assignments?wait=60", headers=htoken, json={
                     "host": "host-bench", "initiator_iqn": "iqn.2026-11.org.dvsan.bench:host",
                     "host_address": "127.0.0.2", "size": "1M"})
                 assert r.status_code == 201, r.text

@@ -24,12 +24,14 @@ from station.api.routes import assignments as assignment_routes
 from station.api.routes import auth as auth_routes
 from station.api.routes import enrolment as enrolment_routes
 from station.api.routes import pool as pool_routes
+from station.api.routes import tasks as task_routes
 from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
-from station.services import audit, auth
+from station.services import audit, auth, tasks
 from station.services.chap import ChapVault
 from station.services.enrolment import EnrolmentGate
+from station.services.events import EventBus
 from station.services.exports import ExportPusher
 from station.services.units import UnitService
 from station.services.wipes import WipeService
@@ -86,6 +88,10 @@ def create_app(settings: StationSettings) -> FastAPI:
                  settings.enrolment)
         app.state.enrolment_gate = EnrolmentGate(db, settings.enrolment)
         with db.session() as s:
+            n = tasks.interrupt_unfinished(s)
+            if n:
+                log.warning("%d task(s) were queued or running when the station stopped: marked "
+                            "interrupted (their objects are reconciled from the database)", n)
             if auth.user_count(s) == 0:
                 log.warning("no user exists: every REST call but /healthz is refused until one does; "
                             "create the first admin with: dvsan-station --data-dir %s create-user NAME "
@@ -94,14 +100,16 @@ def create_app(settings: StationSettings) -> FastAPI:
                                     verifier=app.state.enrolment_gate)
         vault = ChapVault.of(settings.load_secrets_key(), key)
         pusher = ExportPusher(db, listener, settings.export_timeout, vault)
-        wipes = WipeService(db, listener, settings.export_timeout)
+        bus = EventBus()
+        task_service = tasks.TaskService(db, bus)
+        wipes = WipeService(db, listener, settings.export_timeout, task_service)
         units = UnitService(db, listener, pusher, wipes)
         await listener.start(units, wipes, settings.udp_host, settings.udp_port)
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))
         app.state.db, app.state.listener, app.state.pusher, app.state.units = db, listener, pusher, units
         units.background(_sweep_audit(db, settings.audit_retention_days))
-        app.state.wipes = wipes
+        app.state.wipes, app.state.tasks, app.state.bus = wipes, task_service, bus
         app.state.snmp = None
         try:
             if settings.snmp_enabled:
@@ -117,13 +125,15 @@ def create_app(settings: StationSettings) -> FastAPI:
         finally:
             if app.state.snmp is not None:
                 await app.state.snmp.stop()
+            await task_service.stop()
             await units.stop()
             listener.stop()
             db.dispose()
 
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
                   description="Control management station of the dvsan virtual SAN.")
-    for r in (pool_routes.router, assignment_routes.router, auth_routes.router, enrolment_routes.router):
+    for r in (pool_routes.router, assignment_routes.router, task_routes.router, auth_routes.router,
+              enrolment_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
 
     @app.middleware("http")

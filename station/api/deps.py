@@ -14,7 +14,9 @@ from dvsan.errors import Unauthenticated
 from station.db import Database
 from station.listeners.autoconf import AutoconfListener
 from station.services import auth
+from station.services.events import EventBus
 from station.services.exports import ExportPusher
+from station.services.tasks import TaskService
 from station.services.wipes import WipeService
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer dvsan_<id>_<secret>`")
@@ -36,7 +38,17 @@ def get_listener(request: Request) -> AutoconfListener:
     return request.app.state.listener  # type: ignore[no-any-return]
 
 
+def get_tasks(request: Request) -> TaskService:
+    return request.app.state.tasks  # type: ignore[no-any-return]
+
+
+def get_bus(request: Request) -> EventBus:
+    return request.app.state.bus  # type: ignore[no-any-return]
+
+
 DbDep = Annotated[Database, Depends(get_db)]
+TasksDep = Annotated[TaskService, Depends(get_tasks)]
+BusDep = Annotated[EventBus, Depends(get_bus)]
 PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
 WipesDep = Annotated[WipeService, Depends(get_wipes)]
 ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from ipaddress import ip_address
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -137,3 +138,24 @@ class ReleasePublic(BaseModel):
     detail: str
     volume_id: int
     wipe_state: str
+    wipe_task: int | None = Field(default=None, description="the task following the volume's wipe")
+
+
+class TaskPublic(BaseModel):
+    """A change asked of the station, from queued to its end (`GET /api/v1/tasks/{id}`)."""
+
+    id: int
+    kind: str = Field(description="assign, release, wipe")
+    object: str = Field(description="what it changes: /hosts/NAME, /assignments/ID, /volumes/ID")
+    requested_by: str = Field(description="user:NAME, host:NAME, or station (the station's own)")
+    host: str | None = Field(description="the host whose storage it concerns, if any")
+    state: str = Field(description="queued, running, succeeded, failed, cancelled or interrupted")
+    step: int = Field(ge=0)
+    total_steps: int = Field(ge=1)
+    message: str
+    result: dict[str, Any] | None
+    error: str | None
+    error_kind: str | None = Field(description="Conflict, Unavailable, NotFound... (as the HTTP errors)")
+    created_at: str
+    started_at: str | None
+    finished_at: str | None

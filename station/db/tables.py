@@ -54,6 +54,20 @@ class ExportState(StrEnum):
     WITHHELD = "withheld"
 
 
+class TaskState(StrEnum):
+    """Where a task stands (station/services/tasks.py)."""
+
+    QUEUED = "queued"              # waiting for its object's lock
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"              # `error` says why; nothing was left half-done
+    CANCELLED = "cancelled"        # cancelled while queued: nothing was done
+    INTERRUPTED = "interrupted"    # the station stopped while it ran; its object was reconciled
+
+
+TASK_FINAL_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.INTERRUPTED)
+
+
 class IdentityState(StrEnum):
     PENDING = "pending"
     ENROLLED = "enrolled"
@@ -252,3 +266,24 @@ class AuditRow(Base):
     object: Mapped[str] = mapped_column(String(255))                   # the path acted on
     outcome: Mapped[int] = mapped_column(Integer)                      # the HTTP status answered
     detail: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # what changed (no secret)
+
+
+class TaskRow(Base):
+    """One change asked of the station (assign, release, wipe...), from queued to its end."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    object: Mapped[str] = mapped_column(String(255), index=True)       # "/volumes/17", "/hosts/host-b"
+    requested_by: Mapped[str] = mapped_column(String(80))              # user:alice | host:host-b | station
+    host_name: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)  # whose storage
+    state: Mapped[str] = mapped_column(String(16), default=TaskState.QUEUED, index=True)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_steps: Mapped[int] = mapped_column(BigInteger, default=1)
+    message: Mapped[str] = mapped_column(String(255), default="")
+    result: Mapped[str | None] = mapped_column(String(2048), nullable=True)   # JSON, no secret
+    error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

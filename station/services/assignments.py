@@ -26,6 +26,7 @@ from station.db.tables import (
 from station.services import pool, wipes
 from station.services.chap import ChapVault
 from station.services.exports import ExportPusher
+from station.services.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +138,23 @@ class Released:
     detail: str
     volume_id: int
     wipe_state: str
+    wipe_task: int | None = None
+
+
+async def _step(ctx: TaskContext | None, step: int, total: int, message: str) -> None:
+    if ctx is not None:
+        await ctx.progress(step, total, message)
 
 
 async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: str, host_address: str,
-                 size_bytes: int) -> Assigned:
+                 size_bytes: int, ctx: TaskContext | None = None) -> Assigned:
     """Allocate the best-fitting free volume and have its unit export it to the host.
 
     Nothing is kept half-done: if the unit does not confirm (no answer, busy, refused), the
     assignment is taken back so the volume returns to the pool, and the unit is pushed again so it
     drops whatever part of the export it may have made. Raises Conflict (refused) or Unavailable.
     """
+    await _step(ctx, 0, 2, "choosing the best-fitting free volume")
     aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes, pusher.vault)
 
     def load() -> Assigned:
@@ -155,6 +163,7 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
             return Assigned(a.id, a.volume.unit_name, a.target_iqn, a.volume.device)
 
     out = await asyncio.to_thread(load)
+    await _step(ctx, 1, 2, f"unit {out.unit} exports {out.device} to host {host} (assignment {aid})")
     try:
         result = await pusher.push(out.unit)
         refusal = result.refused.get(out.target_iqn)
@@ -178,7 +187,7 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
 
 
 async def release(db: Database, pusher: ExportPusher, wiper: wipes.WipeService,
-                  assignment_id: int) -> Released:
+                  assignment_id: int, ctx: TaskContext | None = None, requested_by: str = "station") -> Released:
     """Remove an assignment, have the unit drop the export, then wipe the volume.
 
     The release stands even when the unit does not answer: it drops the export and the wipe is
@@ -190,15 +199,22 @@ async def release(db: Database, pusher: ExportPusher, wiper: wipes.WipeService,
             vid = get(s, assignment_id).volume_id
             return delete(s, assignment_id), vid
 
+    await _step(ctx, 0, 3, f"removing assignment {assignment_id}")
     unit, vid = await asyncio.to_thread(remove)
+    await _step(ctx, 1, 3, f"unit {unit} drops the export")
     try:
         result = await pusher.push(unit)
     except DvsanError as e:
         return Released(assignment_id, unit, False,
                         f"released; the unit will drop the export and wipe the volume when it next "
                         f"reports ({e})", vid, WipeState.NEEDED)
+    await _step(ctx, 2, 3, f"ordering the wipe of volume {vid}")
     state = await wiper.start(vid)
+    follow = None
+    if state in (WipeState.RUNNING, WipeState.CLEAN):
+        task = await wiper.order(vid, requested_by, ordered=True)
+        follow = task["id"] if task else None
     other = f" (other exports refused: {len(result.refused)})" if result.refused else ""
     return Released(assignment_id, unit, True, f"released; the unit removed the export{other}; "
-                    f"wipe {state}: the volume is free once it is zeroed", vid,
-                    state if state in tuple(WipeState) else WipeState.NEEDED)
+                    f"wipe {state}{f' (task {follow})' if follow else ''}: the volume is free once it "
+                    "is zeroed", vid, state if state in tuple(WipeState) else WipeState.NEEDED, follow)

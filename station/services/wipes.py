@@ -20,13 +20,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound
+from dvsan.errors import Conflict, DvsanError, InvalidInput, NotFound, Unavailable
 from dvsan.naming import check_device
 from dvsan.protocol import MsgType
 from station.db import Database
 from station.db.tables import UnitRow, UnitState, VolumeRow, WipeState, utcnow
 from station.services import pool
 from station.services.messenger import Messenger
+from station.services.tasks import TaskContext, TaskService
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,28 @@ def unwiped(s: Session, unit: str) -> list[int]:
     return [vid for vid in s.scalars(q) if s.get_one(VolumeRow, vid).assignment is None]
 
 
+@dataclass(frozen=True)
+class WipeView:
+    """Where a volume's wipe stands, for the task that follows it."""
+
+    wipe_state: str
+    done: int
+    total: int
+    method: str | None
+    detail: str | None
+    unit: str
+    unit_state: str
+
+
+def view(s: Session, volume_id: int) -> WipeView:
+    v = s.get(VolumeRow, volume_id)
+    if v is None:
+        raise NotFound(f"no volume with id {volume_id}")
+    unit = s.get_one(UnitRow, v.unit_name)
+    return WipeView(v.wipe_state, v.wipe_done_bytes, v.wipe_total_bytes or v.length_blocks * v.block_size,
+                    v.wipe_method, v.wipe_detail, unit.name, unit.state)
+
+
 def _int(v: Any, default: int) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else default
 
@@ -156,12 +179,22 @@ def _float(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
 
 
-class WipeService:
-    """Orders wipes and follows their reports; one order in flight per volume."""
+MiB = 1 << 20
+FOLLOW_POLL = 10.0     # seconds: a wipe task looks again even without a report (a unit gone quiet)
 
-    def __init__(self, db: Database, messenger: Messenger, timeout: float = 15.0):
-        self.db, self.messenger, self.timeout = db, messenger, timeout
+
+class WipeService:
+    """Orders wipes and follows their reports; one order in flight per volume.
+
+    With a TaskService (`tasks`), every wipe is a task of kind `wipe` on `/volumes/ID` whose
+    progress follows the unit's WIPE_STATUS reports; without one (unit tests), orders only.
+    """
+
+    def __init__(self, db: Database, messenger: Messenger, timeout: float = 15.0,
+                 tasks: TaskService | None = None):
+        self.db, self.messenger, self.timeout, self.tasks = db, messenger, timeout, tasks
         self._locks: dict[int, asyncio.Lock] = {}
+        self._changed: dict[int, asyncio.Event] = {}
 
     async def _tx(self, fn: Any, *args: Any) -> Any:
         def run() -> Any:
@@ -192,10 +225,72 @@ class WipeService:
     async def resume(self, unit: str) -> None:
         """Order again every wipe of `unit` that is not clean (after it reported its storage)."""
         for vid in await self._tx(unwiped, unit):
-            await self.start(vid)
+            if self.tasks is None:
+                await self.start(vid)
+            else:
+                await self.order(vid, "station")
 
-    async def retry(self, volume_id: int) -> str:
-        """An operator asks again for a volume whose wipe failed (or was never ordered)."""
+    async def order(self, volume_id: int, requested_by: str, *, busy: str = "queue",
+                    ordered: bool = False) -> dict[str, Any] | None:
+        """A wipe task for the volume (the one already queued or running on it, if any).
+
+        `ordered`: the WIPE was just sent (by a release): the task only follows it.
+        `busy="refuse"`: Busy if any task holds the volume (an operator's second request).
+        """
+        if self.tasks is None:
+            if not ordered:
+                await self.start(volume_id)
+            return None
+
+        async def work(ctx: TaskContext) -> dict[str, Any]:
+            return await self.run(volume_id, ctx, send=not ordered)
+        return await self.tasks.submit("wipe", f"/volumes/{volume_id}", requested_by, work,
+                                       busy=busy, join=busy != "refuse")
+
+    async def run(self, volume_id: int, ctx: TaskContext, *, send: bool = True) -> dict[str, Any]:
+        """The body of a wipe task: order the wipe (`send`), then follow it until it ends."""
+        changed = self._changed.setdefault(volume_id, asyncio.Event())
+        try:
+            if send:
+                await ctx.progress(0, 1, "ordering the wipe from the unit")
+                state = await self.start(volume_id)
+                w = await self._tx(view, volume_id)
+                if state == "not-ordered" and w.wipe_state != WipeState.CLEAN:
+                    raise Unavailable(f"unit {w.unit} is {w.unit_state}: the wipe of volume {volume_id} "
+                                      "is ordered again when it reports")
+                if state == "needed":
+                    raise Unavailable(f"unit {w.unit} did not take the wipe of volume {volume_id}: it is "
+                                      "ordered again at the unit's next report")
+            while True:
+                changed.clear()
+                w = await self._tx(view, volume_id)
+                await ctx.progress(w.done, w.total, f"zeroing volume {volume_id} on {w.unit}"
+                                   f"{f' ({w.method})' if w.method else ''}: {w.done // MiB} of "
+                                   f"{w.total // MiB} MiB")
+                if w.wipe_state == WipeState.CLEAN:
+                    return {"volume": volume_id, "unit": w.unit, "wipe_state": w.wipe_state,
+                            "method": w.method, "detail": w.detail}
+                if w.wipe_state == WipeState.FAILED:
+                    raise Conflict(f"the wipe of volume {volume_id} failed: {w.detail}")
+                if w.wipe_state == WipeState.NEEDED:     # cancelled on the unit, or never taken
+                    raise Unavailable(f"the wipe of volume {volume_id} is not running "
+                                      f"({w.detail or 'not taken by the unit'}): it is ordered again "
+                                      "at the unit's next report")
+                if w.unit_state != UnitState.ONLINE:
+                    raise Unavailable(f"unit {w.unit} went {w.unit_state} during the wipe of volume "
+                                      f"{volume_id}: it is ordered again when the unit reports")
+                try:
+                    await asyncio.wait_for(changed.wait(), FOLLOW_POLL)
+                except TimeoutError:
+                    pass
+        finally:
+            if self._changed.get(volume_id) is changed:
+                del self._changed[volume_id]
+
+    async def retry(self, volume_id: int, requested_by: str = "station") -> dict[str, Any] | str:
+        """An operator asks again for a volume whose wipe failed (or was never ordered).
+
+        With tasks: returns the new wipe task (Busy if another task holds the volume)."""
         def check(s: Session) -> None:
             v = s.get(VolumeRow, volume_id)
             if v is None:
@@ -210,9 +305,21 @@ class WipeService:
                 raise Conflict(f"unit {v.unit_name} is {unit.state}: the wipe is ordered when it "
                                "is back")
         await self._tx(check)
+        if self.tasks is not None:
+            task = await self.order(volume_id, requested_by, busy="refuse")
+            assert task is not None
+            return task
         return await self.start(volume_id)
 
     async def status(self, unit: str, body: dict[str, Any]) -> dict[str, Any]:
         """The ACK of a unit's WIPE_STATUS: always `ok` for a well-formed one (stale ones too)."""
-        result: str = await self._tx(record_status, unit, body)
+        def rec(s: Session) -> tuple[str, int | None]:
+            state = record_status(s, unit, body)
+            vid = s.scalars(select(VolumeRow.id).where(VolumeRow.unit_name == unit,
+                                                       VolumeRow.device == body.get("device"))).first()
+            return state, vid
+        result, vid = await self._tx(rec)
+        ev = self._changed.get(vid) if vid is not None else None
+        if ev is not None:
+            ev.set()
         return {"status": "ok", "volume": result}

@@ -95,29 +95,29 @@ def test_ep_a_host_token_acts_only_for_its_own_host_and_enrolled_initiators(stat
         tc = host_token(station, tmp_path, "host-c", IQN_C)
         ask = {"host_address": "127.0.0.2", "size": "100M"}
         # another host's name, an initiator not enrolled for it: refused, nothing allocated
-        r = call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-c", "initiator_iqn": IQN_C, **ask})
+        r = call(station, "POST", "/api/v1/assignments?wait=60", tb, json={"host": "host-c", "initiator_iqn": IQN_C, **ask})
         assert r.status_code == 403 and "only for itself" in r.json()["detail"]
-        r = call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-b", "initiator_iqn": IQN_C, **ask})
+        r = call(station, "POST", "/api/v1/assignments?wait=60", tb, json={"host": "host-b", "initiator_iqn": IQN_C, **ask})
         assert r.status_code == 403 and f"initiator {IQN_C} is not enrolled for host 'host-b'" in r.json()["detail"]
         assert station.get("/api/v1/assignments").json() == []
         # its own: fine
-        b = call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-b", "initiator_iqn": IQN_B, **ask})
+        b = call(station, "POST", "/api/v1/assignments?wait=60", tb, json={"host": "host-b", "initiator_iqn": IQN_B, **ask})
         assert b.status_code == 201, b.text
-        c = call(station, "POST", "/api/v1/assignments", tc, json={"host": "host-c", "initiator_iqn": IQN_C, **ask})
+        c = call(station, "POST", "/api/v1/assignments?wait=60", tc, json={"host": "host-c", "initiator_iqn": IQN_C, **ask})
         assert c.status_code == 201, c.text
         bid, cid = b.json()["id"], c.json()["id"]
         # host-b sees only its own, cannot read or release host-c's, and sees nothing of the pool
         assert [a["id"] for a in call(station, "GET", "/api/v1/assignments", tb).json()] == [bid]
         assert [a["id"] for a in call(station, "GET", "/api/v1/assignments?host=host-c", tb).json()] == [bid]
         assert call(station, "GET", f"/api/v1/assignments/{cid}", tb).status_code == 404
-        assert call(station, "DELETE", f"/api/v1/assignments/{cid}", tb).status_code == 404
+        assert call(station, "DELETE", f"/api/v1/assignments/{cid}?wait=60", tb).status_code == 404
         assert cid in [a["id"] for a in station.get("/api/v1/assignments").json()]
         for path in ("/api/v1/volumes", "/api/v1/units", "/api/v1/hosts", "/api/v1/tokens", "/api/v1/enrolment"):
             assert call(station, "GET", path, tb).status_code == 403, path
-        assert call(station, "DELETE", f"/api/v1/assignments/{bid}", tb).status_code == 200
+        assert call(station, "DELETE", f"/api/v1/assignments/{bid}?wait=60", tb).status_code == 200
         # a host removed: its token is dead at once
         assert call(station, "DELETE", "/api/v1/hosts/host-c", station.token).status_code == 409  # holds storage
-        assert call(station, "DELETE", f"/api/v1/assignments/{cid}", station.token).status_code == 200
+        assert call(station, "DELETE", f"/api/v1/assignments/{cid}?wait=60", station.token).status_code == 200
         assert call(station, "DELETE", "/api/v1/hosts/host-c", station.token).status_code == 204
         r = call(station, "GET", "/api/v1/assignments", tc)
         assert r.status_code == 401 and r.json()["detail"] == "unknown token"
@@ -196,11 +196,11 @@ def test_gp_every_write_login_and_refusal_is_audited_without_secrets(station, tm
         tb = host_token(station, tmp_path, "host-b", IQN_B)
         viewer = user_token(station, "vera", "viewer")
         ask = {"host_address": "127.0.0.2", "size": "100M"}
-        ok = call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-b", "initiator_iqn": IQN_B, **ask})
+        ok = call(station, "POST", "/api/v1/assignments?wait=60", tb, json={"host": "host-b", "initiator_iqn": IQN_B, **ask})
         assert ok.status_code == 201
-        call(station, "POST", "/api/v1/assignments", tb, json={"host": "host-c", "initiator_iqn": IQN_B, **ask})
-        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}", viewer)
-        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}", tb)
+        call(station, "POST", "/api/v1/assignments?wait=60", tb, json={"host": "host-c", "initiator_iqn": IQN_B, **ask})
+        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}?wait=60", viewer)
+        call(station, "DELETE", f"/api/v1/assignments/{ok.json()['id']}?wait=60", tb)
         call(station, "POST", "/api/v1/login", json={"name": "vera", "password": "not-veras-password"})
         call(station, "DELETE", "/api/v1/assignments/1")
         log = call(station, "GET", "/api/v1/audit?limit=1000", station.token).json()

@@ -36,7 +36,7 @@ def test_gp_each_assignment_has_its_own_chap_held_by_the_unit_and_sealed_everywh
         u.start()
         online(station, 3)
         tb = host_token(station, tmp_path, "host-b", IQN_B)
-        r = call(station, "POST", "/api/v1/assignments", tb,
+        r = call(station, "POST", "/api/v1/assignments?wait=60", tb,
                  json={"host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size": "100M"})
         assert r.status_code == 201, r.text
         a = r.json()
@@ -62,7 +62,7 @@ def test_gp_each_assignment_has_its_own_chap_held_by_the_unit_and_sealed_everywh
         seen = call(station, "GET", f"/api/v1/assignments/{a['id']}", viewer).json()
         assert seen["chap_user"] == user and seen["chap_secret"] is None
         # a second assignment gets other credentials
-        b = call(station, "POST", "/api/v1/assignments", tb,
+        b = call(station, "POST", "/api/v1/assignments?wait=60", tb,
                  json={"host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size": "100M"}).json()
         assert b["chap_user"] != user and b["chap_secret"] != secret
         # the station's log holds neither secret

@@ -26,7 +26,7 @@ def parts(disk: str, n: int, size: int = 64 * MiB) -> list[Partition]:
 
 
 def ask(station: Any, i: int) -> httpx.Response:
-    return httpx.post(station.url + "/api/v1/assignments", headers=station.auth, timeout=120, json={
+    return httpx.post(station.url + "/api/v1/assignments?wait=60", headers=station.auth, timeout=120, json={
         "host": f"host-{i}", "initiator_iqn": f"iqn.2026-11.org.dvsan.lab:host-{i}",
         "host_address": "127.0.0.2", "size": "32M"})
 
@@ -105,7 +105,7 @@ def test_gp_200_enrolled_hosts_at_once_over_150_volumes_with_their_own_tokens(st
             tokens[i] = r.json()["token"]["token"]
 
         def ask_as_host(i: int) -> httpx.Response:
-            return httpx.post(station.url + "/api/v1/assignments", timeout=300,
+            return httpx.post(station.url + "/api/v1/assignments?wait=60", timeout=300,
                               headers={"Authorization": f"Bearer {tokens[i]}"},
                               json={"host": f"host-{i}", "initiator_iqn": f"iqn.2026-11.org.dvsan.lab:host-{i}",
                                     "host_address": "127.0.0.2", "size": "32M"})

@@ -153,7 +153,7 @@ def test_ep_peer_unit_cannot_forge_or_replay_station_exports_to_another_unit(sta
         assert b.lio.exports == held and b.agent.exports_applied == applied
         assert b.lio.exports[target].initiators == ("iqn.2026-11.org.dvsan.lab:host-b",)
         # the station still reaches b: a release goes through and is confirmed
-        rel = httpx.delete(f"{station.url}/api/v1/assignments/{r.json()['id']}", headers=station.auth, timeout=30)
+        rel = httpx.delete(f"{station.url}/api/v1/assignments/{r.json()['id']}?wait=60", headers=station.auth, timeout=30)
         assert rel.status_code == 200 and rel.json()["unit_confirmed"] is True
     finally:
         a.close()

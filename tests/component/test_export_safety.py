@@ -162,7 +162,7 @@ def test_gp_release_drops_the_export_even_with_the_host_logged_in(station):
         online(station, 3)
         a = request(station, "1M").json()
         u.lio.logged_in[a["target_iqn"]] = 1
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30)
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}?wait=60", headers=station.auth, timeout=30)
         assert r.status_code == 200 and r.json()["unit_confirmed"], r.text
         assert held(u) == set()
     finally:

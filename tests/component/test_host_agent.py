@@ -80,7 +80,7 @@ def host(station: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> It
 def test_gp_release_of_what_the_station_already_released_is_success(host: Host) -> None:
     """Item 9: a release retried after a lost answer gets 404; the host drops its record."""
     a = host.request()
-    assert httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", headers=host.station.auth, timeout=30).status_code == 200
+    assert httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}?wait=60", headers=host.station.auth, timeout=30).status_code == 200
     rc, out, err = host.run("release", str(a["id"]))
     assert rc == 0, err
     assert out.strip() == f"released assignment {a['id']}: the station had already released it"
@@ -140,7 +140,7 @@ def test_gp_sync_heals_a_crash_between_the_stations_answer_and_the_state_write(
 
 
 def test_gp_sync_without_login_only_records(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = httpx.post(host.station.url + "/api/v1/assignments", headers=host.station.auth, timeout=30, json={
+    a = httpx.post(host.station.url + "/api/v1/assignments?wait=60", headers=host.station.auth, timeout=30, json={
         "host": "host-b", "initiator_iqn": HOST_IQN, "host_address": "127.0.0.2", "size": "1GiB"}).json()
     rc, out, err = host.run("--json", "sync", "--no-login")
     assert rc == 0, err
@@ -150,7 +150,7 @@ def test_gp_sync_without_login_only_records(host: Host, monkeypatch: pytest.Monk
 
 def test_gp_sync_drops_a_record_the_station_no_longer_has_after_logging_out(host: Host) -> None:
     a = host.request()
-    httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}", headers=host.station.auth, timeout=30)
+    httpx.delete(f"{host.station.url}/api/v1/assignments/{a['id']}?wait=60", headers=host.station.auth, timeout=30)
     rc, out, err = host.run("sync")
     assert rc == 0, err
     assert out.strip() == f"assignment {a['id']}: the station no longer has it: logged out and dropped"
@@ -161,7 +161,7 @@ def test_gp_sync_drops_a_record_the_station_no_longer_has_after_logging_out(host
 def test_ep_sync_keeps_a_record_the_station_dropped_while_its_device_is_in_use(host: Host) -> None:
     a, b = host.request(), host.request()
     for x in (a, b):
-        httpx.delete(f"{host.station.url}/api/v1/assignments/{x['id']}", headers=host.station.auth, timeout=30)
+        httpx.delete(f"{host.station.url}/api/v1/assignments/{x['id']}?wait=60", headers=host.station.auth, timeout=30)
     dev = a["device_path"].removeprefix("/dev/")
     host.block = FakeBlock({dev: [f"{dev} is mounted at /srv/a"]})
     rc, out, err = host.run("sync")

@@ -121,7 +121,7 @@ def volumes(station: Any) -> list[dict[str, Any]]:
 
 def request(station: Any, size: Any, host: str = "host-b", iqn: str = "iqn.2026-11.org.dvsan.lab:host-b"
             ) -> httpx.Response:
-    return httpx.post(station.url + "/api/v1/assignments", headers=station.auth, timeout=30, json={
+    return httpx.post(station.url + "/api/v1/assignments?wait=60", headers=station.auth, timeout=30, json={
         "host": host, "initiator_iqn": iqn, "host_address": "127.0.0.2", "size": size})
 
 
@@ -161,7 +161,7 @@ def test_gp_best_fit_assignment_export_and_release(station):
         r2 = request(station, "1GiB", "host-c", "iqn.2026-11.org.dvsan.lab:host-c")
         assert r2.status_code == 201 and r2.json()["device"] == "vdz3"
         assert len(u.lio.exports) == 2
-        rel = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30)
+        rel = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}?wait=60", headers=station.auth, timeout=30)
         assert rel.status_code == 200 and rel.json()["unit_confirmed"] is True
         assert a["target_iqn"] not in u.lio.exports and len(u.lio.exports) == 1
         free = [v for v in volumes(station) if v["assigned_to"] is None]
@@ -200,10 +200,10 @@ def test_ep_bad_rest_bodies_are_422_and_change_nothing(station):
             {"host": "host-b", "initiator_iqn": "iqn.2026-11.org.dvsan.lab:host-b", "host_address": "127.0.0.2", "size": "1G", "extra": 1},
         ]
         for body in bad:
-            r = httpx.post(station.url + "/api/v1/assignments", headers=station.auth, json=body, timeout=10)
+            r = httpx.post(station.url + "/api/v1/assignments?wait=60", headers=station.auth, json=body, timeout=10)
             assert r.status_code == 422, (body, r.text)
             assert r.json()["detail"], body
-        r = httpx.post(station.url + "/api/v1/assignments", content=b"{not json", timeout=10,
+        r = httpx.post(station.url + "/api/v1/assignments?wait=60", content=b"{not json", timeout=10,
                        headers={**station.auth, "content-type": "application/json"})
         assert r.status_code == 422
         assert httpx.delete(station.url + "/api/v1/assignments/999", headers=station.auth, timeout=10).status_code == 404
@@ -322,7 +322,7 @@ def test_ep_unit_that_does_not_confirm_gets_volume_back(station):
         t0 = time.monotonic()
         # NOTE: the answer comes after two export timeouts (15 s each: the push, then the undo's
         # push): the client waits longer than that, the bound allows for a loaded machine
-        r = httpx.post(station.url + "/api/v1/assignments", headers=station.auth, timeout=90, json={
+        r = httpx.post(station.url + "/api/v1/assignments?wait=60", headers=station.auth, timeout=90, json={
             "host": "host-b", "initiator_iqn": "iqn.2026-11.org.dvsan.lab:host-b",
             "host_address": "127.0.0.2", "size": "1GiB"})
         assert r.status_code == 503, r.text

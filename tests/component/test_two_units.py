@@ -63,13 +63,13 @@ def test_gp_each_of_two_units_holds_exactly_its_own_exports(station):
             # ...and was never sent anything else (its own refusals are not what keeps it clean)
             assert sent[u.agent.name], "the unit was sent nothing"
             assert [w for body in sent[u.agent.name] for w in own(u, offered, body)] == []
-        assert {x["export_state"] for x in httpx.get(station.url + "/api/v1/assignments", headers=station.auth).json()} == \
+        assert {x["export_state"] for x in httpx.get(station.url + "/api/v1/assignments?wait=60", headers=station.auth).json()} == \
             {"exported"}
 
         # a release on one unit changes only that unit
         n_b = len(sent["unit-b"])
         victim = by_unit["unit-a"][0]
-        rel = httpx.delete(f"{station.url}/api/v1/assignments/{victim['id']}", headers=station.auth, timeout=30)
+        rel = httpx.delete(f"{station.url}/api/v1/assignments/{victim['id']}?wait=60", headers=station.auth, timeout=30)
         assert rel.status_code == 200 and rel.json()["unit_confirmed"] is True
         assert victim["target_iqn"] not in a.lio.exports and len(a.lio.exports) == 2
         assert len(b.lio.exports) == 2 and len(sent["unit-b"]) == n_b

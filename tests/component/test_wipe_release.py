@@ -82,7 +82,7 @@ def test_gp_a_released_volume_is_zeroed_then_handed_out_again(station, tmp_path)
         assert a.status_code == 201, a.text
         a = a.json()
         assert a["device"] == "vdz2"
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30)
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}?wait=60", headers=station.auth, timeout=30)
         assert r.status_code == 200, r.text
         rel = r.json()
         assert rel["unit_confirmed"] is True and rel["volume_id"] == a["volume_id"]
@@ -107,7 +107,7 @@ def test_ep_a_refused_wipe_keeps_the_volume_out_and_says_why_then_a_retry_frees_
         a = request(station, 10 * MiB).json()
         # the device is not the size of the extent any more: the unit refuses to wipe it
         os.truncate(disks / "vdz2", 15 * MiB)
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=30).json()
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}?wait=60", headers=station.auth, timeout=30).json()
         assert r["wipe_state"] == "failed"
         v = vol(station, a["volume_id"])
         assert v["wipe_state"] == "failed" and "bytes but the extent to wipe is" in v["wipe_detail"]
@@ -144,7 +144,7 @@ def test_ep_station_killed_with_a_wipe_owed_hands_nothing_out_until_the_unit_wip
         assert a["device"] == "vdz3"
         # the unit goes away; the release is kept, its wipe owed
         assert u.stop()
-        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}", headers=station.auth, timeout=60).json()
+        r = httpx.delete(f"{station.url}/api/v1/assignments/{a['id']}?wait=60", headers=station.auth, timeout=60).json()
         assert r["unit_confirmed"] is False and r["wipe_state"] == "needed"
         # the station dies hard and comes back on its database
         station.proc.send_signal(signal.SIGKILL)

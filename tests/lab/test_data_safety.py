@@ -242,7 +242,7 @@ def test_ep_a_repartitioned_disk_is_flagged_and_never_re_exported(lab: Any, flow
             flow.stop_unit(UNIT)
         lab.exec(UNIT, "sfdisk --no-reread --no-tell-kernel /dev/vda && partx -u /dev/vda",
                  input=dump, check=True)
-        r = httpx.delete(f"{flow.station.url}/api/v1/assignments/{a['id']}", headers=flow.station.auth, timeout=60)
+        r = httpx.delete(f"{flow.station.url}/api/v1/assignments/{a['id']}?wait=60", headers=flow.station.auth, timeout=60)
         assert r.status_code == 200, r.text
         flow.start_unit(UNIT)
         flow.wait_pool(UNIT, 3)

@@ -72,7 +72,7 @@ def test_gp_sync_picks_up_an_operators_assignment_and_logs_out_once_it_is_gone(f
     if HOST_B not in flow.enrolled:
         flow.enrol_host(HOST_B)
     # the operator assigns a volume to host-b (the semi-automatic path): the host did not ask
-    r = httpx.post(flow.station.url + "/api/v1/assignments", headers=flow.station.auth, timeout=120,
+    r = httpx.post(flow.station.url + "/api/v1/assignments?wait=60", headers=flow.station.auth, timeout=120,
                    json={"host": HOST_B, "initiator_iqn": lab.initiator_name(HOST_B),
                          "host_address": lab.ip(HOST_B), "size": "100MiB"})
     assert r.status_code == 201, r.text
@@ -87,7 +87,7 @@ def test_gp_sync_picks_up_an_operators_assignment_and_logs_out_once_it_is_gone(f
     assert again.rc == 0 and json.loads(again.out.strip().splitlines()[-1])["added"] == []
     # the operator takes it back (the unit drops the export under host-b's session); the next sync
     # logs out and forgets it
-    assert httpx.delete(f"{flow.station.url}/api/v1/assignments/{a['id']}", headers=flow.station.auth,
+    assert httpx.delete(f"{flow.station.url}/api/v1/assignments/{a['id']}?wait=60", headers=flow.station.auth,
                         timeout=120).status_code == 200
     out = flow.host_agent(HOST_B, "--json sync", timeout=400)
     assert out.rc == 0, out.err

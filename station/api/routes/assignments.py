@@ -1,18 +1,21 @@
 """REST routes of assignments: who holds which volume. Hosts see and change only their own."""
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, status
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
-from station.api.deps import Caller, DbDep, PusherDep, WipesDep
+from station.api.deps import Caller, DbDep, PusherDep, TasksDep, WipesDep
+from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
 from station.api.schemas import AssignmentCreate, AssignmentPublic, ReleasePublic
 from station.db import Database
 from station.db.tables import AssignmentRow
 from station.services import assignments, auth
 from station.services.chap import ChapVault
+from station.services.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["assignments"])
@@ -67,38 +70,65 @@ def get_assignment(assignment_id: Id, db: DbDep, who: Caller, pusher: PusherDep)
     return load_assignment(db, who, assignment_id, pusher.vault)
 
 
-@router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
-async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep, who: Caller,
-                            request: Request) -> AssignmentPublic:
-    """Give a host the smallest free volume that fits; answers once the unit exports it to the host.
+@router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED,
+             responses=TASK_ACCEPTED)
+async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep, tasks: TasksDep,
+                            who: Caller, request: Request, wait: Wait = None) -> Any:
+    """Give a host the smallest free volume that fits, as a task (`assign` on `/hosts/NAME`).
 
-    Operators may ask for any host; a host token only for its own host, with an initiator name
-    enrolled for it."""
+    With `?wait=SECONDS` it answers once the unit exports the volume to the host (201 with the
+    assignment, or the error: 409 none fits, 503 the unit did not confirm); otherwise, or if it
+    has not ended by then, 202 with the task. Operators may ask for any host; a host token only
+    for its own host, with an initiator name enrolled for it. Requests for one host run one after
+    the other."""
     def check() -> None:
         with db.session() as s:
             auth.check_host_request(s, who, body.host, body.initiator_iqn)
     await run_in_threadpool(check)
-    out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
-                                   body.size_bytes)
-    log.info("assignment %d made for %s by %s", out.id, body.host, who)
-    request.state.audit = {"assignment": out.id, "host": body.host, "initiator_iqn": body.initiator_iqn,
-                           "size_bytes": body.size_bytes, "unit": out.unit, "device": out.device}
-    return await run_in_threadpool(load_assignment, db, who, out.id, pusher.vault)
+
+    async def work(ctx: TaskContext) -> dict[str, Any]:
+        out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
+                                       body.size_bytes, ctx)
+        log.info("assignment %d made for %s by %s", out.id, body.host, who)
+        return {"assignment": out.id, "unit": out.unit, "device": out.device, "target_iqn": out.target_iqn}
+    task = await tasks.submit("assign", f"/hosts/{body.host}", str(who), work, host=body.host)
+    audit = {"task": task["id"], "host": body.host, "initiator_iqn": body.initiator_iqn,
+             "size_bytes": body.size_bytes}
+    request.state.audit = audit
+    done = await settle(tasks, task, wait)
+    if done is None:
+        return accepted(task if not wait else await tasks.get(task["id"]))
+    audit.update(done["result"])
+    out = await run_in_threadpool(load_assignment, db, who, done["result"]["assignment"], pusher.vault)
+    return JSONResponse(status_code=201, content=out.model_dump(mode="json"),
+                        headers={"Location": f"/api/v1/assignments/{out.id}", "Dvsan-Task": str(task["id"])})
 
 
-@router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
+@router.delete("/assignments/{assignment_id}", response_model=ReleasePublic, responses=TASK_ACCEPTED)
 async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wipes: WipesDep,
-                            who: Caller, request: Request) -> ReleasePublic:
-    """Release a volume: the assignment goes, the unit drops the export and zeroes the volume;
-    it is free again once the wipe has succeeded (`GET /api/v1/volumes` shows its progress)."""
-    def check() -> None:
+                            tasks: TasksDep, who: Caller, request: Request, wait: Wait = None) -> Any:
+    """Release a volume, as a task (`release` of `/assignments/ID`, one at a time per volume): the
+    assignment goes, the unit drops the export and zeroes the volume (a `wipe` task follows it);
+    it is free again once the wipe has succeeded. With `?wait=SECONDS`: 200 with the release."""
+    def check() -> tuple[int, str]:
         with db.session() as s:
-            _visible(s, who, assignment_id)
+            a = _visible(s, who, assignment_id)
             if not who.may("assignments.write"):
                 who.require("host.storage")
-    await run_in_threadpool(check)
-    r = await assignments.release(db, pusher, wipes, assignment_id)
-    log.info("assignment %d released by %s", assignment_id, who)
-    request.state.audit = {"assignment": r.id, "unit": r.unit, "volume": r.volume_id, "wipe": r.wipe_state}
-    return ReleasePublic(id=r.id, unit=r.unit, unit_confirmed=r.unit_confirmed, detail=r.detail,
-                         volume_id=r.volume_id, wipe_state=r.wipe_state)
+            return a.volume_id, a.host_name
+    vid, host = await run_in_threadpool(check)
+
+    async def work(ctx: TaskContext) -> dict[str, Any]:
+        r = await assignments.release(db, pusher, wipes, assignment_id, ctx, str(who))
+        log.info("assignment %d released by %s", assignment_id, who)
+        return {"id": r.id, "unit": r.unit, "unit_confirmed": r.unit_confirmed, "detail": r.detail,
+                "volume_id": r.volume_id, "wipe_state": r.wipe_state, "wipe_task": r.wipe_task}
+    task = await tasks.submit("release", f"/assignments/{assignment_id}", str(who), work, host=host,
+                              lock=f"/volumes/{vid}")
+    audit: dict[str, Any] = {"task": task["id"], "assignment": assignment_id, "volume": vid}
+    request.state.audit = audit
+    done = await settle(tasks, task, wait)
+    if done is None:
+        return accepted(task if not wait else await tasks.get(task["id"]))
+    audit.update({"unit": done["result"]["unit"], "wipe": done["result"]["wipe_state"]})
+    return ReleasePublic(**done["result"])

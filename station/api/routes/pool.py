@@ -3,11 +3,10 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
-from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from station.api.deps import DbDep, ListenerDep, Reader, Wiper, WipesDep
-from station.api.schemas import UnitPublic, VolumePublic
+from station.api.schemas import TaskPublic, UnitPublic, VolumePublic
 from station.db import Database
 from station.db.tables import VolumeRow
 from station.services import pool
@@ -51,11 +50,15 @@ def load_volume(db: Database, volume_id: int) -> VolumePublic:
         return volume_public(v)
 
 
-@router.post("/volumes/{volume_id}/wipe", response_model=VolumePublic, status_code=status.HTTP_202_ACCEPTED)
-async def wipe_volume(volume_id: Id, db: DbDep, wipes: WipesDep, _: Wiper) -> VolumePublic:
-    """Order again the wipe of a released volume (one that failed, or was never ordered)."""
-    await wipes.retry(volume_id)
-    return await run_in_threadpool(load_volume, db, volume_id)
+@router.post("/volumes/{volume_id}/wipe", response_model=TaskPublic, status_code=status.HTTP_202_ACCEPTED)
+async def wipe_volume(volume_id: Id, wipes: WipesDep, who: Wiper, request: Request) -> TaskPublic:
+    """Order again the wipe of a released volume (one that failed, or was never ordered): a `wipe`
+    task on `/volumes/ID`, whose progress follows the unit's reports (`GET /api/v1/events`).
+    409 if the volume is assigned, already clean, or busy with another task."""
+    task = await wipes.retry(volume_id, str(who))
+    assert isinstance(task, dict)
+    request.state.audit = {"task": task["id"], "volume": volume_id}
+    return TaskPublic(**task)
 
 
 @router.get("/protocol/stats")
