@@ -212,7 +212,14 @@ class TaskService:
                 t = s.get_one(TaskRow, task_id)
                 for k, v in values.items():
                     setattr(t, k, v)
-            await self._tx(store)
+            write_done = asyncio.ensure_future(self._tx(store))
+            try:
+                await asyncio.shield(write_done)
+            except asyncio.CancelledError:
+                # NOTE: the write goes on in its thread; let it land before the task's next
+                # (final) write, or an `interrupted` could be overwritten by a late `running`.
+                await write_done
+                raise
             live.last_write = time.monotonic()
         self._publish(live.view)
 
@@ -232,8 +239,9 @@ class TaskService:
             values["result"] = json.dumps(result, sort_keys=True, default=str)[:2048]
         if error is not None:
             values["error"], values["error_kind"] = error[:1024], error_kind
-        if state == TaskState.SUCCEEDED:
-            values["step"] = live.view["total_steps"]
+        # progress is written at most every PROGRESS_EVERY: the final row carries the last one
+        values["total_steps"] = live.view["total_steps"]
+        values["step"] = live.view["total_steps"] if state == TaskState.SUCCEEDED else live.view["step"]
         await self._set(task_id, **values)
         live.view["result"] = result
         self._live.pop(task_id, None)
@@ -266,15 +274,27 @@ class TaskService:
                            "safely; wait for it to end")
         assert live.runner is not None
         live.runner.cancel()
-        await live.done.wait()
+        await self._settle(live)
         return await self.get(task_id)
+
+    async def _settle(self, live: _Live) -> None:
+        """After cancelling a runner: a runner cancelled before its first step ran no handler."""
+        if live.runner is not None:
+            await asyncio.gather(live.runner, return_exceptions=True)
+        if not live.done.is_set():
+            queued = live.view["state"] == TaskState.QUEUED
+            await self._finish(live.view["id"], TaskState.CANCELLED if queued else TaskState.INTERRUPTED,
+                               message="cancelled while queued" if queued else None,
+                               error=None if queued else "the station stopped while this task ran")
 
     async def stop(self) -> None:
         """The station is stopping: running tasks end `interrupted`, queued ones `cancelled`."""
-        runners = [lv.runner for lv in self._live.values() if lv.runner is not None]
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        lives = list(self._live.values())
+        for lv in lives:
+            if lv.runner is not None:
+                lv.runner.cancel()
+        for lv in lives:
+            await self._settle(lv)
 
 
 _KINDS: dict[str, type[DvsanError]] = {c.__name__: c for c in (
