@@ -4,7 +4,7 @@ from datetime import datetime
 from ipaddress import ip_address
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dvsan.errors import InvalidInput
 from dvsan.naming import IQN_RE, NAME_RE, check_iqn, check_unit_name
@@ -60,7 +60,17 @@ class AssignmentCreate(BaseModel):
     initiator_iqn: str = Field(description="the host's iSCSI initiator name", pattern=IQN_RE.pattern,
                                max_length=223)
     host_address: str = Field(description="the host's IP address on the storage network", max_length=45)
-    size: str | int = Field(description="bytes, or e.g. '1GiB', '80 GB', '512M'")
+    size: str | int | None = Field(default=None, description="bytes, or e.g. '1GiB', '80 GB', '512M' "
+                                   "(required unless volume_id names the volume)")
+    volume_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=(
+        "an operator's assignment of this very volume (the semi-automatic path); the host agent "
+        "picks it up with `dvsan-host-agent sync`"))
+
+    @model_validator(mode="after")
+    def _size_or_volume(self) -> "AssignmentCreate":
+        if self.size is None and self.volume_id is None:
+            raise ValueError("give the size the host needs, or the volume_id to assign")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -88,16 +98,18 @@ class AssignmentCreate(BaseModel):
 
     @field_validator("size")
     @classmethod
-    def _size(cls, v: str | int) -> str | int:
+    def _size(cls, v: str | int | None) -> str | int | None:
         try:
-            parse_size(v)
+            if v is not None:
+                parse_size(v)
         except InvalidInput as e:
             raise ValueError(str(e)) from e
         return v
 
     @property
     def size_bytes(self) -> int:
-        return parse_size(self.size)
+        """The size asked for (0: whatever the named volume holds)."""
+        return parse_size(self.size) if self.size is not None else 0
 
 
 class AssignmentPublic(BaseModel):

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dvsan.allocation import best_fit
-from dvsan.errors import Conflict, DvsanError, NotFound, Unavailable
+from dvsan.errors import Conflict, DvsanError, InsufficientCapacity, NotFound, Unavailable
 from dvsan.model import Candidate
 from dvsan.naming import check_iqn, check_unit_name, target_iqn, volume_wwn
 from station.db import Database
@@ -31,22 +32,43 @@ from station.services.tasks import TaskContext
 log = logging.getLogger(__name__)
 
 
-def free_candidates(s: Session) -> list[Candidate]:
-    """Online, clean volumes of online, healthy units that no host holds.
+Allowed = Callable[..., bool]       # given a volume's object paths: may the caller assign it?
+
+
+def free_candidates(s: Session, allowed: Allowed | None = None) -> list[Candidate]:
+    """Online, clean volumes of online, healthy units that no host holds (and `allowed`, if given,
+    says the caller may assign: an operator by grant, or an operator's choice of one volume).
 
     Clean: a released volume is not free until its unit has zeroed it (station/services/wipes.py).
     """
-    q = (select(VolumeRow.id, VolumeRow.unit_name, VolumeRow.device, VolumeRow.size_bytes)
+    q = (select(VolumeRow.id, VolumeRow.unit_name, VolumeRow.device, VolumeRow.size_bytes, VolumeRow.disk)
          .join(UnitRow, UnitRow.name == VolumeRow.unit_name)
          .outerjoin(AssignmentRow, AssignmentRow.volume_id == VolumeRow.id)
          .where(VolumeRow.state == VolumeState.ONLINE, UnitRow.state == UnitState.ONLINE,
                 UnitRow.health == Health.OK, VolumeRow.wipe_state == WipeState.CLEAN,
                 AssignmentRow.id.is_(None)))
-    return [Candidate(*row) for row in s.execute(q)]
+    return [Candidate(vid, unit, device, size) for vid, unit, device, size, disk in s.execute(q)
+            if allowed is None or allowed(f"/volumes/{vid}", f"/units/{unit}/disks/{disk}/{device}")]
+
+
+def check_assignable(s: Session, volume_id: int) -> VolumeRow:
+    """The volume an operator names, if it can be assigned now; NotFound or Conflict saying why."""
+    v = s.get(VolumeRow, volume_id)
+    if v is None:
+        raise NotFound(f"no volume with id {volume_id}")
+    unit = s.get_one(UnitRow, v.unit_name)
+    if v.assignment is not None:
+        raise Conflict(f"volume {volume_id} is assigned to host {v.assignment.host_name}")
+    if v.wipe_state != WipeState.CLEAN:
+        raise Conflict(f"volume {volume_id} is not wiped yet ({v.wipe_state}): it may hold a previous "
+                       "host's data")
+    if v.state != VolumeState.ONLINE or unit.state != UnitState.ONLINE or unit.health != Health.OK:
+        raise Conflict(f"volume {volume_id} is {v.state} on unit {unit.name} ({unit.state}, {unit.health})")
+    return v
 
 
 def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, size_bytes: int,
-             vault: ChapVault | None = None) -> int:
+             vault: ChapVault | None = None, allowed: Allowed | None = None) -> int:
     """Record a new assignment of the best-fitting free volume; returns its id.
 
     NOTE: the UNIQUE constraint on assignments.volume_id is what makes double allocation
@@ -57,7 +79,7 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
     for attempt in range(20):
         try:
             with db.session() as s:
-                free = free_candidates(s)
+                free = free_candidates(s, allowed)
                 c = best_fit(free, size_bytes)
                 if attempt:
                     # NOTE: a lost race: every contender computed the same best fit. Spread the
@@ -147,15 +169,33 @@ async def _step(ctx: TaskContext | None, step: int, total: int, message: str) ->
 
 
 async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: str, host_address: str,
-                 size_bytes: int, ctx: TaskContext | None = None) -> Assigned:
+                 size_bytes: int, ctx: TaskContext | None = None, allowed: Allowed | None = None,
+                 volume_id: int | None = None) -> Assigned:
     """Allocate the best-fitting free volume and have its unit export it to the host.
 
     Nothing is kept half-done: if the unit does not confirm (no answer, busy, refused), the
     assignment is taken back so the volume returns to the pool, and the unit is pushed again so it
     drops whatever part of the export it may have made. Raises Conflict (refused) or Unavailable.
     """
-    await _step(ctx, 0, 2, "choosing the best-fitting free volume")
-    aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes, pusher.vault)
+    if volume_id is not None:
+        def named() -> int:
+            with db.session() as s:
+                return check_assignable(s, volume_id).size_bytes
+        size_bytes = size_bytes or await asyncio.to_thread(named)
+        given = allowed
+
+        def allowed(*paths: str) -> bool:      # this volume, if the caller may assign it
+            return paths[0] == f"/volumes/{volume_id}" and (given is None or given(*paths))
+    await _step(ctx, 0, 2, "choosing the best-fitting free volume" if volume_id is None
+                else f"taking volume {volume_id}")
+    try:
+        aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes,
+                                      pusher.vault, allowed)
+    except InsufficientCapacity as e:
+        if volume_id is None:
+            raise
+        raise Conflict(f"volume {volume_id} cannot be assigned: it is taken, not wiped, offline, or "
+                       f"smaller than {size_bytes} bytes ({e})") from e
 
     def load() -> Assigned:
         with db.session() as s:

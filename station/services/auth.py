@@ -12,6 +12,7 @@ names cost the same hash as known ones, so a timing does not tell which names ex
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,16 @@ from sqlalchemy.orm import Session
 
 from dvsan.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from dvsan.naming import check_iqn, check_unit_name
-from station.db.tables import AssignmentRow, HostRow, Role, TokenRow, UserRow, utcnow
+from station.db.tables import (
+    AssignmentRow,
+    GrantRow,
+    HostRow,
+    Role,
+    TokenRow,
+    UserRow,
+    VolumeRow,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +60,97 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+GRANT_ROLES = (Role.OPERATOR, Role.VIEWER)
+OBJECT_RE = re.compile(r"^/(units|volumes|hosts)(/[a-z0-9][a-z0-9.\-]{0,62}){1,4}$")
+
+
+def check_object(path: str) -> str:
+    """An object path a grant may name: `/units/NAME[/disks/DISK[/DEVICE]]`, `/volumes/ID`,
+    `/hosts/NAME`."""
+    if not isinstance(path, str) or not OBJECT_RE.fullmatch(path):
+        raise InvalidInput(f"object {str(path)[:80]!r} is not a path like /units/unit-a, "
+                           "/units/unit-a/disks/vdb, /volumes/17 or /hosts/host-b")
+    return path
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A role on one object, and on everything under it when it propagates."""
+
+    role: str
+    path: str
+    propagate: bool = True
+
+    def covers(self, obj: str) -> bool:
+        return obj == self.path or (self.propagate and obj.startswith(self.path + "/"))
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user with a role, or an enrolled host (role `host`)."""
+    """Who is calling: a user with a role (and grants on objects), or an enrolled host (`host`)."""
 
     kind: str                     # "user" | "host"
     name: str
     role: str
     token_id: int
+    grants: tuple[Grant, ...] = ()
 
-    def may(self, permission: str) -> bool:
-        return permission in PERMISSIONS.get(self.role, frozenset())
+    def may(self, permission: str, *objects: str) -> bool:
+        """Its role allows `permission` everywhere, or a grant allows it on one of `objects`
+        (the paths of one thing: a volume is `/volumes/17` and `/units/unit-a/disks/vdb/vdb1`)."""
+        if permission in PERMISSIONS.get(self.role, frozenset()):
+            return True
+        return any(permission in PERMISSIONS.get(g.role, frozenset()) and any(g.covers(o) for o in objects)
+                   for g in self.grants)
 
-    def require(self, permission: str) -> None:
-        if not self.may(permission):
+    def may_somewhere(self, permission: str) -> bool:
+        return permission in PERMISSIONS.get(self.role, frozenset()) or any(
+            permission in PERMISSIONS.get(g.role, frozenset()) for g in self.grants)
+
+    def require(self, permission: str, *objects: str) -> None:
+        if not self.may(permission, *objects):
+            where = f" on {objects[0]}" if objects else ""
             raise Forbidden(f"{self.kind} {self.name!r} (role {self.role}) lacks the permission "
-                            f"{permission!r}")
+                            f"{permission!r}{where}")
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+def volume_paths(v: VolumeRow) -> tuple[str, ...]:
+    """The object paths of a volume, for grants: by id, and under its unit and disk."""
+    return (f"/volumes/{v.id}", f"/units/{v.unit_name}/disks/{v.disk}/{v.device}")
+
+
+def add_grant(s: Session, user: str, role: str, obj: str, propagate: bool, by: str) -> GrantRow:
+    if role not in GRANT_ROLES:
+        raise InvalidInput(f"a grant's role is one of {', '.join(GRANT_ROLES)}, not {str(role)[:20]!r}")
+    check_object(obj)
+    if s.get(UserRow, user) is None:
+        raise NotFound(f"no user {user!r}")
+    if s.scalars(select(GrantRow).where(GrantRow.user_name == user, GrantRow.role == role,
+                                        GrantRow.object == obj)).first() is not None:
+        raise Conflict(f"user {user!r} already has {role} on {obj}")
+    g = GrantRow(user_name=user, role=role, object=obj, propagate=propagate, created_by=by[:80])
+    s.add(g)
+    s.flush()
+    return g
+
+
+def list_grants(s: Session, user: str | None = None) -> list[GrantRow]:
+    q = select(GrantRow).order_by(GrantRow.id)
+    if user:
+        q = q.where(GrantRow.user_name == user)
+    return list(s.scalars(q))
+
+
+def delete_grant(s: Session, grant_id: int) -> GrantRow:
+    g = s.get(GrantRow, grant_id)
+    if g is None:
+        raise NotFound(f"no grant with id {grant_id}")
+    s.delete(g)
+    s.flush()
+    return g
 
 
 @dataclass(frozen=True)
@@ -125,8 +207,9 @@ def delete_user(s: Session, name: str) -> None:
     row = s.get(UserRow, name)
     if row is None:
         raise NotFound(f"no user {name!r}")
-    # its tokens die with it (deleted, not kept revoked: they name the user)
+    # its tokens and grants die with it (deleted, not kept revoked: they name the user)
     s.execute(delete(TokenRow).where(TokenRow.user_name == name))
+    s.execute(delete(GrantRow).where(GrantRow.user_name == name))
     s.delete(row)
 
 
@@ -266,13 +349,19 @@ def authenticate(s: Session, value: str, now: datetime | None = None) -> Princip
     user = s.get(UserRow, row.user_name)
     if user is None:
         raise Unauthenticated("the token's user no longer exists")
-    return Principal("user", user.name, user.role, row.id)
+    grants = tuple(Grant(g.role, g.object, g.propagate) for g in
+                   s.scalars(select(GrantRow).where(GrantRow.user_name == user.name)))
+    return Principal("user", user.name, user.role, row.id, grants)
 
 
 def check_host_request(s: Session, who: Principal, host: str, initiator_iqn: str) -> None:
-    """A request for storage on behalf of `host` with `initiator_iqn`: may `who` make it?"""
-    if who.may("assignments.write"):
+    """A request for storage on behalf of `host` with `initiator_iqn`: may `who` make it?
+
+    An operator by role may; one by grant only on what its grants cover (`allocation_scope`)."""
+    if who.may_somewhere("assignments.write"):
         return
+    if who.kind != "host":
+        who.require("assignments.write")
     who.require("host.storage")
     if host != who.name:
         raise Forbidden(f"host {who.name!r} may request storage only for itself, not for {host!r}")

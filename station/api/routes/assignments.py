@@ -84,11 +84,21 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
     def check() -> None:
         with db.session() as s:
             auth.check_host_request(s, who, body.host, body.initiator_iqn)
+            if body.volume_id is not None:          # an operator's choice of one volume
+                if not who.may_somewhere("assignments.write"):
+                    who.require("assignments.write")
+                who.require("assignments.write", *auth.volume_paths(
+                    assignments.check_assignable(s, body.volume_id)))
     await run_in_threadpool(check)
+    # an operator by grant allocates only among the volumes its grants cover
+    scoped = not who.may("assignments.write") and who.kind != "host"
+
+    def allowed(*paths: str) -> bool:
+        return who.may("assignments.write", *paths)
 
     async def work(ctx: TaskContext) -> dict[str, Any]:
         out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
-                                       body.size_bytes, ctx)
+                                       body.size_bytes, ctx, allowed if scoped else None, body.volume_id)
         log.info("assignment %d made for %s by %s", out.id, body.host, who)
         return {"assignment": out.id, "unit": out.unit, "device": out.device, "target_iqn": out.target_iqn}
     task = await tasks.submit("assign", f"/hosts/{body.host}", str(who), work, host=body.host)
@@ -112,9 +122,9 @@ async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wip
     it is free again once the wipe has succeeded. With `?wait=SECONDS`: 200 with the release."""
     def check() -> tuple[int, str]:
         with db.session() as s:
-            a = _visible(s, who, assignment_id)
-            if not who.may("assignments.write"):
-                who.require("host.storage")
+            a = _visible(s, who, assignment_id)       # a host: its own only
+            if who.kind != "host":
+                who.require("assignments.write", *auth.volume_paths(a.volume), f"/hosts/{a.host_name}")
             return a.volume_id, a.host_name
     vid, host = await run_in_threadpool(check)
 

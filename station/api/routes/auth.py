@@ -174,6 +174,52 @@ def delete_host(name: Name, db: DbDep, _: HostAdmin) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+class GrantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=63)
+    role: str = Field(description="operator or viewer", pattern="^(operator|viewer)$")
+    object: str = Field(max_length=255, pattern=auth.OBJECT_RE.pattern, description=(
+        "/units/NAME, /units/NAME/disks/DISK, /units/NAME/disks/DISK/DEVICE, /volumes/ID or /hosts/NAME"))
+    propagate: bool = Field(default=True, description="also on everything under the object")
+
+
+class GrantPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    user_name: str
+    role: str
+    object: str
+    propagate: bool
+    created_by: str
+    created_at: datetime
+
+
+@router.post("/grants", response_model=GrantPublic, status_code=status.HTTP_201_CREATED)
+def create_grant(body: GrantCreate, db: DbDep, who: Admin, request: Request) -> GrantPublic:
+    """Give a user a role on one object (and under it): an operator of one unit and nothing else
+    is a viewer with `operator` on `/units/unit-a`. Takes effect at the user's next call."""
+    with db.session() as s:
+        g = GrantPublic.model_validate(auth.add_grant(s, body.user, body.role, body.object,
+                                                      body.propagate, str(who)))
+    request.state.audit = {"grant": g.id, "user": g.user_name, "role": g.role, "object": g.object}
+    return g
+
+
+@router.get("/grants", response_model=list[GrantPublic])
+def list_grants(db: DbDep, _: Admin, user: Annotated[str | None, Query(max_length=63)] = None) -> list[GrantPublic]:
+    with db.session() as s:
+        return [GrantPublic.model_validate(g) for g in auth.list_grants(s, user)]
+
+
+@router.delete("/grants/{grant_id}", response_model=GrantPublic)
+def delete_grant(grant_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, _: Admin,
+                 request: Request) -> GrantPublic:
+    with db.session() as s:
+        g = GrantPublic.model_validate(auth.delete_grant(s, grant_id))
+    request.state.audit = {"grant": g.id, "user": g.user_name, "role": g.role, "object": g.object}
+    return g
+
+
 class AuditPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int

@@ -3,13 +3,14 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
-from station.api.deps import DbDep, ListenerDep, Reader, Wiper, WipesDep
+from station.api.deps import Caller, DbDep, ListenerDep, Reader, WipesDep
 from station.api.schemas import TaskPublic, UnitPublic, VolumePublic
 from station.db import Database
 from station.db.tables import VolumeRow
-from station.services import pool
+from station.services import auth, pool
 
 router = APIRouter(prefix="/api/v1", tags=["pool"])
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -51,10 +52,19 @@ def load_volume(db: Database, volume_id: int) -> VolumePublic:
 
 
 @router.post("/volumes/{volume_id}/wipe", response_model=TaskPublic, status_code=status.HTTP_202_ACCEPTED)
-async def wipe_volume(volume_id: Id, wipes: WipesDep, who: Wiper, request: Request) -> TaskPublic:
+async def wipe_volume(volume_id: Id, db: DbDep, wipes: WipesDep, who: Caller, request: Request) -> TaskPublic:
     """Order again the wipe of a released volume (one that failed, or was never ordered): a `wipe`
     task on `/volumes/ID`, whose progress follows the unit's reports (`GET /api/v1/events`).
     409 if the volume is assigned, already clean, or busy with another task."""
+    def check() -> None:
+        with db.session() as s:
+            v = s.get(VolumeRow, volume_id)
+            if v is None:
+                if not who.may_somewhere("volumes.wipe"):
+                    who.require("volumes.wipe")
+                raise NotFound(f"no volume with id {volume_id}")
+            who.require("volumes.wipe", *auth.volume_paths(v))
+    await run_in_threadpool(check)
     task = await wipes.retry(volume_id, str(who))
     assert isinstance(task, dict)
     request.state.audit = {"task": task["id"], "volume": volume_id}
