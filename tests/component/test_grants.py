@@ -90,12 +90,13 @@ def test_ep_bad_grants_and_volume_choices_are_refused_clearly(station, tmp_path:
     try:
         u.start()
         online(station, 2)
-        for body, status, words in [
+        cases: list[tuple[dict[str, Any], int, str]] = [
                 ({"user": "olga", "role": "admin", "object": "/units/unit-a"}, 422, "operator|viewer"),
                 ({"user": "olga", "role": "operator", "object": "/etc/passwd"}, 422, "object"),
                 ({"user": "olga", "role": "operator", "object": "/units/UNIT A"}, 422, "object"),
                 ({"user": "olga", "role": "operator", "object": "/units/unit-a", "extra": 1}, 422, "extra"),
-                ({"user": "nobody", "role": "operator", "object": "/units/unit-a"}, 404, "no user 'nobody'")]:
+                ({"user": "nobody", "role": "operator", "object": "/units/unit-a"}, 404, "no user 'nobody'")]
+        for body, status, words in cases:
             r = grant(station, station.auth, **body)
             assert r.status_code == status and words in r.text, (body, r.text)
         assert grant(station, station.auth, user="olga", role="operator", object="/hosts/host-c").status_code == 201
