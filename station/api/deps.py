@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from dvsan.errors import Unauthenticated
 from station.db import Database
@@ -54,13 +54,26 @@ WipesDep = Annotated[WipeService, Depends(get_wipes)]
 ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
 
 
+_session = APIKeyCookie(name=auth.SESSION_COOKIE, auto_error=False,
+                        description="a console session (POST /api/v1/session); writes also need X-CSRF-Token")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 def principal(request: Request, db: DbDep,
-              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> auth.Principal:
-    """Who is calling, from the bearer token; 401 without one that the station takes."""
-    if creds is None or creds.scheme.lower() != "bearer":
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              cookie: Annotated[str | None, Depends(_session)]) -> auth.Principal:
+    """Who is calling, from the bearer token or the console's session cookie (whose writes must
+    carry the session's CSRF token); 401 without credentials the station takes."""
+    if creds is not None and creds.scheme.lower() == "bearer":
+        value = creds.credentials
+    elif cookie:
+        value = cookie
+        if request.method not in SAFE_METHODS:
+            auth.check_csrf(cookie, request.headers.get(auth.CSRF_HEADER))
+    else:
         raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
     with db.session() as s:
-        who = auth.authenticate(s, creds.credentials)
+        who = auth.authenticate(s, value)
     request.state.principal = who
     return who
 

@@ -43,6 +43,8 @@ LOCK_FOR = timedelta(minutes=5)
 LOGIN_TOKEN_TTL = timedelta(hours=12)
 TOUCH_EVERY = timedelta(seconds=60)     # last_used_at is written at most this often per token
 TOKEN_PREFIX = "dvsan_"
+SESSION_COOKIE = "dvsan_session"
+CSRF_HEADER = "X-CSRF-Token"
 
 # What each role may do. `host.storage` is a host's own storage only (the routes check whose).
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -213,7 +215,19 @@ def delete_user(s: Session, name: str) -> None:
     s.delete(row)
 
 
-def login(s: Session, name: str, password: str, now: datetime | None = None) -> tuple[UserRow, NewToken]:
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a console session: derived from its secret, so a page of another site,
+    which can make the browser send the cookie but never read it, cannot know it."""
+    return hmac.new(session_token.encode(), b"dvsan csrf v1", hashlib.sha256).hexdigest()
+
+
+def check_csrf(session_token: str, header: str | None) -> None:
+    if not header or not hmac.compare_digest(header.encode(), csrf_token(session_token).encode()):
+        raise Forbidden(f"a write from a console session needs the {CSRF_HEADER} header its login answered")
+
+
+def login(s: Session, name: str, password: str, now: datetime | None = None,
+          label: str = "login") -> tuple[UserRow, NewToken]:
     """Check a user's password; a token valid for LOGIN_TOKEN_TTL, or Unauthenticated.
 
     The caller commits even when this raises (the failure count must stay counted).
@@ -236,7 +250,7 @@ def login(s: Session, name: str, password: str, now: datetime | None = None) -> 
     row.failed_logins, row.locked_until = 0, None
     if _hasher.check_needs_rehash(row.password_hash):
         row.password_hash = _hasher.hash(password)
-    return row, create_token(s, user=name, label="login", ttl=LOGIN_TOKEN_TTL, now=now)
+    return row, create_token(s, user=name, label=label, ttl=LOGIN_TOKEN_TTL, now=now)
 
 
 def _hasher_verify(hashed: str, password: str) -> bool:

@@ -82,24 +82,57 @@ class HostEnrolled(HostPublic):
     token: TokenCreated
 
 
-@router.post("/login", response_model=TokenCreated)
-async def login(body: LoginRequest, db: DbDep, request: Request) -> TokenCreated:
-    """A user's name and password for a token valid 12 hours. Failures are slowed and counted;
-    five in a row lock the account for five minutes."""
+async def _login(db: DbDep, body: "LoginRequest", request: Request, label: str) -> auth.NewToken:
     request.state.audit = {"name": body.name}
+
     def check() -> auth.NewToken:
         with db.session() as s:
             try:
-                return auth.login(s, body.name, body.password)[1]
+                return auth.login(s, body.name, body.password, label=label)[1]
             except Unauthenticated as e:
                 s.commit()                 # the failure stays counted
                 raise e from None
     try:
-        t = await run_in_threadpool(check)
+        return await run_in_threadpool(check)
     except Unauthenticated:
         await asyncio.sleep(FAILED_LOGIN_DELAY)
         raise
+
+
+@router.post("/login", response_model=TokenCreated)
+async def login(body: LoginRequest, db: DbDep, request: Request) -> TokenCreated:
+    """A user's name and password for a token valid 12 hours. Failures are slowed and counted;
+    five in a row lock the account for five minutes."""
+    t = await _login(db, body, request, "login")
     return TokenCreated(id=t.id, token=t.value, expires_at=t.expires_at)
+
+
+class SessionCreated(BaseModel):
+    """A console session: its cookie is HttpOnly; send `csrf_token` as `X-CSRF-Token` on writes."""
+
+    csrf_token: str
+    expires_at: datetime | None
+
+
+@router.post("/session", response_model=SessionCreated)
+async def open_session(body: LoginRequest, db: DbDep, request: Request, response: Response) -> SessionCreated:
+    """Log in for the web console: a server-side session (cookie `dvsan_session`: HttpOnly,
+    SameSite=Strict, Secure over TLS, 12 hours) and the CSRF token every write must carry in the
+    `X-CSRF-Token` header. Same lockout as `/login`."""
+    t = await _login(db, body, request, "session")
+    response.set_cookie(auth.SESSION_COOKIE, t.value, max_age=int(auth.LOGIN_TOKEN_TTL.total_seconds()),
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+    return SessionCreated(csrf_token=auth.csrf_token(t.value), expires_at=t.expires_at)
+
+
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
+def close_session(db: DbDep, who: Caller) -> Response:
+    """Log out: the session's token is revoked and its cookie cleared."""
+    with db.session() as s:
+        auth.revoke_token(s, who.token_id, who)
+    r = Response(status_code=status.HTTP_204_NO_CONTENT)
+    r.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return r
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
