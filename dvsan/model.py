@@ -145,6 +145,12 @@ _CHAP_USER_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _CHAP_SECRET_RE = re.compile(r"^[!-~]{12,128}$")      # printable ASCII, no space
 
 
+def mutual_aad(target_iqn: str) -> str:
+    """What a sealed mutual CHAP secret is bound to: its target, and that it is the mutual one
+    (so that the two sealed secrets of one export cannot be swapped)."""
+    return f"{target_iqn}#mutual"
+
+
 def check_chap(user: str, secret: str) -> None:
     """CHAP credentials LIO and open-iscsi both take: a plain user name, a 12-128 character secret."""
     if not isinstance(user, str) or not _CHAP_USER_RE.fullmatch(user):
@@ -173,12 +179,22 @@ class Export:
     # secret travels sealed (dvsan.secretbox); in memory it is plain, and never in a repr.
     chap_user: str = ""
     chap_secret: str = field(default="", repr=False)
+    # Mutual CHAP: the credentials the target answers the initiator with (empty: one-way only).
+    mutual_user: str = ""
+    mutual_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         check_device(self.device)
         check_iqn(self.target_iqn)
         if self.chap_user or self.chap_secret:
             check_chap(self.chap_user, self.chap_secret)
+        if self.mutual_user or self.mutual_secret:
+            if not self.chap_user:
+                raise InvalidInput(f"export {self.target_iqn}: mutual CHAP needs one-way CHAP as well")
+            check_chap(self.mutual_user, self.mutual_secret)
+            if self.mutual_secret == self.chap_secret:
+                raise InvalidInput(f"export {self.target_iqn}: the mutual CHAP secret must differ from "
+                                   "the initiator's")
         for i in self.initiators:
             check_iqn(i)
         if not isinstance(self.lun, int) or isinstance(self.lun, bool) or self.lun < 0:
@@ -197,6 +213,10 @@ class Export:
                 raise ValueError(f"export {self.target_iqn} has a CHAP secret and no key to seal it with")
             out["chap"] = {"user": self.chap_user,
                            "secret": secretbox.seal(chap_key, self.chap_secret, self.target_iqn)}
+            if self.mutual_user:
+                out["chap"]["mutual_user"] = self.mutual_user
+                out["chap"]["mutual_secret"] = secretbox.seal(chap_key, self.mutual_secret,
+                                                              mutual_aad(self.target_iqn))
         return out
 
     @classmethod
@@ -208,7 +228,7 @@ class Export:
             if not isinstance(inits, list) or not all(isinstance(i, str) for i in inits):
                 raise InvalidInput("export initiators must be a list of iSCSI names")
             extent = Extent.from_wire(d["extent"]) if d.get("extent") is not None else None
-            user = secret = ""
+            user = secret = m_user = m_secret = ""
             chap = d.get("chap")
             if chap is not None:
                 if not isinstance(chap, dict) or not isinstance(chap.get("user"), str) \
@@ -218,8 +238,14 @@ class Export:
                     raise InvalidInput("export carries CHAP but this side has no key to open it")
                 user = chap["user"]
                 secret = secretbox.unseal(chap_key, chap["secret"], str(d["target_iqn"]))
+                if chap.get("mutual_user") is not None or chap.get("mutual_secret") is not None:
+                    if not isinstance(chap.get("mutual_user"), str) or not isinstance(chap.get("mutual_secret"), str):
+                        raise InvalidInput("export chap mutual_user and a sealed mutual_secret go together")
+                    m_user = chap["mutual_user"]
+                    m_secret = secretbox.unseal(chap_key, chap["mutual_secret"], mutual_aad(str(d["target_iqn"])))
             return cls(device=d["device"], target_iqn=d["target_iqn"],
                        initiators=tuple(sorted(inits)), lun=d.get("lun", 0), wwn=d.get("wwn", ""),
-                       extent=extent, chap_user=user, chap_secret=secret)
+                       extent=extent, chap_user=user, chap_secret=secret, mutual_user=m_user,
+                       mutual_secret=m_secret)
         except KeyError as e:
             raise InvalidInput(f"export is missing field {e.args[0]!r}") from e

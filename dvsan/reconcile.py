@@ -42,7 +42,8 @@ def plan(desired: list[Export], actual: list[Export]) -> list[Action]:
     for iqn, h in sorted(have.items()):
         w = want.get(iqn)
         if w is None or w.device != h.device or w.lun != h.lun or (w.wwn and w.wwn != h.wwn) \
-                or (w.chap_user, w.chap_secret) != (h.chap_user, h.chap_secret):
+                or (w.chap_user, w.chap_secret, w.mutual_user, w.mutual_secret) \
+                != (h.chap_user, h.chap_secret, h.mutual_user, h.mutual_secret):
             # NOTE: CHAP is made once per assignment and never changes under it: a difference
             # means another assignment (or an export from before CHAP), so it is made anew.
             deletes.append(DeleteExport(h))

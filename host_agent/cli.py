@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initiator-name", help="default: from /etc/iscsi/initiatorname.iscsi")
     r.add_argument("--host-address", help="this host's storage address (default: the one facing the station)")
     r.add_argument("--device-timeout", type=float, default=60.0)
+    r.add_argument("--mutual-chap", action="store_true",
+                   help="mutual CHAP: the unit proves itself to this host as well")
     rel = sub.add_parser("release", help="log out of a volume and give it back to the pool; refused "
                          "while its device (or anything on it) is mounted, held, swapped on or open")
     rel.add_argument("assignment", type=int)
@@ -153,7 +155,7 @@ def _request(args: argparse.Namespace, client: StationClient, state: HostState, 
     initiator = args.initiator_name or read_initiator_name()
     address = args.host_address or local_address_towards(urlsplit(client.base_url).hostname or "127.0.0.1")
     t0 = time.monotonic()
-    a = client.request_storage(args.name, initiator, address, args.size)
+    a = client.request_storage(args.name, initiator, address, args.size, mutual_chap=args.mutual_chap)
     t_assigned = time.monotonic()
     portal = finder.portal_address(a)
     a = {**a, "portal_address": portal}
@@ -176,14 +178,19 @@ def _request(args: argparse.Namespace, client: StationClient, state: HostState, 
 
 
 def _set_chap(iscsi: IscsiPort, a: dict[str, Any], portal: str, port: int) -> None:
-    """The assignment's one-way CHAP on its node record, before any login (the unit requires it)."""
+    """The assignment's CHAP on its node record, before any login (the unit requires it); mutual
+    too when the assignment has it (the host then checks the unit's answer)."""
     if a.get("chap_user") and a.get("chap_secret"):
-        iscsi.set_chap(a["target_iqn"], portal, port, a["chap_user"], a["chap_secret"])
+        if a.get("mutual_user") and a.get("mutual_secret"):
+            iscsi.set_chap(a["target_iqn"], portal, port, a["chap_user"], a["chap_secret"],
+                           mutual=(a["mutual_user"], a["mutual_secret"]))
+        else:
+            iscsi.set_chap(a["target_iqn"], portal, port, a["chap_user"], a["chap_secret"])
 
 
 def masked(a: dict[str, Any]) -> dict[str, Any]:
-    """An assignment fit to print: its CHAP secret stays in the 0600 state file only."""
-    return {**a, "chap_secret": "***"} if a.get("chap_secret") else a
+    """An assignment fit to print: its CHAP secrets stay in the 0600 state file only."""
+    return {**a, **{k: "***" for k in ("chap_secret", "mutual_secret") if a.get(k)}}
 
 
 def _release(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: IscsiPort,

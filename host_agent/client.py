@@ -85,8 +85,12 @@ class StationClient:
     WAIT = 50.0             # seconds the station is asked to hold each answer for a task
     TASK_TIMEOUT = 600.0    # how long `request` and `release` follow their task at most
 
-    def request_storage(self, host: str, initiator_iqn: str, host_address: str, size: str) -> dict[str, Any]:
-        body = {"host": host, "initiator_iqn": initiator_iqn, "host_address": host_address, "size": size}
+    def request_storage(self, host: str, initiator_iqn: str, host_address: str, size: str,
+                        mutual_chap: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"host": host, "initiator_iqn": initiator_iqn, "host_address": host_address,
+                                "size": size}
+        if mutual_chap:
+            body["mutual_chap"] = True
         out = self._task("POST", "/api/v1/assignments", time.monotonic() + self.TASK_TIMEOUT, json=body)
         if "kind" in out:       # a task followed to its end: the assignment it made
             return self._call("GET", f"/api/v1/assignments/{out['result']['assignment']}")  # type: ignore[no-any-return]

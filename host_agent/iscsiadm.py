@@ -468,12 +468,17 @@ class Iscsiadm:
                   ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_NO_OBJS_FOUND))
 
     def set_chap(self, target_iqn: str, portal_ip: str, port: int, username: str,
-                 password: str) -> None:
-        """Set CHAP credentials on a node record (the password never reaches a log line)."""
+                 password: str, mutual: tuple[str, str] | None = None) -> None:
+        """Set CHAP credentials on a node record (the password never reaches a log line); with
+        `mutual` (the target's user and secret) the host checks the target's answer too."""
         node = ["-m", "node", "-T", target_iqn, "-p", _portal(portal_ip, port), "-o", "update"]
-        for name, value in (("node.session.auth.authmethod", "CHAP"),
-                            ("node.session.auth.username", username),
-                            ("node.session.auth.password", password)):
+        settings = [("node.session.auth.authmethod", "CHAP"),
+                    ("node.session.auth.username", username),
+                    ("node.session.auth.password", password)]
+        if mutual is not None:
+            settings += [("node.session.auth.username_in", mutual[0]),
+                         ("node.session.auth.password_in", mutual[1])]
+        for name, value in settings:
             self._run([*node, "-n", name, "-v", value])
 
     def node_records(self) -> list[NodeRecord]:

@@ -191,11 +191,12 @@ class Lio:
             got = _read(tpg / "attrib" / attr)
             if got != want:
                 raise _Incomplete(f"TPG attribute {attr}={got}, expected {want}")
-        chap = {(_read(a / "auth" / "userid") or "", _read(a / "auth" / "password") or "")
+        chap = {(_read(a / "auth" / "userid") or "", _read(a / "auth" / "password") or "",
+                 _read(a / "auth" / "userid_mutual") or "", _read(a / "auth" / "password_mutual") or "")
                 for a in (tpg / "acls").iterdir()}
         if len(chap) > 1:
             raise _Incomplete("its ACLs hold different CHAP credentials")
-        chap_user, chap_secret = chap.pop() if chap else ("", "")
+        chap_user, chap_secret, mutual_user, mutual_secret = chap.pop() if chap else ("", "", "", "")
         auth = _read(tpg / "attrib" / "authentication")
         if auth != ("1" if chap_user else "0"):
             raise _Incomplete(f"TPG authentication={auth} with{'' if chap_user else 'out'} CHAP credentials")
@@ -227,7 +228,8 @@ class Lio:
             initiators.append(acl)
         wwn = _unit_serial(so_dir)
         return Export(device=device, target_iqn=tdir.name, initiators=tuple(initiators), lun=lun, wwn=wwn,
-                      chap_user=chap_user, chap_secret=chap_secret)
+                      chap_user=chap_user, chap_secret=chap_secret, mutual_user=mutual_user,
+                      mutual_secret=mutual_secret)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -318,7 +320,8 @@ class Lio:
         self._exports[iqn] = Export(device=export.device, target_iqn=iqn,
                                     initiators=tuple(sorted(export.initiators)), lun=export.lun,
                                     wwn=export.wwn or _unit_serial(Path(so.path)),
-                                    chap_user=export.chap_user, chap_secret=export.chap_secret)
+                                    chap_user=export.chap_user, chap_secret=export.chap_secret,
+                                    mutual_user=export.mutual_user, mutual_secret=export.mutual_secret)
 
     def _ensure_backstore(self, device: str, wwn: str = "") -> BlockStorageObject:
         """The block backstore of /dev/<device>: reused if a leftover one fits, else made anew.
@@ -471,7 +474,8 @@ class Lio:
             current.add(initiator)
         self._exports[iqn] = Export(device=have.device, target_iqn=iqn,
                                     initiators=tuple(sorted(current)), lun=have.lun, wwn=have.wwn,
-                                    chap_user=have.chap_user, chap_secret=have.chap_secret)
+                                    chap_user=have.chap_user, chap_secret=have.chap_secret,
+                                    mutual_user=have.mutual_user, mutual_secret=have.mutual_secret)
 
     def _ensure_portals(self, errors: list[AdapterError]) -> None:
         """Give every held export this agent's portal, beside any it had (never removing one)."""
@@ -505,10 +509,13 @@ def _auth_value(export: Export) -> str:
 
 
 def _set_chap(acl: NodeACL, export: Export) -> None:
-    """One-way CHAP on a host's ACL (the secret is written to configfs, never logged)."""
+    """CHAP on a host's ACL, one-way and (if asked) mutual; secrets go to configfs, never a log."""
     if export.chap_user:
         acl.chap_userid = export.chap_user
         acl.chap_password = export.chap_secret
+    if export.mutual_user:
+        acl.chap_mutual_userid = export.mutual_user
+        acl.chap_mutual_password = export.mutual_secret
 
 
 def _read(p: Path) -> str | None:

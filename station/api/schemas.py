@@ -62,6 +62,9 @@ class AssignmentCreate(BaseModel):
     host_address: str = Field(description="the host's IP address on the storage network", max_length=45)
     size: str | int | None = Field(default=None, description="bytes, or e.g. '1GiB', '80 GB', '512M' "
                                    "(required unless volume_id names the volume)")
+    mutual_chap: bool = Field(default=False, description=(
+        "mutual CHAP: the unit proves itself to the host too (its own user and secret, answered "
+        "with the assignment)"))
     volume_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=(
         "an operator's assignment of this very volume (the semi-automatic path); the host agent "
         "picks it up with `dvsan-host-agent sync`"))
@@ -141,6 +144,8 @@ class AssignmentPublic(BaseModel):
     # one-way CHAP the host logs in with; the secret only to the host itself and to operators
     chap_user: str = ""
     chap_secret: str | None = None
+    mutual_user: str = ""
+    mutual_secret: str | None = None
 
 
 class ReleasePublic(BaseModel):

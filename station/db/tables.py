@@ -145,6 +145,9 @@ class AssignmentRow(Base):
     # one-way CHAP (station/services/chap.py): the secret sealed with the data directory's key
     chap_user: Mapped[str] = mapped_column(String(64), default="")
     chap_secret_sealed: Mapped[str] = mapped_column(String(255), default="")
+    # mutual CHAP (the target answers the host), when the host asked for it; sealed like the other
+    mutual_user: Mapped[str] = mapped_column(String(64), default="")
+    mutual_secret_sealed: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # pending | exported | refused | withheld, as the last push to the unit found it
     export_state: Mapped[str] = mapped_column(String(16), default="pending")

@@ -68,7 +68,7 @@ def check_assignable(s: Session, volume_id: int) -> VolumeRow:
 
 
 def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, size_bytes: int,
-             vault: ChapVault | None = None, allowed: Allowed | None = None) -> int:
+             vault: ChapVault | None = None, allowed: Allowed | None = None, mutual: bool = False) -> int:
     """Record a new assignment of the best-fitting free volume; returns its id.
 
     NOTE: the UNIQUE constraint on assignments.volume_id is what makes double allocation
@@ -95,6 +95,8 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
                                                    v.length_blocks, v.block_size, v.uid))
                 if vault is not None:
                     row.chap_user, row.chap_secret_sealed = vault.new(target)
+                    if mutual:
+                        row.mutual_user, row.mutual_secret_sealed = vault.new_mutual(target)
                 s.add(row)
                 s.flush()
                 # The export is wanted again: a drop still pending from an earlier release is void.
@@ -170,7 +172,7 @@ async def _step(ctx: TaskContext | None, step: int, total: int, message: str) ->
 
 async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: str, host_address: str,
                  size_bytes: int, ctx: TaskContext | None = None, allowed: Allowed | None = None,
-                 volume_id: int | None = None) -> Assigned:
+                 volume_id: int | None = None, mutual: bool = False) -> Assigned:
     """Allocate the best-fitting free volume and have its unit export it to the host.
 
     Nothing is kept half-done: if the unit does not confirm (no answer, busy, refused), the
@@ -190,7 +192,7 @@ async def assign(db: Database, pusher: ExportPusher, host: str, initiator_iqn: s
                 else f"taking volume {volume_id}")
     try:
         aid = await asyncio.to_thread(allocate, db, host, initiator_iqn, host_address, size_bytes,
-                                      pusher.vault, allowed)
+                                      pusher.vault, allowed, mutual)
     except InsufficientCapacity as e:
         if volume_id is None:
             raise

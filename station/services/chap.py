@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 
 from dvsan import secretbox
+from dvsan.model import mutual_aad
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class ChapVault:
         """A fresh (user, secret sealed at rest) for the assignment of `target_iqn`."""
         user = f"dvsan-{secrets.token_hex(6)}"
         return user, secretbox.seal(self.at_rest, secrets.token_urlsafe(18), target_iqn)
+
+    def new_mutual(self, target_iqn: str) -> tuple[str, str]:
+        """Mutual CHAP of the assignment of `target_iqn`: the target's own user and secret."""
+        user = f"dvsan-t-{secrets.token_hex(6)}"
+        return user, secretbox.seal(self.at_rest, secrets.token_urlsafe(18), mutual_aad(target_iqn))
 
     def reveal(self, target_iqn: str, sealed: str) -> str:
         return secretbox.unseal(self.at_rest, sealed, target_iqn)

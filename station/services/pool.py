@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from dvsan.errors import NotFound
-from dvsan.model import Export, Extent, Partition
+from dvsan.model import Export, Extent, Partition, mutual_aad
 from dvsan.naming import check_unit_name
 from station.db.tables import (
     UNIT_DOWN_STATES,
@@ -231,9 +231,12 @@ def desired_state(s: Session, unit: str, reveal: Callable[[str, str], str] | Non
             if reveal is None:
                 raise ValueError(f"assignment {a.id} has CHAP and nothing to open its secret with")
             secret = reveal(a.target_iqn, a.chap_secret_sealed)
+        mutual = reveal(mutual_aad(a.target_iqn), a.mutual_secret_sealed) \
+            if a.mutual_user and reveal is not None else ""
         exports.append(Export(device=v.device, target_iqn=a.target_iqn, initiators=(a.initiator_iqn,),
                               lun=a.lun, wwn=a.wwn, extent=volume_extent(v), chap_user=a.chap_user,
-                              chap_secret=secret))
+                              chap_secret=secret, mutual_user=a.mutual_user if mutual else "",
+                              mutual_secret=mutual))
     drop = sorted({*s.scalars(select(PendingDropRow.target_iqn).where(PendingDropRow.unit_name == unit)),
                    *moved})
     return DesiredState(pool_id(s), u.generation, exports, drop, withheld)

@@ -87,3 +87,38 @@ def test_ep_a_sealed_secret_opens_only_with_its_key_and_its_target():
             secretbox.unseal(key, text, target)
 
 
+
+
+def test_gp_mutual_chap_when_the_host_asks_sealed_on_the_wire_and_at_rest(station, tmp_path):
+    u = UnitHarness(station)
+    wire = raw_datagrams(u)
+    try:
+        u.start()
+        online(station, 3)
+        tb = host_token(station, tmp_path, "host-b", IQN_B)
+        ask = {"host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size": "100M"}
+        one_way = call(station, "POST", "/api/v1/assignments?wait=60", tb, json=ask).json()
+        assert one_way["mutual_user"] == "" and one_way["mutual_secret"] is None
+        r = call(station, "POST", "/api/v1/assignments?wait=60", tb, json={**ask, "mutual_chap": True})
+        assert r.status_code == 201, r.text
+        a = r.json()
+        m_user, m_secret = a["mutual_user"], a["mutual_secret"]
+        assert m_user.startswith("dvsan-t-") and len(m_secret) >= 12
+        assert m_secret != a["chap_secret"] and m_user != a["chap_user"]
+        held = u.lio.exports[a["target_iqn"]]
+        assert (held.mutual_user, held.mutual_secret) == (m_user, m_secret)
+        assert (held.chap_user, held.chap_secret) == (a["chap_user"], a["chap_secret"])
+        assert m_secret not in repr(held)
+        assert not any(m_secret.encode() in d for d in wire)
+        db = (station.data_dir / "station.db").read_bytes() + b"".join(
+            p.read_bytes() for p in station.data_dir.glob("station.db-*"))
+        assert m_secret.encode() not in db
+        viewer = user_token(station, "vera", "viewer")
+        seen = call(station, "GET", f"/api/v1/assignments/{a['id']}", viewer).json()
+        assert seen["mutual_user"] == m_user and seen["mutual_secret"] is None
+        for bad in ({"mutual_chap": "yes please"}, {"mutual_chap": None}):
+            assert call(station, "POST", "/api/v1/assignments?wait=60", tb, json={**ask, **bad}).status_code == 422
+        station.stop()
+        assert m_secret not in station.log.read_text()
+    finally:
+        u.close()

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
+from dvsan.model import mutual_aad
 from station.api.deps import Caller, DbDep, PusherDep, TasksDep, WipesDep
 from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
 from station.api.schemas import AssignmentCreate, AssignmentPublic, ReleasePublic
@@ -27,11 +28,14 @@ def assignment_public(a: AssignmentRow, who: auth.Principal | None = None,
     """The assignment as `who` may see it: its CHAP secret only for its own host or an operator."""
     v = a.volume
     u = v.unit
-    secret = None
+    secret = mutual = None
     if a.chap_user and vault is not None and who is not None and (
             who.may("assignments.write") or (who.may("host.storage") and a.host_name == who.name)):
         secret = vault.reveal(a.target_iqn, a.chap_secret_sealed)
-    return AssignmentPublic(chap_user=a.chap_user, chap_secret=secret,
+        if a.mutual_user:
+            mutual = vault.reveal(mutual_aad(a.target_iqn), a.mutual_secret_sealed)
+    return AssignmentPublic(chap_user=a.chap_user, chap_secret=secret, mutual_user=a.mutual_user,
+                            mutual_secret=mutual,
         id=a.id, host=a.host_name, initiator_iqn=a.initiator_iqn, host_address=a.host_address,
         requested_bytes=a.requested_bytes, volume_id=v.id, unit=u.name, unit_address=u.portal_address,
         unit_dns_name=u.dns_name, portal_port=u.portal_port, target_iqn=a.target_iqn, lun=a.lun,
@@ -98,7 +102,8 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
 
     async def work(ctx: TaskContext) -> dict[str, Any]:
         out = await assignments.assign(db, pusher, body.host, body.initiator_iqn, body.host_address,
-                                       body.size_bytes, ctx, allowed if scoped else None, body.volume_id)
+                                       body.size_bytes, ctx, allowed if scoped else None, body.volume_id,
+                                       body.mutual_chap)
         log.info("assignment %d made for %s by %s", out.id, body.host, who)
         return {"assignment": out.id, "unit": out.unit, "device": out.device, "target_iqn": out.target_iqn}
     task = await tasks.submit("assign", f"/hosts/{body.host}", str(who), work, host=body.host)
