@@ -200,7 +200,8 @@ class FakeIscsi:
         self.calls.append(("discover", portal, str(port)))
         return []
 
-    def set_chap(self, iqn: str, portal: str, port: int, username: str, password: str) -> None:
+    def set_chap(self, iqn: str, portal: str, port: int, username: str, password: str,
+                 mutual: tuple[str, str] | None = None) -> None:
         self.calls.append(("chap", iqn, portal, str(port), username))
 
     def login(self, iqn: str, portal: str, port: int) -> None:

@@ -35,7 +35,8 @@ class FakeIscsi:
         self.calls.append(("discover", portal_ip, port))
         return []
 
-    def set_chap(self, target_iqn: str, portal_ip: str, port: int, username: str, password: str) -> None:
+    def set_chap(self, target_iqn: str, portal_ip: str, port: int, username: str, password: str,
+                 mutual: tuple[str, str] | None = None) -> None:
         self.calls.append(("chap", target_iqn, portal_ip, port, username))
         self.chap = getattr(self, "chap", {})
         self.chap[(target_iqn, portal_ip, port)] = (username, password)

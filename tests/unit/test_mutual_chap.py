@@ -1,6 +1,8 @@
 """Mutual CHAP in the core: an export's mutual credentials are checked, sealed on the wire bound to
 their target and role, and a change of them re-creates the export; the host agent sets them."""
 
+from typing import Any
+
 import pytest
 
 from dvsan import secretbox
@@ -13,8 +15,8 @@ T = "iqn.2026-11.org.dvsan:unit-a:vda1"
 WWN = "0123456789abcdef0123"
 
 
-def export(**kw: str) -> Export:
-    base = {"chap_user": "dvsan-h", "chap_secret": "host-secret-123", "mutual_user": "dvsan-t-1",
+def export(**kw: Any) -> Export:
+    base: dict[str, Any] = {"chap_user": "dvsan-h", "chap_secret": "host-secret-123", "mutual_user": "dvsan-t-1",
             "mutual_secret": "target-secret-45"}
     return Export(device="vda1", target_iqn=T, initiators=("iqn.2026-11.org.dvsan.lab:host-b",), wwn=WWN,
                   **{**base, **kw})
