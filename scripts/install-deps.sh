@@ -22,6 +22,7 @@ PACKAGES=(
   snmp snmptrapd                 # net-snmp tools as the other side of dvsan's SNMP
   dnsmasq-base                   # a real DNS server (SRV records) for the DNS discovery tests
   libiscsi-bin                   # iscsi-inq/iscsi-ls: poke targets without the kernel initiator
+  tcpdump                        # the lab checks that no secret crosses the storage network in clear
   dbus                           # targetcli-fb (debugging by hand in guests) needs a system bus
   python3 python3-venv
 )

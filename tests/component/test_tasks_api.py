@@ -3,7 +3,6 @@ UnitAgent protocol loop and its Wiper zeroing files slowly enough to be watched:
 task, two wipes run at once with their progress in `GET /api/v1/events`, a second task on a busy
 volume is refused with a clear message, and a station killed mid-task marks it interrupted."""
 
-import json
 import mmap
 import os
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from dvsan_lab.events import Stream
 from tests.component.test_host_agent import enrol_host
 from tests.component.test_station_autoconf import MiB, online, request, volumes, wait_for
 from tests.component.test_wipe_release import unit_with_files, vol, zeros
@@ -50,47 +50,6 @@ def slow_unit(station: Any, root: Path, fill: bool = True) -> Any:
     u.agent.wiper = SlowWiper(w.unit, w.devices, sink=w.sink, pool=w.pool, path_of=w.path_of,
                               sysfs_root=w.sysfs_root)
     return u
-
-
-class Stream:
-    """`GET /api/v1/events` read in a thread: every event as (event, id, data)."""
-
-    def __init__(self, station: Any, headers: dict[str, str]):
-        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.status = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, args=(station.url, headers), daemon=True)
-        self._t.start()
-        wait_for(lambda: self.status, 10)
-
-    def _run(self, url: str, headers: dict[str, str]) -> None:
-        try:
-            self._read(url, headers)
-        except httpx.HTTPError:       # the station went away (a test kills it, or the fixture)
-            pass
-
-    def _read(self, url: str, headers: dict[str, str]) -> None:
-        with httpx.stream("GET", url + "/api/v1/events", headers=headers, timeout=None) as r:
-            self.status = r.status_code
-            kind, eid = "message", None
-            for line in r.iter_lines():
-                if self._stop.is_set():
-                    return
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("id:"):
-                    eid = line[3:].strip()
-                elif line.startswith("data:"):
-                    self.events.append((kind, eid, json.loads(line[5:])))
-                elif not line:
-                    kind, eid = "message", None
-
-    def tasks(self, **match: Any) -> list[dict[str, Any]]:
-        return [d for k, _, d in list(self.events) if k == "task"
-                and all(d.get(f) == v for f, v in match.items())]
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def user_token(station: Any, tmp_path: Path, name: str, role: str) -> dict[str, str]:
