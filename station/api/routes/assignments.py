@@ -1,14 +1,13 @@
 """REST routes of assignments: who holds which volume. Hosts see and change only their own."""
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from station.api.deps import Caller, DbDep, PusherDep, WipesDep
-from station.api.schemas import AssignmentCreate, AssignmentPublic, ReleasePublic
+from station.api.schemas import AssignmentCreate, AssignmentPublic, IdPath, ReleasePublic
 from station.db import Database
 from station.db.tables import AssignmentRow
 from station.services import assignments, auth
@@ -16,7 +15,6 @@ from station.services.chap import ChapVault
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["assignments"])
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def assignment_public(a: AssignmentRow, who: auth.Principal | None = None,
@@ -63,7 +61,7 @@ def list_assignments(db: DbDep, who: Caller, pusher: PusherDep, host: str | None
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
-def get_assignment(assignment_id: Id, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
+def get_assignment(assignment_id: IdPath, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
     return load_assignment(db, who, assignment_id, pusher.vault)
 
 
@@ -87,7 +85,7 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic)
-async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wipes: WipesDep,
+async def delete_assignment(assignment_id: IdPath, db: DbDep, pusher: PusherDep, wipes: WipesDep,
                             who: Caller, request: Request) -> ReleasePublic:
     """Release a volume: the assignment goes, the unit drops the export and zeroes the volume;
     it is free again once the wipe has succeeded (`GET /api/v1/volumes` shows its progress)."""
