@@ -124,11 +124,33 @@ def test_gp_the_schema_states_the_checks_the_station_makes(st):
     ("/api/v1/assignments", {"host": "host-c", "initiator_iqn": IQN, "host_address": "10.0.0.1",
                              "size": 2**53 + 1}),
     ("/api/v1/assignments", {"host": "host-c", "initiator_iqn": IQN, "host_address": "10.0.0.1",
-                             "size": "9999999 TiB"}),
+                             "size": " 0 "}),
+    ("/api/v1/assignments", {"host": "host-c", "initiator_iqn": IQN, "host_address": "10.0.0.1",
+                             "size": "0.5"}),
+    # the IQN suffix is anything but whitespace, whitespace as Python means it (U+0085, U+001C too):
+    # the schema once said `[^\s]`, which JSON Schema reads otherwise
+    ("/api/v1/hosts", {"name": "host-c", "initiator_iqns": ["iqn.2026-11.x:a\u0085b"]}),
+    ("/api/v1/hosts", {"name": "host-c", "initiator_iqns": ["iqn.2026-11.x:a\x1cb"]}),
+    ("/api/v1/hosts", {"name": "host-c", "initiator_iqns": ["iqn.2026-11.x:a\u3000b"]}),
 ])
 def test_ep_values_the_schema_refuses_are_refused_by_the_schema_with_each_issue(st, path, body):
     r = call(st, "POST", path, json=body)
     assert is_validation_error(r), (r.status_code, r.text)
+
+
+def test_gp_a_size_the_schema_allows_is_never_refused_as_malformed(st):
+    # a huge size as a string is well formed: no volume fits it (409), as for any other size
+    for size in ("9999999 TiB", "1" * 60, " 1 ", "1.5k", "000001"):
+        r = call(st, "POST", "/api/v1/assignments", json={"host": "host-c", "initiator_iqn": IQN,
+                                                          "host_address": "10.0.0.1", "size": size})
+        assert r.status_code == 409 and r.json()["error"] == "InsufficientCapacity", (size, r.text)
+
+
+def test_gp_an_iqn_suffix_of_any_non_blank_characters_is_taken(st):
+    for iqn in ("iqn.2026-11.x:\u00f8\U000b2ceb", "iqn.2026-11.x:a\ufeffb", "eui.0123456789abcdef"):
+        r = call(st, "POST", "/api/v1/hosts", json={"name": "host-d", "initiator_iqns": [iqn]})
+        assert r.status_code == 201, (iqn, r.text)
+        assert call(st, "DELETE", "/api/v1/hosts/host-d").status_code == 204
 
 
 def test_ep_enrolling_a_key_under_a_bad_name_or_of_a_bad_length_is_a_schema_refusal(st):
