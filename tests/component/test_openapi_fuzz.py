@@ -41,7 +41,7 @@ from tests.component.test_station_autoconf import MiB, UnitHarness, online, part
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 # a request the schema allows is not refused (422) for a reason the schema does not state
-ADMIN_CHECKS = [*CHECKS, positive_data_acceptance]
+SIGNED_IN_CHECKS = [*CHECKS, positive_data_acceptance]
 # fixed for CI; DVSAN_FUZZ_SEED and DVSAN_FUZZ_EXAMPLES explore further by hand
 MAX_EXAMPLES = int(os.environ.get("DVSAN_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("DVSAN_FUZZ_SEED", "20261106"))
@@ -66,17 +66,17 @@ def _config(*, security: bool) -> schemathesis.Config:
     })
 
 
-class AdminTokens:
-    """The admin's bearer token for the fuzzer, and a spare. The fuzzer may revoke any token, the
-    one in use too (DELETE /api/v1/tokens/{id} with a small id): the case runs as generated, and
-    when it revoked the token in use the spare takes over (a new spare is made with it), so the
-    rest of the run stays authenticated."""
+class Tokens:
+    """A user's bearer token for the fuzzer, and a spare. The fuzzer may revoke any token it may
+    see, the one in use too (DELETE /api/v1/tokens/{id} with a small id): the case runs as
+    generated, and when it revoked the token in use the spare takes over (a new spare is made with
+    it), so the rest of the run stays authenticated."""
 
     REVOKE = "DELETE /api/v1/tokens/{token_id}"
 
-    def __init__(self, st: StationProc):
+    def __init__(self, st: StationProc, token: str):
         self.st = st
-        self.value = st.token
+        self.value = token
         self.spare = self._mint()
 
     @staticmethod
@@ -122,8 +122,19 @@ def fuzz_station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StationPr
 
 
 @pytest.fixture(scope="module")
-def admin_tokens(fuzz_station: StationProc) -> AdminTokens:
-    return AdminTokens(fuzz_station)
+def admin_tokens(fuzz_station: StationProc) -> Tokens:
+    return Tokens(fuzz_station, fuzz_station.token)
+
+
+@pytest.fixture(scope="module")
+def viewer_tokens(fuzz_station: StationProc, admin_tokens: Tokens) -> Tokens:
+    """A viewer (reads only), made by the admin when the viewer's pass starts."""
+    name, password = "fuzz-viewer-7479", "a-viewer-password-for-the-fuzz"
+    httpx.post(fuzz_station.url + "/api/v1/users", headers=admin_tokens.headers, timeout=30,
+               json={"name": name, "role": "viewer", "password": password}).raise_for_status()
+    r = httpx.post(fuzz_station.url + "/api/v1/login", json={"name": name, "password": password}, timeout=30)
+    r.raise_for_status()
+    return Tokens(fuzz_station, r.json()["token"])
 
 
 def station_openapi() -> dict[str, Any]:
@@ -135,9 +146,11 @@ def station_openapi() -> dict[str, Any]:
 
 SPEC = station_openapi()
 admin_schema = schemathesis.openapi.from_dict(SPEC, config=_config(security=False))
-# /healthz and /login take no credentials: nothing to refuse there without them
-anonymous_schema = schemathesis.openapi.from_dict(SPEC, config=_config(security=True)).exclude(
-    path=["/healthz", "/api/v1/login"])
+# /healthz and /login take no credentials: nothing to refuse there without them, and nothing the
+# admin's pass does not cover already
+NO_CREDENTIALS = ["/healthz", "/api/v1/login"]
+viewer_schema = schemathesis.openapi.from_dict(SPEC, config=_config(security=False)).exclude(path=NO_CREDENTIALS)
+anonymous_schema = schemathesis.openapi.from_dict(SPEC, config=_config(security=True)).exclude(path=NO_CREDENTIALS)
 
 
 def test_gp_the_fuzzed_schema_is_the_one_the_station_serves(fuzz_station: StationProc) -> None:
@@ -148,12 +161,23 @@ def test_gp_the_fuzzed_schema_is_the_one_the_station_serves(fuzz_station: Statio
 
 @admin_schema.parametrize()
 def test_gp_every_operation_keeps_its_contract_for_an_admin(case: Any, fuzz_station: StationProc,
-                                                            admin_tokens: AdminTokens) -> None:
-    r = case.call_and_validate(base_url=fuzz_station.url, headers=admin_tokens.headers, checks=ADMIN_CHECKS)
+                                                            admin_tokens: Tokens) -> None:
+    r = case.call_and_validate(base_url=fuzz_station.url, headers=admin_tokens.headers, checks=SIGNED_IN_CHECKS)
     admin_tokens.after(case, r)
     if case.operation.path != "/api/v1/login":
         # the token is always good: a 401 here would mean the rest of the run proves nothing
         assert r.status_code != 401, f"{case.operation.label}: the admin's token was refused: {r.text}"
+
+
+@viewer_schema.parametrize()
+def test_ep_a_viewer_reads_and_changes_nothing_but_its_own_tokens(case: Any, fuzz_station: StationProc,
+                                                                  viewer_tokens: Tokens) -> None:
+    # the 403s (each naming the permission) are answered and documented as the schema says
+    r = case.call_and_validate(base_url=fuzz_station.url, headers=viewer_tokens.headers, checks=SIGNED_IN_CHECKS)
+    viewer_tokens.after(case, r)
+    assert r.status_code != 401, f"{case.operation.label}: the viewer's token was refused: {r.text}"
+    if case.method.upper() != "GET" and case.operation.path not in ("/api/v1/tokens", "/api/v1/tokens/{token_id}"):
+        assert not 200 <= r.status_code < 300, f"a viewer's {case.method} {case.formatted_path} was done"
 
 
 @anonymous_schema.parametrize()
