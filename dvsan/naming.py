@@ -15,8 +15,12 @@ IQN_PREFIX = "iqn.2026-11.org.dvsan"
 BACKSTORE_PREFIX = "dvsan_"
 NAME_RE = _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 _DEVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-# RFC 3720 iqn. names and RFC 3721 eui. names, lower case as LIO stores them.
-IQN_RE = _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9a-f]{16})$")
+# RFC 3720 iqn. names and RFC 3721 eui. names, lower case as LIO stores them. The suffix is anything
+# but whitespace, spelt out: the REST schema carries this pattern, and `\s` means other characters in
+# JSON Schema (ECMA-262), in pydantic (Rust) and in Python (the fuzzer found U+0085 and U+001C apart).
+_WHITESPACE = r"\t-\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"   # str.isspace()
+IQN_RE = _IQN_RE = re.compile(
+    rf"^(iqn\.[0-9]{{4}}-[0-9]{{2}}\.[a-z0-9.-]+(:[^{_WHITESPACE}]+)?|eui\.[0-9a-f]{{16}})$")
 
 
 def check_unit_name(name: str) -> str:

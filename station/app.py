@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from dvsan import __version__, identity
 from dvsan.errors import (
@@ -20,11 +22,13 @@ from dvsan.errors import (
     Unauthenticated,
     Unavailable,
 )
+from station.api.deps import authenticate_first
 from station.api.routes import assignments as assignment_routes
 from station.api.routes import auth as auth_routes
 from station.api.routes import enrolment as enrolment_routes
 from station.api.routes import pool as pool_routes
 from station.api.routes import tasks as task_routes
+from station.api.schemas import ERROR_RESPONSES
 from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
@@ -39,21 +43,6 @@ from station.settings import StationSettings
 
 log = logging.getLogger(__name__)
 
-
-class ErrorPublic(BaseModel):
-    """Every error the station answers: what went wrong, and the kind of error."""
-
-    detail: str
-    error: str
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic, "description": "no credentials, or a token the station does not take"},
-    403: {"model": ErrorPublic, "description": "the caller lacks the permission the message names"},
-    404: {"model": ErrorPublic, "description": "no such object (or not one the caller may see)"},
-    409: {"model": ErrorPublic, "description": "not possible in the current state (the message says why)"},
-    503: {"model": ErrorPublic, "description": "a unit did not answer or is busy; nothing was kept half-done"},
-}
 
 _STATUS = [(Unauthenticated, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (InvalidInput, 422),
            (Unavailable, 503)]
@@ -135,6 +124,7 @@ def create_app(settings: StationSettings) -> FastAPI:
     for r in (pool_routes.router, assignment_routes.router, task_routes.router, auth_routes.router,
               enrolment_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
+    app.include_router(task_routes.events_router)
 
     @app.middleware("http")
     async def _audit(request: Request, call_next: Any) -> Any:
@@ -165,6 +155,25 @@ def create_app(settings: StationSettings) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__},
                             headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _refused_input(request: Request, exc: RequestValidationError) -> Response:
+        """A body or parameter the schema refuses: 422, once the caller is known (401 first)."""
+        try:
+            await authenticate_first(request)
+        except Unauthenticated as e:
+            return await _dvsan_error(request, e)
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        """FastAPI's own refusals. The one 400 it makes is a body it could not read at all (not
+        UTF-8, nested too deep): bad input like any malformed JSON, so 422 as that is."""
+        if exc.status_code == 400:
+            return await _refused_input(request, RequestValidationError([{
+                "type": "json_invalid", "loc": ("body",), "msg": f"the body could not be read: {exc.detail}",
+                "input": None}]))
+        return await http_exception_handler(request, exc)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-pool", action="store_true",
                    help="forget which pool (station database) this unit belongs to, so that another "
                    "station may take it over; its exports stay until that station says otherwise")
+    p.add_argument("--no-wipe-zeroout", dest="wipe_zeroout", action="store_const", const=False,
+                   help="wipe released volumes by writing zeros, never by the disk's own write-zeroes")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     keep[0] = lio.keep
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name, signer=signer, station_pin=station_pin)
+    agent.wiper.use_zeroout = settings.wipe_zeroout
     agent.pin = pin
     log.info("unit %s: key %s%s", settings.name, fingerprint(signer.key),
              " (rotating: the old key signs for it until the station takes it)" if signer.previous else "")

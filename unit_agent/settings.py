@@ -35,6 +35,9 @@ class UnitSettings(BaseSettings):
     heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
     storage_interface: str | None = None            # default: the interface holding the portal address
     link_watch: bool = True
+    # Wipes: let the disk zero a released volume itself (BLKZEROOUT, when it offloads write-zeroes)
+    # or always write zeros (slower, for devices whose write-zeroes an operator does not trust).
+    wipe_zeroout: bool = True
     # SNMP notifications (unit_agent/snmp.py), sent when at least one destination is given; with
     # a v3 user they are authPriv (HMAC-SHA-96, AES-128), else SNMPv2c with the community.
     trap_destinations: list[str] = Field(default_factory=list)   # HOST[:PORT], port 162 by default

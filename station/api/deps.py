@@ -1,14 +1,17 @@
 """The routes' dependencies: the database, the services, and who is calling (`require(permission)`).
 
-Every route but /healthz depends on a principal: no credentials or bad ones answer 401, a missing
-permission 403 naming it (station/services/auth.py).
+Every route but /healthz and /login depends on a principal: no credentials or bad ones answer
+401, a missing permission 403 naming it (station/services/auth.py). The caller is known before what
+they sent is judged: `authenticate_first` gives the 401 when FastAPI refused a body before it asked.
 """
 
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import Unauthenticated
 from station.db import Database
@@ -65,17 +68,35 @@ def principal(request: Request, db: DbDep,
     """Who is calling, from the bearer token or the console's session cookie (whose writes must
     carry the session's CSRF token); 401 without credentials the station takes."""
     if creds is not None and creds.scheme.lower() == "bearer":
-        value = creds.credentials
+        value, request.state.via = creds.credentials, "bearer"
     elif cookie:
-        value = cookie
-        if request.method not in SAFE_METHODS:
-            auth.check_csrf(cookie, request.headers.get(auth.CSRF_HEADER))
+        value, request.state.via = cookie, "session"
     else:
         raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
     with db.session() as s:
         who = auth.authenticate(s, value)
+    if request.state.via == "session" and request.method not in SAFE_METHODS:
+        auth.check_csrf(value, request.headers.get(auth.CSRF_HEADER))
     request.state.principal = who
     return who
+
+
+def _needs_principal(d: Dependant) -> bool:
+    return d.call is principal or any(_needs_principal(sub) for sub in d.dependencies)
+
+
+async def authenticate_first(request: Request) -> None:
+    """Raise Unauthenticated if the route needs a caller and the request names none the station
+    takes. FastAPI reads a request's body before it runs the dependencies, so a body it cannot
+    read would otherwise be judged (400/422) for a caller who never said who they are."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if getattr(request.state, "principal", None) is not None or dependant is None \
+            or not _needs_principal(dependant):
+        return
+    creds = await _bearer(request)
+    cookie = await _session(request)
+    await run_in_threadpool(principal, request, get_db(request), creds, cookie)
 
 
 def require(permission: str) -> Callable[..., auth.Principal]:

@@ -1,14 +1,83 @@
-"""REST schemas of the station (pydantic): what clients send and what they get back."""
+"""REST schemas of the station (pydantic): what clients send and what they get back.
 
-from datetime import datetime
+What the station checks is in the schema too (names, IQNs, addresses, sizes, ids that fit SQLite's
+64-bit integers), so a request the schema allows is not refused for a reason it does not state.
+"""
+
+from datetime import UTC, datetime
 from ipaddress import ip_address
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from dvsan.errors import InvalidInput
 from dvsan.naming import IQN_RE, NAME_RE, check_iqn, check_unit_name
 from dvsan.sizes import parse_size
+
+MAX_ID = 2**63 - 1                      # SQLite's INTEGER: larger ids cannot exist
+
+
+def _utc(t: datetime) -> datetime:
+    # NOTE: SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# A point in time as RFC 3339 with its offset (the OpenAPI `date-time` format needs one).
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+# A unit, host or user name, as dvsan/naming.py checks it.
+Name = Annotated[str, Field(pattern=NAME_RE.pattern, min_length=1, max_length=63,
+                            description="1-63 lower-case letters, digits, '-' or '.', starting with a letter or digit")]
+# An iSCSI name (iqn. or eui.), as dvsan/naming.py checks it.
+Iqn = Annotated[str, Field(pattern=IQN_RE.pattern, max_length=223,
+                           description="an iSCSI name: iqn.YYYY-MM.reversed.domain[:id] or eui.<16 hex>")]
+# Path parameters: an object's id, a name.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="the object's id (a 64-bit integer)")]
+NamePath = Annotated[str, Path(pattern=NAME_RE.pattern, min_length=1, max_length=63,
+                               description="1-63 lower-case letters, digits, '-' or '.'")]
+# Sizes: whole bytes, or a number (at least 1) with a unit. A number of bytes is at most 2**53
+# (8 PiB): an integer every JSON client holds exactly, and one the OpenAPI document states exactly
+# (it writes bounds as floats). Larger sizes, as strings, are taken and refused as no volume fits (409).
+MAX_SIZE = 2**53
+SIZE_PATTERN = r"^ *0*[1-9][0-9]*(\.[0-9]+)? *([kKmMgGtT]([iI]?[bB])?|[bB])? *$"
+Size = (Annotated[int, Field(ge=1, le=MAX_SIZE)]
+        | Annotated[str, Field(pattern=SIZE_PATTERN, max_length=64)])
+
+
+class ErrorPublic(BaseModel):
+    """Every error the station answers but a refused request body or parameter: what went wrong,
+    and the kind of error."""
+
+    detail: str
+    error: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorPublic(BaseModel):
+    """A request the schema refuses (FastAPI's validation error): each issue and where it is."""
+
+    detail: list[ValidationIssue]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "no credentials, or a token the station does not take",
+          "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    403: {"model": ErrorPublic, "description": "the caller lacks the permission the message names"},
+    404: {"model": ErrorPublic, "description": "no such object (or not one the caller may see)"},
+    409: {"model": ErrorPublic, "description": "not possible in the current state (the message says why)"},
+    422: {"model": ValidationErrorPublic | ErrorPublic,
+          "description": "a body or parameter the schema refuses (each issue), or a value the station "
+                         "refuses for a reason the message names"},
+    503: {"model": ErrorPublic, "description": "a unit did not answer or is busy; nothing was kept half-done"},
+}
 
 
 class UnitPublic(BaseModel):
@@ -21,7 +90,7 @@ class UnitPublic(BaseModel):
     control_host: str
     control_port: int
     agent_version: str
-    last_seen: datetime
+    last_seen: UtcDatetime
     health: str = "ok"
     health_detail: str | None = None
     generation: int = 0
@@ -52,20 +121,21 @@ class VolumePublic(BaseModel):
 
 
 class AssignmentCreate(BaseModel):
-    """A host asks for storage: who it is, where it is, and how much it needs."""
+    """A host asks for storage: who it is, where it is, and how much it needs (or which volume)."""
 
-    model_config = ConfigDict(extra="forbid")
-    host: str = Field(description="the host's name (lower-case letters, digits, '-', '.')",
-                      pattern=NAME_RE.pattern, max_length=63)
-    initiator_iqn: str = Field(description="the host's iSCSI initiator name", pattern=IQN_RE.pattern,
-                               max_length=223)
-    host_address: str = Field(description="the host's IP address on the storage network", max_length=45)
-    size: str | int | None = Field(default=None, description="bytes, or e.g. '1GiB', '80 GB', '512M' "
-                                   "(required unless volume_id names the volume)")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["size"]}, {"required": ["volume_id"]}]})
+    host: Name = Field(description="the host's name (lower-case letters, digits, '-', '.')")
+    initiator_iqn: Iqn = Field(description="the host's iSCSI initiator name")
+    host_address: str = Field(description="the host's IP address on the storage network (IPv4 or IPv6)",
+                              max_length=45, json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+    size: Size | SkipJsonSchema[None] = Field(default=None, description=(
+        "bytes, or e.g. '1GiB', '80 GB', '512M' (K, M, G, T binary; KB.. decimal); a number of bytes "
+        "is 1..2**53 (8 PiB); required unless volume_id names the volume"))
     mutual_chap: bool = Field(default=False, description=(
         "mutual CHAP: the unit proves itself to the host too (its own user and secret, answered "
         "with the assignment)"))
-    volume_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=(
+    volume_id: Annotated[int, Field(ge=1, le=MAX_SIZE)] | SkipJsonSchema[None] = Field(default=None, description=(
         "an operator's assignment of this very volume (the semi-automatic path); the host agent "
         "picks it up with `dvsan-host-agent sync`"))
 
@@ -136,7 +206,7 @@ class AssignmentPublic(BaseModel):
     end_lba: int
     block_size: int
     volume_state: str
-    created_at: datetime
+    created_at: UtcDatetime
     wwn: str = ""                      # the LUN's unit serial: the host checks it before use
     export_state: str = "pending"      # pending | exported | refused | withheld
     export_detail: str | None = None   # why refused or withheld

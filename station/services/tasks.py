@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -50,7 +50,10 @@ def snapshot(t: TaskRow) -> dict[str, Any]:
 
 
 def _iso(d: datetime | None) -> str | None:
-    return d.isoformat() if d is not None else None
+    """RFC 3339 with its offset (SQLite hands back naive datetimes; they were written in UTC)."""
+    if d is None:
+        return None
+    return (d if d.tzinfo is not None else d.replace(tzinfo=UTC)).isoformat()
 
 
 def create(s: Session, kind: str, obj: str, requested_by: str, host: str | None) -> TaskRow:

@@ -111,6 +111,7 @@ def test_ep_bad_grants_and_volume_choices_are_refused_clearly(station, tmp_path:
         assert r.status_code == 422 and "give the size the host needs, or the volume_id" in r.text
         assert assign(station, station.auth, "host-c", volume_id=99999).status_code == 404
         assert assign(station, station.auth, "host-c", volume_id=2**63).status_code == 422
+        assert assign(station, station.auth, "host-c", volume_id=2**53 + 1).status_code == 422
         # a volume already taken: 409 naming its host, and the pool unchanged
         assert assign(station, station.auth, "host-c", volume_id=vid).status_code == 201
         r = assign(station, station.auth, "host-d", volume_id=vid)

@@ -29,7 +29,9 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     station.start()
     f = Flow(lab, station)
     try:
-        f.start_unit(UNIT)
+        # zeros written, not the disk's write-zeroes (a 1280 MiB partition zeroes in 0.7 s by
+        # BLKZEROOUT here): wipes long enough to watch two of them run at once
+        f.start_unit(UNIT, extra="--no-wipe-zeroout")
         f.wait_pool(UNIT, 3)
         yield f
     finally:
@@ -93,19 +95,27 @@ def test_gp_mutual_chap_logs_in_and_no_secret_crosses_the_network_or_reaches_a_l
 
 
 def test_gp_two_wipes_at_once_with_live_progress_and_a_busy_volume_refuses_a_second_task(flow: Flow) -> None:
-    small = flow.request(HOST_B, "100MiB")      # the 512 MiB partition
-    big = flow.request(HOST_C, "1GiB")          # the 1280 MiB one
+    # two wipes long enough to overlap although the unit applies the two releases one after the
+    # other (zeros written at ~100 MB/s in the lab: ~13 s and ~20 s)
+    small = flow.request(HOST_B, "1GiB")        # the 1280 MiB partition
+    big = flow.request(HOST_C, "1500MiB")       # the 2 GiB one
     stream = Stream(flow.station, flow.station.auth)
     try:
         assert stream.status == 200
+        # the hosts log out, then an operator releases both at once (the station drops the
+        # exports and orders both wipes within moments of each other)
+        for g, x in ((HOST_B, small), (HOST_C, big)):
+            out = flow.iscsiadm(g, f"-m node -T {x['target_iqn']} --logout")
+            assert out.rc == 0, out.err
         results: list[Any] = []
-        threads = [threading.Thread(target=lambda g=g, x=x: results.append(flow.release(g, x["id"])))
-                   for g, x in ((HOST_B, small), (HOST_C, big))]
+        threads = [threading.Thread(target=lambda x=x: results.append(httpx.delete(
+            f"{flow.station.url}/api/v1/assignments/{x['id']}?wait=120", headers=flow.station.auth, timeout=180)))
+            for x in (small, big)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert all(r.rc == 0 for r in results), [r.err for r in results]
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
         wipes = {}
         for x in (small, big):
             wipes[x["volume_id"]] = wait_for(

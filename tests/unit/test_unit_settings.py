@@ -136,3 +136,17 @@ def test_gp_identity_key_file_given_is_where_the_key_is_made(tmp_path):
     assert path.exists() and not (tmp_path / "state" / "unit.key").exists()
     assert isinstance(signer, Signer) and signer.name == "unit-a"
 
+
+
+def test_gp_wipes_may_be_told_to_write_zeros_instead_of_the_disks_write_zeroes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from unit_agent.settings import UnitSettings
+
+    assert UnitSettings().wipe_zeroout is True
+    assert UnitSettings(wipe_zeroout=False).wipe_zeroout is False
+    monkeypatch.setenv("DVSAN_UNIT_WIPE_ZEROOUT", "false")
+    assert UnitSettings().wipe_zeroout is False
+    monkeypatch.setenv("DVSAN_UNIT_WIPE_ZEROOUT", "maybe")
+    with pytest.raises(ValidationError):
+        UnitSettings()

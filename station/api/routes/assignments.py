@@ -1,9 +1,9 @@
 """REST routes of assignments: who holds which volume. Hosts see and change only their own."""
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -11,7 +11,7 @@ from dvsan.errors import NotFound
 from dvsan.model import mutual_aad
 from station.api.deps import Caller, DbDep, PusherDep, TasksDep, WipesDep
 from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
-from station.api.schemas import AssignmentCreate, AssignmentPublic, ReleasePublic
+from station.api.schemas import AssignmentCreate, AssignmentPublic, IdPath, ReleasePublic
 from station.db import Database
 from station.db.tables import AssignmentRow
 from station.services import assignments, auth
@@ -20,7 +20,6 @@ from station.services.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["assignments"])
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def assignment_public(a: AssignmentRow, who: auth.Principal | None = None,
@@ -70,7 +69,7 @@ def list_assignments(db: DbDep, who: Caller, pusher: PusherDep, host: str | None
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
-def get_assignment(assignment_id: Id, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
+def get_assignment(assignment_id: IdPath, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
     return load_assignment(db, who, assignment_id, pusher.vault)
 
 
@@ -120,7 +119,7 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
 
 
 @router.delete("/assignments/{assignment_id}", response_model=ReleasePublic, responses=TASK_ACCEPTED)
-async def delete_assignment(assignment_id: Id, db: DbDep, pusher: PusherDep, wipes: WipesDep,
+async def delete_assignment(assignment_id: IdPath, db: DbDep, pusher: PusherDep, wipes: WipesDep,
                             tasks: TasksDep, who: Caller, request: Request, wait: Wait = None) -> Any:
     """Release a volume, as a task (`release` of `/assignments/ID`, one at a time per volume): the
     assignment goes, the unit drops the export and zeroes the volume (a `wipe` task follows it);

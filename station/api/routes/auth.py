@@ -2,18 +2,18 @@
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import Conflict, Unauthenticated
 from station.api.deps import Admin, Caller, DbDep, HostAdmin, HostReader
+from station.api.schemas import IdPath, Iqn, Name, NamePath, UtcDatetime
 from station.services import audit, auth
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
-Name = Annotated[str, Path(min_length=1, max_length=63)]
 FAILED_LOGIN_DELAY = 1.0      # seconds added to every failed login (on top of argon2's own cost)
 
 
@@ -28,7 +28,7 @@ class TokenCreated(BaseModel):
 
     id: int
     token: str
-    expires_at: datetime | None
+    expires_at: UtcDatetime | None
 
 
 class TokenCreate(BaseModel):
@@ -43,16 +43,16 @@ class TokenPublic(BaseModel):
     user_name: str | None
     host_name: str | None
     label: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
+    last_used_at: UtcDatetime | None
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
-    role: str = Field(description="admin, operator or viewer")
+    name: Name
+    role: Literal["admin", "operator", "viewer"]
     password: str = Field(min_length=auth.MIN_PASSWORD, max_length=1024)
 
 
@@ -60,20 +60,20 @@ class UserPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     name: str
     role: str
-    created_at: datetime
-    locked_until: datetime | None
+    created_at: UtcDatetime
+    locked_until: UtcDatetime | None
 
 
 class HostCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63)
-    initiator_iqns: list[str] = Field(min_length=1, max_length=16)
+    name: Name
+    initiator_iqns: list[Iqn] = Field(min_length=1, max_length=16)
 
 
 class HostPublic(BaseModel):
     name: str
     initiator_iqns: list[str]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class HostEnrolled(HostPublic):
@@ -126,8 +126,12 @@ async def open_session(body: LoginRequest, db: DbDep, request: Request, response
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
-def close_session(db: DbDep, who: Caller) -> Response:
-    """Log out: the session's token is revoked and its cookie cleared."""
+def close_session(db: DbDep, who: Caller, request: Request) -> Response:
+    """Log out: the session's token is revoked and its cookie cleared (409 for a bearer token:
+    revoke those with `DELETE /api/v1/tokens/{id}`)."""
+    if getattr(request.state, "via", None) != "session":
+        raise Conflict("no console session in this call (it came with a bearer token): revoke a "
+                       "token with DELETE /api/v1/tokens/{id}")
     with db.session() as s:
         auth.revoke_token(s, who.token_id, who)
     r = Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -155,7 +159,7 @@ def list_tokens(db: DbDep, who: Caller) -> list[TokenPublic]:
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, who: Caller) -> TokenPublic:
+def revoke_token(token_id: IdPath, db: DbDep, who: Caller) -> TokenPublic:
     who.require("tokens.own")
     with db.session() as s:
         return TokenPublic.model_validate(auth.revoke_token(s, token_id, who))
@@ -174,7 +178,7 @@ def list_users(db: DbDep, _: Admin) -> list[UserPublic]:
 
 
 @router.delete("/users/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_user(name: Name, db: DbDep, who: Admin) -> Response:
+def delete_user(name: NamePath, db: DbDep, who: Admin) -> Response:
     if name == who.name:
         raise Conflict("an admin cannot delete their own account")
     with db.session() as s:
@@ -200,7 +204,7 @@ def list_hosts(db: DbDep, _: HostReader) -> list[HostPublic]:
 
 
 @router.delete("/hosts/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_host(name: Name, db: DbDep, _: HostAdmin) -> Response:
+def delete_host(name: NamePath, db: DbDep, _: HostAdmin) -> Response:
     """Forget a host (refused while it holds storage); its tokens are revoked."""
     with db.session() as s:
         auth.delete_host(s, name)
@@ -245,7 +249,7 @@ def list_grants(db: DbDep, _: Admin, user: Annotated[str | None, Query(max_lengt
 
 
 @router.delete("/grants/{grant_id}", response_model=GrantPublic)
-def delete_grant(grant_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, _: Admin,
+def delete_grant(grant_id: IdPath, db: DbDep, _: Admin,
                  request: Request) -> GrantPublic:
     with db.session() as s:
         g = GrantPublic.model_validate(auth.delete_grant(s, grant_id))
@@ -256,7 +260,7 @@ def delete_grant(grant_id: Annotated[int, Path(ge=1, le=2**63 - 1)], db: DbDep, 
 class AuditPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
-    at: datetime
+    at: UtcDatetime
     principal: str
     source: str
     action: str

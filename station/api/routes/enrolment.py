@@ -6,15 +6,16 @@ Reading needs `pool.read`; every change needs `enrolment.write` (admins).
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from station.api.deps import DbDep, Reader, UnitAdmin
+from station.api.schemas import NamePath, UtcDatetime
 from station.db import Database
+from station.db.tables import IdentityState
 from station.services import enrolment
 
 log = logging.getLogger(__name__)
@@ -43,28 +44,30 @@ class IdentityPublic(BaseModel):
     public_key: str
     fingerprint: str
     first_address: str
-    created_at: datetime
-    enrolled_at: datetime | None
-    rotated_at: datetime | None
-    revoked_at: datetime | None
+    created_at: UtcDatetime
+    enrolled_at: UtcDatetime | None
+    rotated_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
     # the last other key refused under this name (a second machine, or a new key to approve)
     offered_key: str | None
     offered_fingerprint: str | None
     offered_address: str | None
-    offered_at: datetime | None
+    offered_at: UtcDatetime | None
     refused_count: int
 
 
 class Approval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    fingerprint: str                   # of the key checked on the unit (dvsan-unit-agent --show-key)
+    fingerprint: str = Field(pattern=r"^SHA256:[A-Za-z0-9+/]{43}$",
+                             description="of the key checked on the unit (dvsan-unit-agent --show-key)")
 
 
 class KeyEnrolment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    public_key: str                    # base64 of the raw 32-byte Ed25519 public key
+    public_key: str = Field(pattern=r"^[A-Za-z0-9+/]{43}=$",
+                            description="base64 of the raw 32-byte Ed25519 public key")
 
 
 class StationKeyPublic(BaseModel):
@@ -86,33 +89,33 @@ def station_key(request: Request, _: Reader) -> StationKeyPublic:
 
 
 @router.get("", response_model=list[IdentityPublic])
-def list_identities(db: DbDep, _: Reader, state: Annotated[str | None, Query()] = None) -> list[IdentityPublic]:
+def list_identities(db: DbDep, _: Reader, state: Annotated[IdentityState | None, Query()] = None) -> list[IdentityPublic]:
     with db.session() as s:
         return [IdentityPublic.model_validate(r) for r in enrolment.list_identities(s, state)]
 
 
 @router.get("/{name}", response_model=IdentityPublic)
-def get_identity(name: str, db: DbDep, _: Reader) -> IdentityPublic:
+def get_identity(name: NamePath, db: DbDep, _: Reader) -> IdentityPublic:
     with db.session() as s:
         return IdentityPublic.model_validate(enrolment.get_identity(s, name))
 
 
 @router.post("/{name}/approve", response_model=IdentityPublic)
-def approve(name: str, body: Approval, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
+def approve(name: NamePath, body: Approval, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
     """Enrol the pending (or other offered) key of `name` whose fingerprint the operator checked."""
     with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.approve(s, name, body.fingerprint))
 
 
 @router.put("/{name}/key", response_model=IdentityPublic)
-def enrol_key(name: str, body: KeyEnrolment, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
+def enrol_key(name: NamePath, body: KeyEnrolment, db: DbDep, request: Request, _: UnitAdmin) -> IdentityPublic:
     """Enrol, re-enrol or rotate `name` to a key given out of band (pre-enrolment)."""
     with _changing(request, db, name) as s:
         return IdentityPublic.model_validate(enrolment.enrol_key(s, name, body.public_key))
 
 
 @router.post("/{name}/revoke", response_model=RevocationPublic)
-def revoke(name: str, db: DbDep, request: Request, _: UnitAdmin) -> RevocationPublic:
+def revoke(name: NamePath, db: DbDep, request: Request, _: UnitAdmin) -> RevocationPublic:
     """Refuse every message of `name` from now on; its volumes go offline, assignments kept."""
     with _changing(request, db, name) as s:
         row, offline = enrolment.revoke(s, name)
@@ -121,7 +124,7 @@ def revoke(name: str, db: DbDep, request: Request, _: UnitAdmin) -> RevocationPu
 
 
 @router.delete("/{name}", status_code=204)
-def forget(name: str, db: DbDep, request: Request, _: UnitAdmin) -> None:
+def forget(name: NamePath, db: DbDep, request: Request, _: UnitAdmin) -> None:
     """Drop a pending announcement nobody will approve."""
     with _changing(request, db, name) as s:
         enrolment.forget_pending(s, name)

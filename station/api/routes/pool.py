@@ -2,18 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from station.api.deps import Caller, DbDep, ListenerDep, Reader, WipesDep
-from station.api.schemas import TaskPublic, UnitPublic, VolumePublic
+from station.api.schemas import IdPath, NamePath, TaskPublic, UnitPublic, VolumePublic
 from station.db import Database
 from station.db.tables import VolumeRow
 from station.services import auth, pool
 
 router = APIRouter(prefix="/api/v1", tags=["pool"])
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @router.get("/units", response_model=list[UnitPublic])
@@ -23,7 +22,7 @@ def list_units(db: DbDep, _: Reader) -> list[UnitPublic]:
 
 
 @router.get("/units/{name}", response_model=UnitPublic)
-def get_unit(name: str, db: DbDep, _: Reader) -> UnitPublic:
+def get_unit(name: NamePath, db: DbDep, _: Reader) -> UnitPublic:
     with db.session() as s:
         return UnitPublic.model_validate(pool.get_unit(s, name))
 
@@ -52,7 +51,7 @@ def load_volume(db: Database, volume_id: int) -> VolumePublic:
 
 
 @router.post("/volumes/{volume_id}/wipe", response_model=TaskPublic, status_code=status.HTTP_202_ACCEPTED)
-async def wipe_volume(volume_id: Id, db: DbDep, wipes: WipesDep, who: Caller, request: Request) -> TaskPublic:
+async def wipe_volume(volume_id: IdPath, db: DbDep, wipes: WipesDep, who: Caller, request: Request) -> TaskPublic:
     """Order again the wipe of a released volume (one that failed, or was never ordered): a `wipe`
     task on `/volumes/ID`, whose progress follows the unit's reports (`GET /api/v1/events`).
     409 if the volume is assigned, already clean, or busy with another task."""

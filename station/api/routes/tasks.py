@@ -7,21 +7,20 @@ anyone the tasks they asked for. The event stream is filtered the same way.
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from station.api.deps import BusDep, Caller, TasksDep
-from station.api.schemas import TaskPublic
+from station.api.schemas import IdPath, TaskPublic
 from station.db.tables import TASK_FINAL_STATES, TaskState
 from station.services import auth
 from station.services import tasks as task_rows
 from station.services.tasks import TaskService, raise_failure
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Wait = Annotated[float | None, Query(ge=0, le=3600, description=(
     "block up to this many seconds for the task to end; then answer as the operation itself "
     "(its result, or its error's status); still running: 202 with the task"))]
@@ -73,7 +72,7 @@ async def list_tasks(tasks: TasksDep, who: Caller,
 
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
-async def get_task(task_id: Id, tasks: TasksDep, who: Caller,
+async def get_task(task_id: IdPath, tasks: TasksDep, who: Caller,
                    wait: Annotated[float | None, Query(ge=0, le=3600, description="block up to this many seconds for it to end")] = None
                    ) -> TaskPublic:
     view = await (tasks.wait(task_id, wait) if wait else tasks.get(task_id))
@@ -83,7 +82,7 @@ async def get_task(task_id: Id, tasks: TasksDep, who: Caller,
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskPublic)
-async def cancel_task(task_id: Id, tasks: TasksDep, who: Caller) -> TaskPublic:
+async def cancel_task(task_id: IdPath, tasks: TasksDep, who: Caller) -> TaskPublic:
     """Cancel a queued task (409 for a running one: its change is under way on a unit)."""
     view = await tasks.get(task_id)
     if not may_see(who, view):
@@ -93,9 +92,20 @@ async def cancel_task(task_id: Id, tasks: TasksDep, who: Caller) -> TaskPublic:
     return TaskPublic(**await tasks.cancel(task_id))
 
 
-@router.get("/events", response_class=EventSourceResponse, responses={200: {
-    "description": "Server-Sent Events: `event: task` with the task as JSON at every change; "
-                   "`event: lagged` if this client fell behind and lost events"}})
+# NOTE: its own router, without the routers' error responses: FastAPI would document those under
+# the route's media type (text/event-stream), where the errors are JSON.
+events_router = APIRouter(prefix="/api/v1", tags=["tasks"])
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}}
+
+
+@events_router.get("/events", response_class=EventSourceResponse, responses={
+    200: {"description": "Server-Sent Events: `event: task` with the task as JSON at every change; "
+                         "`event: lagged` if this client fell behind and lost events"},
+    401: {"description": "no credentials, or a token the station does not take", "content": _JSON_ERROR,
+          "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    422: {"description": "a Last-Event-ID that is not a number", "content": {"application/json": {"schema": {
+        "anyOf": [{"$ref": "#/components/schemas/ValidationErrorPublic"},
+                  {"$ref": "#/components/schemas/ErrorPublic"}]}}}}})
 async def events(bus: BusDep, who: Caller,
                  last_event_id: Annotated[str | None, Header(max_length=20, pattern="^[0-9]+$")] = None
                  ) -> AsyncIterator[ServerSentEvent]:
