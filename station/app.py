@@ -153,7 +153,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         if code == 500:
             log.error("unmapped error on %s %s: %s", request.method, request.url.path, exc)
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__},
+        return JSONResponse(status_code=code, content={"detail": str(exc), "error": getattr(exc, "kind", None) or type(exc).__name__},
                             headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -307,5 +307,9 @@ _KINDS.update({"InsufficientCapacity": errors.Conflict, "Busy": errors.Conflict}
 
 def raise_failure(view: dict[str, Any]) -> None:
     """Raise the error a failed task ended with, as its kind (a `?wait` answer: 404, 409, 503...)."""
-    cls = _KINDS.get(view.get("error_kind") or "", DvsanError)
-    raise cls(view.get("error") or view.get("message") or f"task {view.get('id')} failed")
+    kind = view.get("error_kind") or ""
+    cls = _KINDS.get(kind, DvsanError)
+    e = cls(view.get("error") or view.get("message") or f"task {view.get('id')} failed")
+    if kind in _KINDS:
+        e.kind = kind  # type: ignore[attr-defined]  # the answer names the error as the task did
+    raise e

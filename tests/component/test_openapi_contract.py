@@ -141,7 +141,7 @@ def test_ep_values_the_schema_refuses_are_refused_by_the_schema_with_each_issue(
 def test_gp_a_size_the_schema_allows_is_never_refused_as_malformed(st):
     # a huge size as a string is well formed: no volume fits it (409), as for any other size
     for size in ("9999999 TiB", "1" * 60, " 1 ", "1.5k", "000001"):
-        r = call(st, "POST", "/api/v1/assignments", json={"host": "host-c", "initiator_iqn": IQN,
+        r = call(st, "POST", "/api/v1/assignments?wait=60", json={"host": "host-c", "initiator_iqn": IQN,
                                                           "host_address": "10.0.0.1", "size": size})
         assert r.status_code == 409 and r.json()["error"] == "InsufficientCapacity", (size, r.text)
 
