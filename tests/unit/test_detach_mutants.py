@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from dvsan.errors import AdapterError
+from dvsan.errors import AdapterError, Conflict
 from host_agent.blockdev import BlockDeviceError, DeviceInUse
 from host_agent.detach import LeftBehind, detach, portals_of
 from host_agent.iscsiadm import IscsiadmError, NodeRecord
@@ -55,10 +55,8 @@ def test_ep_in_use_names_every_device_and_every_user() -> None:
     block = FakeBlock({"sdb": ["sdb1 is mounted at /mnt/a"], "sdc": ["sdc is held by dm-0"]})
     with pytest.raises(DeviceInUse) as e:
         detach(HELD, iscsi, block)
-    text = str(e.value)
-    assert "sdb, sdc" in text
-    assert "sdb1 is mounted at /mnt/a" in text and "sdc is held by dm-0" in text
-    assert "unmount or stop them first, or use --force" in text
+    assert str(e.value) == ("/dev/sdb, sdc is in use: sdb1 is mounted at /mnt/a; sdc is held by dm-0; "
+                            "unmount or stop them first, or use --force")
     assert block.calls == [] and iscsi.calls == []
 
 
@@ -157,3 +155,19 @@ def test_gp_node_records_of_the_target_at_other_portals_are_deleted_too() -> Non
     detach(HELD, iscsi, FakeBlock())
     assert ("delete_node", T, "10.0.0.9", 3262) in iscsi.calls
     assert [n.target_iqn for n in iscsi.node_records()] == [OTHER]
+
+
+def test_ep_usage_that_cannot_be_read_is_refused_pointing_at_force() -> None:
+    iscsi = logged_in("10.0.0.1")
+    block = FakeBlock(fail=BlockDeviceError("cannot read /proc/self/mountinfo: Permission denied"))
+    with pytest.raises(Conflict) as e:
+        detach(HELD, iscsi, block)
+    assert str(e.value) == ("refusing to take assignment 7 off this host: cannot read /proc/self/mountinfo: "
+                            "Permission denied (--force to go ahead anyway)")
+
+
+def test_gp_force_names_every_user_of_every_device() -> None:
+    iscsi = logged_in("10.0.0.1", "10.0.0.2")        # sdb and sdc
+    block = FakeBlock({"sdb": ["sdb1 is mounted at /mnt/a"], "sdc": ["sdc is held by dm-0"]})
+    assert detach(HELD, iscsi, block, force=True) == ["--force: going ahead although sdb1 is mounted at /mnt/a",
+                                                      "--force: going ahead although sdc is held by dm-0"]
