@@ -354,3 +354,31 @@ def test_gp_the_answer_counts_exports_and_changes_and_lists_refusals_in_order() 
     assert kept["kept"] == [{"target_iqn": export(PARTS[0])["target_iqn"],
                              "reason": "2 initiator(s) logged in: not removed without an operator's release"}]
     assert (kept["exports"], kept["changes"]) == (1, 1)
+
+
+def test_gp_open_binds_a_signing_endpoint_named_for_the_unit_that_writes_to_the_station() -> None:
+    key = generate()
+    pin = StationPin(key.public_key())
+    agent = UnitAgent(UNIT, b"k" * 32, ST1, "127.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                      signer=Signer(UNIT, key), station_pin=pin)
+
+    async def scenario() -> None:
+        await agent.open("127.0.0.1", 0)
+        try:
+            ep = agent.endpoint
+            assert ep is not None and agent._loop is asyncio.get_running_loop()
+            assert (ep.name, ep.key, ep.signer, ep.verifier) == (f"unit {UNIT}", b"k" * 32, agent.signer, pin)
+            assert ep.recipient is not None and ep.recipient({"unit": UNIT}) == "@station"
+            assert ep.handler == agent.handle
+        finally:
+            if agent.endpoint is not None:
+                agent.endpoint.close()
+
+    asyncio.run(scenario())
+
+
+def test_ep_the_refusal_of_half_an_identity_says_what_is_needed() -> None:
+    with pytest.raises(ValueError) as e:
+        UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                  signer=Signer(UNIT, generate()))
+    assert str(e.value) == "a unit agent needs both its own key and the station's, or neither"

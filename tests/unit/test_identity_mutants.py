@@ -322,3 +322,21 @@ def test_ep_the_pin_says_who_it_refused_and_why() -> None:
     with pytest.raises(IdentityRefused) as e:
         asyncio.run(StationPin(None)(st_env, None, ("10.0.0.5", 4000)))
     assert str(e.value) == "no station key pinned (give --station-key-file)"
+
+
+def test_ep_stray_characters_in_a_signature_are_malformed_not_skipped() -> None:
+    for auth in ({"sig": "AAAA!"}, {"prev": "AAAA!"}):
+        with pytest.raises(IdentityRefused) as e:
+            open_envelope(MsgType.STARTUP, 1, 0, envelope(**auth))
+        assert e.value.reason == "malformed"
+
+
+def test_ep_an_unknown_field_beside_prev_is_named_alone() -> None:
+    with pytest.raises(IdentityRefused) as e:
+        open_envelope(MsgType.STARTUP, 1, 0, envelope(prev="AA==", extra=1))
+    assert str(e.value) == "bad identity envelope: unknown fields ['extra']"
+
+
+def test_gp_the_seen_cache_defaults_to_a_minute_and_200000_entries() -> None:
+    cache = SeenCache()
+    assert (cache.window_ms, cache.max_entries) == (60_000, 200_000)
