@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dvsan import __version__, secretbox
-from dvsan.errors import InvalidInput, Unavailable
+from dvsan.errors import Conflict, InvalidInput, Unavailable
 from dvsan.identity import Signer, StationPin, generate
 from dvsan.model import Partition
 from dvsan.protocol import Message, MsgType
@@ -382,3 +382,23 @@ def test_ep_the_refusal_of_half_an_identity_says_what_is_needed() -> None:
         UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
                   signer=Signer(UNIT, generate()))
     assert str(e.value) == "a unit agent needs both its own key and the station's, or neither"
+
+
+def test_ep_a_push_while_another_runs_is_answered_busy_in_so_many_words() -> None:
+    agent, _lio, _ = make_agent()
+    agent.busy_wait = 0.01
+
+    async def scenario() -> dict[str, Any] | None:
+        await agent._apply_lock.acquire()
+        return await agent.handle(Message(MsgType.EXPORTS, 1, 0, body(export(PARTS[0])), True), ST1)
+
+    assert asyncio.run(scenario()) == {"status": "busy", "busy": True,
+                                       "error": "unit unit-a is busy: an earlier change is still running"}
+
+
+def test_ep_exports_for_another_unit_name_both_units() -> None:
+    agent, lio, _ = make_agent()
+    with pytest.raises(Conflict) as e:
+        asyncio.run(agent.apply_exports({**body(export(PARTS[0])), "unit": "unit-b"}))
+    assert str(e.value) == "exports for unit 'unit-b' sent to unit 'unit-a'"
+    assert lio.applied == []
