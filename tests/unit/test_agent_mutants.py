@@ -402,3 +402,16 @@ def test_ep_exports_for_another_unit_name_both_units() -> None:
         asyncio.run(agent.apply_exports({**body(export(PARTS[0])), "unit": "unit-b"}))
     assert str(e.value) == "exports for unit 'unit-b' sent to unit 'unit-a'"
     assert lio.applied == []
+
+
+def test_gp_an_export_with_a_sealed_chap_secret_is_unsealed_with_the_units_key() -> None:
+    from dvsan.model import Export
+    from dvsan.naming import target_iqn
+    agent, lio, _ = make_agent()
+    e = Export(PARTS[0].device, target_iqn(UNIT, PARTS[0].device), (HOST1,), 0,
+               wwn="6a1c5f0e-2b7d-4f7e-9d3a-8e0f5c1d2b41", extent=PARTS[0].extent,
+               chap_user="host-user", chap_secret="s3cret-s3cret-0123")
+    ack = asyncio.run(agent.apply_exports(body(e.to_wire(agent.chap_key))))
+    assert ack["refused"] == [] and ack["exports"] == 1
+    [create] = lio.applied
+    assert (create.export.chap_user, create.export.chap_secret) == ("host-user", "s3cret-s3cret-0123")
