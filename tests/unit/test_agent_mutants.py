@@ -1,0 +1,417 @@
+"""unit_agent.agent around apply_exports, the cases its mutants showed untested: what the agent
+sends (STARTUP, HEARTBEAT, STORAGE_INFO, SHUTDOWN) and when, station failover, link changes, and
+the exact answer to an EXPORTS message. Driven with a fake endpoint that records every send."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from dvsan import __version__, secretbox
+from dvsan.errors import Conflict, InvalidInput, Unavailable
+from dvsan.identity import Signer, StationPin, generate
+from dvsan.model import Partition
+from dvsan.protocol import Message, MsgType
+from tests.unit.test_unit_exports import HOST1, PARTS, UNIT, body, export, make_agent
+from unit_agent.agent import UnitAgent
+
+ST1, ST2 = ("10.0.0.5", 4790), ("10.0.0.6", 4790)
+
+
+class FakeEndpoint:
+    """Records sends; answers each with the next of `answers` (an exception is raised)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[Any, MsgType, dict[str, Any], dict[str, Any]]] = []
+        self.closed = False
+
+    async def send(self, peer: Any, mtype: MsgType, b: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        self.sent.append((peer, mtype, b, kw))
+        answer = self.answers.pop(0) if self.answers else {"status": "ok"}
+        if isinstance(answer, BaseException):
+            raise answer
+        return dict(answer)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def agent_with(ep: FakeEndpoint, parts: list[Partition] | None = None) -> UnitAgent:
+    agent, _lio, _ = make_agent(parts)
+    agent.station = ST1
+    agent.endpoint = ep  # type: ignore[assignment]
+    return agent
+
+
+def test_ep_a_unit_agent_takes_both_keys_or_neither() -> None:
+    key = generate()
+    with pytest.raises(ValueError, match="needs both its own key and the station's, or neither"):
+        UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                  signer=Signer(UNIT, key))
+    with pytest.raises(ValueError, match="needs both"):
+        UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                  station_pin=StationPin(key.public_key()))
+    both = UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                     signer=Signer(UNIT, key), station_pin=StationPin(key.public_key()))
+    assert both.signer is not None and both.station_pin is not None
+
+
+def test_gp_the_agents_defaults_and_chap_key() -> None:
+    agent = UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3261, object(), list,  # type: ignore[arg-type]
+                      dns_name="unit-a.san.example")
+    assert agent.chap_key == secretbox.derive(b"k" * 32, secretbox.CHAP_WIRE)
+    assert (agent.name, agent.key, agent.station, agent.portal_address, agent.portal_port, agent.dns_name) == \
+        (UNIT, b"k" * 32, ST1, "10.0.0.1", 3261, "unit-a.san.example")
+    assert (agent.announce_timeout, agent.failover_timeout, agent.busy_wait, agent.apply_timeout) == \
+        (30.0, 10.0, 5.0, 60.0)
+    assert (agent.health, agent.exports_applied, agent.find_stations, agent.notifier) == (("ok", None), 0, None, None)
+    assert not agent.announced.is_set()
+
+
+# --- announcing --------------------------------------------------------------------------------
+def test_gp_startup_carries_the_units_identity_and_waits_30_s_for_its_only_station() -> None:
+    ep = FakeEndpoint({"status": "ok"})
+    agent = agent_with(ep)
+    agent.dns_name = "unit-a.san.example"
+    asyncio.run(agent.announce())
+    assert ep.sent == [(ST1, MsgType.STARTUP, {"unit": UNIT, "portal_address": "127.0.0.1", "portal_port": 3260,
+                                               "dns_name": "unit-a.san.example", "agent_version": __version__},
+                        {"timeout": 30.0, "max_rto": 5.0})]
+    assert agent.announced.is_set() and agent.station == ST1
+
+
+def test_gp_announce_fails_over_to_the_next_station_with_the_shorter_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    ep = FakeEndpoint(Unavailable("no answer"), {"status": "ok"})
+    agent = agent_with(ep)
+
+    async def stations() -> list[Any]:
+        return [ST1, ST2]
+
+    agent.find_stations = stations
+    with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
+        asyncio.run(agent.announce())
+    assert [(p, kw["timeout"]) for p, _, _, kw in ep.sent] == [(ST1, 10.0), (ST2, 10.0)]
+    assert agent.station == ST2 and agent.announced.is_set()
+    assert [r.getMessage() for r in caplog.records] == [
+        "station 10.0.0.5:4790 does not answer (no answer); trying the next",
+        "station 10.0.0.6:4790 acknowledged our startup"]
+
+
+def test_ep_a_refused_startup_is_logged_and_tried_again_after_10_s(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = FakeEndpoint(Unavailable("no answer"), {"status": "error", "error": "unit is revoked"}, {"status": "ok"})
+    agent = agent_with(ep)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        asyncio.run(agent.announce())
+    assert slept == [10]                              # only after the refusal, not after no answer
+    assert [p for p, _, _, _ in ep.sent] == [ST1, ST1, ST1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "station 10.0.0.5:4790 does not answer (no answer); still trying",
+        "station 10.0.0.5:4790 refused our startup: unit is revoked"]
+    assert agent.announced.is_set()
+
+
+def test_gp_reannounce_starts_one_announcement_at_a_time() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        agent = agent_with(FakeEndpoint())
+        calls: list[int] = []
+
+        async def announce() -> None:
+            calls.append(1)
+            await gate.wait()
+
+        agent.announce = announce  # type: ignore[method-assign]
+        agent.announced.set()
+        agent.reannounce()
+        assert not agent.announced.is_set()
+        agent.reannounce()
+        await asyncio.sleep(0)
+        assert calls == [1]
+        gate.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        agent.reannounce()
+        await asyncio.sleep(0)
+        assert calls == [1, 1]
+
+    asyncio.run(scenario())
+
+
+# --- heartbeats --------------------------------------------------------------------------------
+def _beats(agent: UnitAgent, ep: FakeEndpoint, n: int) -> None:
+    async def scenario() -> None:
+        task = asyncio.ensure_future(agent.heartbeat(0.001))
+        for _ in range(2000):
+            if len(ep.sent) >= n:
+                break
+            await asyncio.sleep(0.001)
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_gp_a_heartbeat_says_the_units_health_and_waits_at_least_a_second() -> None:
+    ep = FakeEndpoint({"status": "ok", "state": "online"})
+    agent = agent_with(ep)
+    agent.health = ("degraded", "a hung disk")
+    agent.announced.set()
+    reannounced: list[int] = []
+    agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
+    _beats(agent, ep, 1)
+    assert ep.sent[0] == (ST1, MsgType.HEARTBEAT, {"unit": UNIT, "health": "degraded",
+                                                   "health_detail": "a hung disk"}, {"timeout": 1.0})
+    assert reannounced == []
+
+
+@pytest.mark.parametrize("answer, again", [
+    ({"status": "ok", "state": "unreachable"}, True),
+    ({"status": "ok"}, True),
+    ({"status": "error", "state": "unknown"}, False),
+])
+def test_gp_a_station_that_forgot_the_unit_gets_a_new_announcement(answer: dict[str, Any], again: bool) -> None:
+    ep = FakeEndpoint(answer, {"status": "ok", "state": "online"})
+    agent = agent_with(ep)
+    agent.announced.set()
+    reannounced: list[int] = []
+    agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
+    _beats(agent, ep, 2)
+    assert reannounced == ([1] if again else [])
+
+
+def test_ep_unanswered_heartbeats_are_warned_about_once_until_one_is_answered(caplog: pytest.LogCaptureFixture) -> None:
+    ep = FakeEndpoint(Unavailable("timeout"), Unavailable("timeout"), {"status": "ok", "state": "online"},
+                      Unavailable("timeout"), {"status": "ok", "state": "online"})
+    agent = agent_with(ep)
+    agent.announced.set()
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        _beats(agent, ep, 5)
+    assert [r.getMessage() for r in caplog.records] == ["heartbeat not acknowledged: timeout"] * 2
+
+
+def test_gp_no_heartbeat_before_the_unit_is_announced() -> None:
+    ep = FakeEndpoint()
+    agent = agent_with(ep)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(agent.heartbeat(0.001))
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert ep.sent == []
+
+
+# --- storage info, shutdown, what the unit takes -----------------------------------------------
+def test_gp_storage_info_goes_to_the_asking_station_with_every_partition(caplog: pytest.LogCaptureFixture) -> None:
+    ep = FakeEndpoint({"status": "ok"})
+    agent = agent_with(ep)
+
+    async def scenario() -> None:
+        assert await agent.handle(Message(MsgType.NEED_STORAGE_INFO, 1, 0, {}, True), ST2) == {}
+        for _ in range(200):
+            if ep.sent:
+                break
+            await asyncio.sleep(0.005)
+
+    with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
+        asyncio.run(scenario())
+    assert ep.sent == [(ST2, MsgType.STORAGE_INFO, {"unit": UNIT, "partitions": [p.to_wire() for p in PARTS]},
+                        {"timeout": 30})]
+    assert "storage info (2 partitions) taken by the station: {'status': 'ok'}" in caplog.messages
+
+
+def test_ep_storage_info_not_taken_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    agent = agent_with(FakeEndpoint(Unavailable("no answer")))
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        asyncio.run(agent.send_storage_info(ST1))
+    assert caplog.messages == ["station did not take our storage info: no answer"]
+
+
+@pytest.mark.parametrize("mtype", [MsgType.STARTUP, MsgType.HEARTBEAT, MsgType.ACK, MsgType.STORAGE_INFO])
+def test_ep_a_unit_refuses_messages_meant_for_the_station(mtype: MsgType) -> None:
+    agent = agent_with(FakeEndpoint())
+    with pytest.raises(InvalidInput) as e:
+        asyncio.run(agent.handle(Message(mtype, 1, 0, {}, True), ST1))
+    assert str(e.value) == f"a unit does not take {mtype.name} messages"
+
+
+@pytest.mark.parametrize("answer, taken", [({"status": "ok"}, True), ({"status": "error"}, False),
+                                           (Unavailable("gone"), False)])
+def test_gp_shutdown_tells_the_station_and_closes_the_endpoint(answer: Any, taken: bool) -> None:
+    ep = FakeEndpoint(answer)
+    agent = agent_with(ep)
+    stopped: list[int] = []
+    agent.wiper.stop = lambda: stopped.append(1)  # type: ignore[method-assign]
+
+    async def scenario() -> bool:
+        pending = agent._spawn(asyncio.sleep(30))
+        announcing = agent._announcing = asyncio.ensure_future(asyncio.sleep(30))
+        ok = await agent.shutdown(timeout=2.5)
+        await asyncio.sleep(0)
+        assert pending.cancelled() and announcing.cancelled()
+        return ok
+
+    assert asyncio.run(scenario()) is taken
+    assert ep.sent == [(ST1, MsgType.SHUTDOWN, {"unit": UNIT}, {"timeout": 2.5})]
+    assert ep.closed and stopped == [1]
+
+
+# --- link changes ------------------------------------------------------------------------------
+class Notifier:
+    def __init__(self, fail: bool = False, asynchronous: bool = False) -> None:
+        self.sent: list[str] = []
+        self.fail, self.asynchronous = fail, asynchronous
+
+    def _send(self, what: str) -> Any:
+        self.sent.append(what)
+        if self.fail:
+            raise OSError("no route to the trap receiver")
+        if self.asynchronous:
+            return asyncio.sleep(0)
+        return None
+
+    def send_link_up(self) -> Any:
+        return self._send("up")
+
+    def send_link_down(self) -> Any:
+        return self._send("down")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_gp_a_link_change_sends_its_trap_and_a_link_up_announces_again(asynchronous: bool) -> None:
+    agent = agent_with(FakeEndpoint())
+    agent.notifier = Notifier(asynchronous=asynchronous)
+    reannounced: list[int] = []
+    agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
+    asyncio.run(agent._link_changed("eth0", "down"))
+    assert (agent.notifier.sent, reannounced) == (["down"], [])
+    asyncio.run(agent._link_changed("eth0", "up"))
+    assert (agent.notifier.sent, reannounced) == (["down", "up"], [1])
+
+
+def test_ep_a_failed_trap_is_logged_and_the_unit_still_announces(caplog: pytest.LogCaptureFixture) -> None:
+    agent = agent_with(FakeEndpoint())
+    agent.notifier = Notifier(fail=True)
+    reannounced: list[int] = []
+    agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        asyncio.run(agent._link_changed("eth0", "up"))
+        asyncio.run(agent._link_changed("eth1", "down"))
+    assert caplog.messages == ["linkUp trap for eth0 failed: no route to the trap receiver",
+                               "linkDown trap for eth1 failed: no route to the trap receiver"]
+    assert reannounced == [1]
+
+
+def test_gp_link_changes_reach_the_agents_loop_from_another_thread() -> None:
+    agent = agent_with(FakeEndpoint())
+    agent.on_link_change("eth0", "up")               # before open(): no loop, nothing happens
+    seen: list[tuple[str, str]] = []
+
+    async def changed(ifname: str, change: str) -> None:
+        seen.append((ifname, change))
+
+    agent._link_changed = changed  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        agent._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(agent.on_link_change, "eth0", "down")
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(scenario())
+    assert seen == [("eth0", "down")]
+
+
+# --- the answer to EXPORTS ---------------------------------------------------------------------
+def test_gp_the_answer_counts_exports_and_changes_and_lists_refusals_in_order() -> None:
+    agent, lio, _ = make_agent()
+    bad = {"device": "vdz9", "target_iqn": "iqn.2026-11.org.dvsan:unit-a:vdz9", "initiators": [HOST1],
+           "lun": 0, "wwn": "", "extent": PARTS[0].extent.to_wire()}
+    ack = asyncio.run(agent.apply_exports(body(export(PARTS[1]), bad, export(PARTS[0]))))
+    assert ack == {"exports": 2, "changes": 2, "kept": [],
+                   "refused": [{"target_iqn": "iqn.2026-11.org.dvsan:unit-a:vdz9",
+                                "reason": "device vdz9 is not offered by this unit (in use, mounted or gone)"}]}
+    assert agent.exports_applied == 1
+    again = asyncio.run(agent.apply_exports(body(export(PARTS[1]), export(PARTS[0]))))
+    assert (again["exports"], again["changes"], agent.exports_applied) == (2, 0, 2)
+    lio.logged_in[export(PARTS[0])["target_iqn"]] = 2
+    kept = asyncio.run(agent.apply_exports(body()))
+    assert kept["kept"] == [{"target_iqn": export(PARTS[0])["target_iqn"],
+                             "reason": "2 initiator(s) logged in: not removed without an operator's release"}]
+    assert (kept["exports"], kept["changes"]) == (1, 1)
+
+
+def test_gp_open_binds_a_signing_endpoint_named_for_the_unit_that_writes_to_the_station() -> None:
+    key = generate()
+    pin = StationPin(key.public_key())
+    agent = UnitAgent(UNIT, b"k" * 32, ST1, "127.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                      signer=Signer(UNIT, key), station_pin=pin)
+
+    async def scenario() -> None:
+        await agent.open("127.0.0.1", 0)
+        try:
+            ep = agent.endpoint
+            assert ep is not None and agent._loop is asyncio.get_running_loop()
+            assert (ep.name, ep.key, ep.signer, ep.verifier) == (f"unit {UNIT}", b"k" * 32, agent.signer, pin)
+            assert ep.recipient is not None and ep.recipient({"unit": UNIT}) == "@station"
+            assert ep.handler == agent.handle
+        finally:
+            if agent.endpoint is not None:
+                agent.endpoint.close()
+
+    asyncio.run(scenario())
+
+
+def test_ep_the_refusal_of_half_an_identity_says_what_is_needed() -> None:
+    with pytest.raises(ValueError) as e:
+        UnitAgent(UNIT, b"k" * 32, ST1, "10.0.0.1", 3260, object(), list,  # type: ignore[arg-type]
+                  signer=Signer(UNIT, generate()))
+    assert str(e.value) == "a unit agent needs both its own key and the station's, or neither"
+
+
+def test_ep_a_push_while_another_runs_is_answered_busy_in_so_many_words() -> None:
+    agent, _lio, _ = make_agent()
+    agent.busy_wait = 0.01
+
+    async def scenario() -> dict[str, Any] | None:
+        await agent._apply_lock.acquire()
+        return await agent.handle(Message(MsgType.EXPORTS, 1, 0, body(export(PARTS[0])), True), ST1)
+
+    assert asyncio.run(scenario()) == {"status": "busy", "busy": True,
+                                       "error": "unit unit-a is busy: an earlier change is still running"}
+
+
+def test_ep_exports_for_another_unit_name_both_units() -> None:
+    agent, lio, _ = make_agent()
+    with pytest.raises(Conflict) as e:
+        asyncio.run(agent.apply_exports({**body(export(PARTS[0])), "unit": "unit-b"}))
+    assert str(e.value) == "exports for unit 'unit-b' sent to unit 'unit-a'"
+    assert lio.applied == []
+
+
+def test_gp_an_export_with_a_sealed_chap_secret_is_unsealed_with_the_units_key() -> None:
+    from dvsan.model import Export
+    from dvsan.naming import target_iqn
+    agent, lio, _ = make_agent()
+    e = Export(PARTS[0].device, target_iqn(UNIT, PARTS[0].device), (HOST1,), 0,
+               wwn="6a1c5f0e-2b7d-4f7e-9d3a-8e0f5c1d2b41", extent=PARTS[0].extent,
+               chap_user="host-user", chap_secret="s3cret-s3cret-0123")
+    ack = asyncio.run(agent.apply_exports(body(e.to_wire(agent.chap_key))))
+    assert ack["refused"] == [] and ack["exports"] == 1
+    [create] = lio.applied
+    assert (create.export.chap_user, create.export.chap_secret) == ("host-user", "s3cret-s3cret-0123")
