@@ -48,12 +48,17 @@ _STATUS = [(Unauthenticated, 401), (Forbidden, 403), (NotFound, 404), (Conflict,
            (Unavailable, 503)]
 
 
+TASKS_KEPT = 10_000     # finished tasks kept (the audit log keeps who asked what for longer)
+
+
 async def _sweep_audit(db: Database, days: int) -> None:
-    """Keep the audit log to its retention: at start, then every six hours."""
+    """Keep the audit log to its retention and the finished tasks to the newest TASKS_KEPT: at
+    start, then every six hours."""
     while True:
         def sweep() -> None:
             with db.session() as s:
                 audit.sweep(s, days)
+                tasks.sweep(s, TASKS_KEPT)
         try:
             await asyncio.to_thread(sweep)
         except Exception as e:  # noqa: BLE001 - a failed sweep is retried at the next round
