@@ -15,7 +15,7 @@ from dvsan.errors import Conflict, InvalidInput, Unavailable
 from dvsan.identity import Signer, StationPin, generate
 from dvsan.model import Partition
 from dvsan.protocol import Message, MsgType
-from tests.unit.test_unit_exports import HOST1, PARTS, UNIT, body, export, make_agent
+from tests.unit.test_unit_exports import HOST1, PARTS, UNIT, body, export, held, make_agent, run
 from unit_agent.agent import UnitAgent
 
 ST1, ST2 = ("10.0.0.5", 4790), ("10.0.0.6", 4790)
@@ -415,3 +415,26 @@ def test_gp_an_export_with_a_sealed_chap_secret_is_unsealed_with_the_units_key()
     assert ack["refused"] == [] and ack["exports"] == 1
     [create] = lio.applied
     assert (create.export.chap_user, create.export.chap_secret) == ("host-user", "s3cret-s3cret-0123")
+
+
+THREE = [*PARTS, Partition("vdb3", "vdb", 3, 10240, 2048, 12287, 512, 2048 * 512, "0c1d2e3f-0000-4000-8000-000000000003")]
+
+
+@pytest.mark.parametrize("case", ["after-a-wanted-one", "after-a-dropped-one", "after-a-refused-one"])
+def test_ep_an_export_with_live_sessions_is_kept_whatever_comes_before_it(case: str) -> None:
+    """The keep-or-drop walk over the held exports goes on to the last one: an export with
+    initiators logged in, listed after one that is wanted, dropped or refused, is still kept (its
+    host's I/O would stop otherwise)."""
+    agent, lio, offered = make_agent(THREE)
+    first, middle, live = (export(p) for p in THREE)
+    assert run(agent, body(first, middle, live))["exports"] == 3
+    lio.logged_in[live["target_iqn"]] = 1
+    if case == "after-a-wanted-one":
+        ack = run(agent, body(first, generation=2))
+    elif case == "after-a-dropped-one":
+        ack = run(agent, body(generation=2, drop=[first["target_iqn"], middle["target_iqn"]]))
+    else:
+        offered.remove(THREE[0])          # vdb1 is gone: its export is refused and left as it is
+        ack = run(agent, body(first, generation=2))
+    assert live["target_iqn"] in held(lio), f"{case}: an export with a live session was removed"
+    assert {k["target_iqn"] for k in ack["kept"]} >= {live["target_iqn"]}, ack
