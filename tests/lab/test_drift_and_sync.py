@@ -71,12 +71,16 @@ def test_gp_sync_picks_up_an_operators_assignment_and_logs_out_once_it_is_gone(f
     lab = flow.lab
     if HOST_B not in flow.enrolled:
         flow.enrol_host(HOST_B)
-    # the operator assigns a volume to host-b (the semi-automatic path): the host did not ask
+    # the operator assigns one chosen volume to host-b (the semi-automatic path): the host did not ask
+    free = [v for v in flow.station.volumes() if v["assigned_to"] is None and v["state"] == "online"
+            and v["wipe_state"] == "clean"]
+    vid = max(free, key=lambda v: v["size_bytes"])["id"]      # not the best fit: the operator's choice
     r = httpx.post(flow.station.url + "/api/v1/assignments?wait=60", headers=flow.station.auth, timeout=120,
                    json={"host": HOST_B, "initiator_iqn": lab.initiator_name(HOST_B),
-                         "host_address": lab.ip(HOST_B), "size": "100MiB"})
+                         "host_address": lab.ip(HOST_B), "volume_id": vid})
     assert r.status_code == 201, r.text
     a = r.json()
+    assert a["volume_id"] == vid and a["requested_bytes"] == a["size_bytes"]
     out = flow.host_agent(HOST_B, "--json sync")
     assert out.rc == 0, out.err
     assert a["id"] in json.loads(out.out.strip().splitlines()[-1])["added"]
