@@ -147,7 +147,7 @@ def test_ep_a_pool_that_keeps_losing_the_race_is_refused_after_20_attempts(db, m
 
     calls: list[int] = []
 
-    def always_the_taken_one(s):  # type: ignore[no-untyped-def]
+    def always_the_taken_one(s, allowed=None):  # type: ignore[no-untyped-def]
         calls.append(1)        # as if every other request won the race for it
         return [Candidate(taken[0].id, "unit-a", taken[0].device, taken[0].size_bytes)]
 
