@@ -20,6 +20,7 @@ from station.services import auth
 from station.services.events import EventBus
 from station.services.exports import ExportPusher
 from station.services.tasks import TaskService
+from station.services.units import UnitService
 from station.services.wipes import WipeService
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer dvsan_<id>_<secret>`")
@@ -45,6 +46,10 @@ def get_tasks(request: Request) -> TaskService:
     return request.app.state.tasks  # type: ignore[no-any-return]
 
 
+def get_units(request: Request) -> UnitService:
+    return request.app.state.units  # type: ignore[no-any-return]
+
+
 def get_bus(request: Request) -> EventBus:
     return request.app.state.bus  # type: ignore[no-any-return]
 
@@ -55,6 +60,7 @@ BusDep = Annotated[EventBus, Depends(get_bus)]
 PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
 WipesDep = Annotated[WipeService, Depends(get_wipes)]
 ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
+UnitsDep = Annotated[UnitService, Depends(get_units)]
 
 
 _session = APIKeyCookie(name=auth.SESSION_COOKIE, auto_error=False,

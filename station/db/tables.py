@@ -3,7 +3,16 @@
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -21,6 +30,9 @@ class UnitState(StrEnum):
     OFFLINE = "offline"            # said goodbye (SHUTDOWN)
     LINK_DOWN = "link-down"        # an SNMP linkDown
     UNREACHABLE = "unreachable"    # silent past the liveness timeout
+    # removed by an operator: hidden, its volumes forgotten; the row stays for its generation (the
+    # unit refuses EXPORTS older than the last it applied) until the unit announces itself again
+    REMOVED = "removed"
 
 
 UNIT_DOWN_STATES = (UnitState.OFFLINE, UnitState.LINK_DOWN, UnitState.UNREACHABLE)
@@ -292,14 +304,37 @@ class TaskRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class GroupRow(Base):
+    """A named set of users: a grant given to the group holds for each of its members."""
+
+    __tablename__ = "groups"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GroupMemberRow(Base):
+    __tablename__ = "group_members"
+    group_name: Mapped[str] = mapped_column(ForeignKey("groups.name", ondelete="CASCADE"), primary_key=True)
+    user_name: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+
+
 class GrantRow(Base):
-    """A role given to one user on one object (`/units/unit-a`, `/volumes/17`, `/hosts/host-b`),
-    and with `propagate` on everything under it, beside the user's own role everywhere."""
+    """A role given to one user or to one group on one object (`/units/unit-a`, `/volumes/17`,
+    `/hosts/host-b`), and with `propagate` on everything under it, beside the user's own role
+    everywhere. Exactly one of `user_name` and `group_name` is set."""
 
     __tablename__ = "grants"
-    __table_args__ = (UniqueConstraint("user_name", "role", "object", name="uq_grants_user_role_object"),)
+    __table_args__ = (UniqueConstraint("user_name", "role", "object", name="uq_grants_user_role_object"),
+                      UniqueConstraint("group_name", "role", "object", name="uq_grants_group_role_object"),
+                      CheckConstraint("(user_name IS NULL) != (group_name IS NULL)",
+                                      name="ck_grants_user_or_group"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user_name: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), index=True)
+    user_name: Mapped[str | None] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), index=True,
+                                                  nullable=True)
+    group_name: Mapped[str | None] = mapped_column(ForeignKey("groups.name", ondelete="CASCADE"),
+                                                   index=True, nullable=True)
     role: Mapped[str] = mapped_column(String(16))
     object: Mapped[str] = mapped_column(String(255))
     propagate: Mapped[bool] = mapped_column(Boolean, default=True)

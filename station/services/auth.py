@@ -16,10 +16,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dvsan.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
@@ -27,6 +29,8 @@ from dvsan.naming import check_iqn, check_unit_name
 from station.db.tables import (
     AssignmentRow,
     GrantRow,
+    GroupMemberRow,
+    GroupRow,
     HostRow,
     Role,
     TokenRow,
@@ -49,9 +53,9 @@ CSRF_HEADER = "X-CSRF-Token"
 # What each role may do. `host.storage` is a host's own storage only (the routes check whose).
 PERMISSIONS: dict[str, frozenset[str]] = {
     Role.ADMIN: frozenset({"pool.read", "assignments.write", "volumes.wipe", "hosts.read", "hosts.write",
-                           "enrolment.write", "users.admin", "tokens.own"}),
+                           "units.write", "enrolment.write", "users.admin", "tokens.own"}),
     Role.OPERATOR: frozenset({"pool.read", "assignments.write", "volumes.wipe", "hosts.read",
-                              "hosts.write", "tokens.own"}),
+                              "hosts.write", "units.write", "tokens.own"}),
     Role.VIEWER: frozenset({"pool.read", "hosts.read", "tokens.own"}),
     Role.HOST: frozenset({"host.storage"}),
 }
@@ -105,9 +109,12 @@ class Principal:
         return any(permission in PERMISSIONS.get(g.role, frozenset()) and any(g.covers(o) for o in objects)
                    for g in self.grants)
 
-    def may_somewhere(self, permission: str) -> bool:
+    def may_somewhere(self, permission: str, *kinds: str) -> bool:
+        """Its role allows `permission`, or a grant does on some object (of `kinds`, e.g.
+        "units", "volumes", when given)."""
         return permission in PERMISSIONS.get(self.role, frozenset()) or any(
-            permission in PERMISSIONS.get(g.role, frozenset()) for g in self.grants)
+            permission in PERMISSIONS.get(g.role, frozenset())
+            and (not kinds or g.path.split("/")[1] in kinds) for g in self.grants)
 
     def require(self, permission: str, *objects: str) -> None:
         if not self.may(permission, *objects):
@@ -124,25 +131,37 @@ def volume_paths(v: VolumeRow) -> tuple[str, ...]:
     return (f"/volumes/{v.id}", f"/units/{v.unit_name}/disks/{v.disk}/{v.device}")
 
 
-def add_grant(s: Session, user: str, role: str, obj: str, propagate: bool, by: str) -> GrantRow:
+def add_grant(s: Session, user: str | None, role: str, obj: str, propagate: bool, by: str,
+              group: str | None = None) -> GrantRow:
+    """Give `role` on `obj` to one user or to one group (exactly one of them)."""
+    if (user is None) == (group is None):
+        raise InvalidInput("a grant is given to a user or to a group: name exactly one of them")
     if role not in GRANT_ROLES:
         raise InvalidInput(f"a grant's role is one of {', '.join(GRANT_ROLES)}, not {str(role)[:20]!r}")
     check_object(obj)
-    if s.get(UserRow, user) is None:
+    if user is not None and s.get(UserRow, user) is None:
         raise NotFound(f"no user {user!r}")
-    if s.scalars(select(GrantRow).where(GrantRow.user_name == user, GrantRow.role == role,
-                                        GrantRow.object == obj)).first() is not None:
-        raise Conflict(f"user {user!r} already has {role} on {obj}")
-    g = GrantRow(user_name=user, role=role, object=obj, propagate=propagate, created_by=by[:80])
+    if group is not None and s.get(GroupRow, group) is None:
+        raise NotFound(f"no group {group!r}")
+    who = GrantRow.user_name == user if user is not None else GrantRow.group_name == group
+    if s.scalars(select(GrantRow).where(who, GrantRow.role == role, GrantRow.object == obj)).first() is not None:
+        raise Conflict(f"{'user' if user is not None else 'group'} {user or group!r} already has {role} on {obj}")
+    g = GrantRow(user_name=user, group_name=group, role=role, object=obj, propagate=propagate,
+                 created_by=by[:80])
     s.add(g)
     s.flush()
     return g
 
 
-def list_grants(s: Session, user: str | None = None) -> list[GrantRow]:
+def list_grants(s: Session, user: str | None = None, group: str | None = None,
+                obj: str | None = None) -> list[GrantRow]:
     q = select(GrantRow).order_by(GrantRow.id)
     if user:
         q = q.where(GrantRow.user_name == user)
+    if group:
+        q = q.where(GrantRow.group_name == group)
+    if obj:
+        q = q.where(GrantRow.object == obj)
     return list(s.scalars(q))
 
 
@@ -153,6 +172,83 @@ def delete_grant(s: Session, grant_id: int) -> GrantRow:
     s.delete(g)
     s.flush()
     return g
+
+
+def grants_of(s: Session, user: str) -> tuple[Grant, ...]:
+    """The grants a user holds: its own and those of every group it belongs to."""
+    groups = select(GroupMemberRow.group_name).where(GroupMemberRow.user_name == user)
+    rows = s.scalars(select(GrantRow).where(or_(GrantRow.user_name == user, GrantRow.group_name.in_(groups)))
+                     .order_by(GrantRow.id))
+    return tuple(Grant(g.role, g.object, g.propagate) for g in rows)
+
+
+def _insert(s: Session, row: Any, conflict: str) -> None:
+    """Add a row; a twin added by a concurrent call since we looked is a Conflict, not a 500 (the
+    session is spoilt then, and the caller's transaction rolls back with the raise)."""
+    # NOTE: no savepoint: under pysqlite's own transaction handling a released SAVEPOINT opened
+    # before any write commits for good, which would outlive a later error of the same call.
+    s.add(row)
+    try:
+        s.flush()
+    except IntegrityError as e:
+        raise Conflict(conflict) from e
+
+
+# --- groups --------------------------------------------------------------------------------------
+
+def create_group(s: Session, name: str, by: str) -> GroupRow:
+    check_unit_name(name)
+    if s.get(GroupRow, name) is not None:
+        raise Conflict(f"group {name!r} exists")
+    row = GroupRow(name=name, created_by=by[:80])
+    _insert(s, row, f"group {name!r} exists")
+    return row
+
+
+def get_group(s: Session, name: str) -> GroupRow:
+    row = s.get(GroupRow, name)
+    if row is None:
+        raise NotFound(f"no group {name!r}")
+    return row
+
+
+def list_groups(s: Session) -> list[tuple[GroupRow, list[str]]]:
+    """Every group with its members' names."""
+    members: dict[str, list[str]] = {}
+    for m in s.scalars(select(GroupMemberRow).order_by(GroupMemberRow.user_name)):
+        members.setdefault(m.group_name, []).append(m.user_name)
+    return [(g, members.get(g.name, [])) for g in s.scalars(select(GroupRow).order_by(GroupRow.name))]
+
+
+def group_members(s: Session, name: str) -> list[str]:
+    get_group(s, name)
+    return list(s.scalars(select(GroupMemberRow.user_name).where(GroupMemberRow.group_name == name)
+                          .order_by(GroupMemberRow.user_name)))
+
+
+def delete_group(s: Session, name: str) -> None:
+    """A group goes with its memberships and the grants given to it."""
+    row = get_group(s, name)
+    s.execute(delete(GrantRow).where(GrantRow.group_name == name))
+    s.execute(delete(GroupMemberRow).where(GroupMemberRow.group_name == name))
+    s.delete(row)
+
+
+def add_member(s: Session, group: str, user: str) -> None:
+    get_group(s, group)
+    if s.get(UserRow, user) is None:
+        raise NotFound(f"no user {user!r}")
+    if s.get(GroupMemberRow, (group, user)) is not None:
+        raise Conflict(f"user {user!r} is in group {group!r} already")
+    _insert(s, GroupMemberRow(group_name=group, user_name=user), f"user {user!r} is in group {group!r} already")
+
+
+def remove_member(s: Session, group: str, user: str) -> None:
+    get_group(s, group)
+    row = s.get(GroupMemberRow, (group, user))
+    if row is None:
+        raise NotFound(f"user {user!r} is not in group {group!r}")
+    s.delete(row)
 
 
 @dataclass(frozen=True)
@@ -212,6 +308,7 @@ def delete_user(s: Session, name: str) -> None:
     # its tokens and grants die with it (deleted, not kept revoked: they name the user)
     s.execute(delete(TokenRow).where(TokenRow.user_name == name))
     s.execute(delete(GrantRow).where(GrantRow.user_name == name))
+    s.execute(delete(GroupMemberRow).where(GroupMemberRow.user_name == name))
     s.delete(row)
 
 
@@ -267,7 +364,10 @@ def _aware(t: datetime) -> datetime:
 
 # --- hosts ---------------------------------------------------------------------------------------
 
-def enrol_host(s: Session, name: str, initiators: list[str]) -> HostRow:
+def enrol_host(s: Session, name: str, initiators: list[str], users: list[str] | tuple[str, ...] = (),
+               groups: list[str] | tuple[str, ...] = (), by: str = "") -> HostRow:
+    """Enrol a host with its initiator names, and the users and groups who may use its storage
+    (each gets `operator` on `/hosts/NAME`: request and release storage for it, see it)."""
     check_unit_name(name)
     if not initiators:
         raise InvalidInput("a host needs at least one initiator name")
@@ -279,8 +379,18 @@ def enrol_host(s: Session, name: str, initiators: list[str]) -> HostRow:
         raise InvalidInput("too many initiator names for one host")
     s.add(row)
     s.flush()
+    for u in sorted(set(users)):
+        add_grant(s, u, Role.OPERATOR, f"/hosts/{name}", True, by)
+    for g in sorted(set(groups)):
+        add_grant(s, None, Role.OPERATOR, f"/hosts/{name}", True, by, group=g)
     log.info("host %s enrolled with initiator(s) %s", name, ", ".join(iqns))
     return row
+
+
+def host_users(s: Session, name: str) -> tuple[list[str], list[str]]:
+    """The users and the groups given a role on the host (its storage is theirs to use)."""
+    rows = list_grants(s, obj=f"/hosts/{name}")
+    return (sorted({g.user_name for g in rows if g.user_name}), sorted({g.group_name for g in rows if g.group_name}))
 
 
 def get_host(s: Session, name: str) -> HostRow:
@@ -301,6 +411,9 @@ def delete_host(s: Session, name: str) -> None:
     if held:
         raise Conflict(f"host {name!r} holds {held} assignment(s): release them first")
     s.execute(delete(TokenRow).where(TokenRow.host_name == name))
+    # grants on it would otherwise hold for the next host enrolled under the same name
+    s.execute(delete(GrantRow).where(or_(GrantRow.object == f"/hosts/{name}",
+                                         GrantRow.object.startswith(f"/hosts/{name}/", autoescape=True))))
     s.delete(row)
 
 
@@ -363,9 +476,7 @@ def authenticate(s: Session, value: str, now: datetime | None = None) -> Princip
     user = s.get(UserRow, row.user_name)
     if user is None:
         raise Unauthenticated("the token's user no longer exists")
-    grants = tuple(Grant(g.role, g.object, g.propagate) for g in
-                   s.scalars(select(GrantRow).where(GrantRow.user_name == user.name)))
-    return Principal("user", user.name, user.role, row.id, grants)
+    return Principal("user", user.name, user.role, row.id, grants_of(s, user.name))
 
 
 def check_host_request(s: Session, who: Principal, host: str, initiator_iqn: str) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from dvsan.errors import NotFound
+from dvsan.errors import Conflict, NotFound
 from dvsan.model import Export, Extent, Partition, mutual_aad
 from dvsan.naming import check_unit_name
 from station.db.tables import (
@@ -23,6 +23,7 @@ from station.db.tables import (
     UnitState,
     VolumeRow,
     VolumeState,
+    WipeState,
     utcnow,
 )
 
@@ -70,7 +71,7 @@ def record_storage_info(s: Session, name: str, partitions: list[Partition],
     the partitions but leaves a down unit down and its volumes offline.
     """
     unit = s.get(UnitRow, name)
-    if unit is None:
+    if unit is None or unit.state == UnitState.REMOVED:
         raise NotFound(f"unit {name!r} sent storage info before announcing itself")
     vstate = VolumeState.ONLINE
     if bring_online or unit.state == UnitState.ONLINE:
@@ -138,6 +139,8 @@ def record_shutdown(s: Session, name: str, state: str = UnitState.OFFLINE) -> in
     unit = s.get(UnitRow, name)
     if unit is None:
         raise NotFound(f"unknown unit {name!r}")
+    if unit.state == UnitState.REMOVED:
+        return 0                       # a removed unit's goodbye (or trap) changes nothing
     unit.state = state
     if state == UnitState.OFFLINE:
         unit.last_seen = utcnow()
@@ -151,7 +154,7 @@ def record_shutdown(s: Session, name: str, state: str = UnitState.OFFLINE) -> in
 def record_heartbeat(s: Session, name: str, health: str = Health.OK, detail: str | None = None) -> str:
     """A unit says it is alive (and how healthy); returns the state the station holds it in."""
     unit = s.get(UnitRow, name)
-    if unit is None:
+    if unit is None or unit.state == UnitState.REMOVED:
         return "unknown"
     if unit.state == UnitState.ONLINE:
         unit.last_seen = utcnow()
@@ -173,13 +176,48 @@ def silent_units(s: Session, older_than: datetime) -> list[str]:
 
 def get_unit(s: Session, name: str) -> UnitRow:
     unit = s.get(UnitRow, name)
-    if unit is None:
+    if unit is None or unit.state == UnitState.REMOVED:
         raise NotFound(f"no unit named {name!r}")
     return unit
 
 
 def list_units(s: Session) -> list[UnitRow]:
-    return list(s.scalars(select(UnitRow).order_by(UnitRow.name)))
+    return list(s.scalars(select(UnitRow).where(UnitRow.state != UnitState.REMOVED).order_by(UnitRow.name)))
+
+
+@dataclass(frozen=True)
+class Removal:
+    unit: str
+    volumes: int        # free, clean volumes forgotten with it
+
+
+def remove_unit(s: Session, name: str) -> Removal:
+    """An operator takes a unit out of the pool: only a unit that is not online (its agent would
+    announce it again at once), holds no assignment, and owes no wipe (a volume that may still
+    hold a previous host's bytes must never come back as a fresh one). Its volumes are forgotten;
+    if the unit announces itself later, it rejoins with new volumes."""
+    unit = get_unit(s, name)
+    if unit.state == UnitState.ONLINE:
+        raise Conflict(f"unit {name!r} is online: stop its agent (it says goodbye and goes offline) "
+                       "before removing it, or it announces itself again at once")
+    vols = list(s.scalars(select(VolumeRow).where(VolumeRow.unit_name == name).order_by(VolumeRow.id)))
+    held = [(v.id, a.host_name) for v in vols if (a := v.assignment) is not None]
+    if held:
+        raise Conflict(f"unit {name!r} holds {len(held)} assignment(s): release them first ("
+                       + ", ".join(f"volume {i} to host {h}" for i, h in held[:10])
+                       + (", ..." if len(held) > 10 else "") + ")")
+    owed = [v for v in vols if v.wipe_state != WipeState.CLEAN]
+    if owed:
+        raise Conflict(f"unit {name!r} owes the wipe of {len(owed)} released volume(s) ("
+                       + ", ".join(str(v.id) for v in owed[:10]) + (", ..." if len(owed) > 10 else "")
+                       + "): bring it back online so it zeroes them, then remove it")
+    for v in vols:
+        s.delete(v)
+    unit.state = UnitState.REMOVED
+    unit.health, unit.health_detail = Health.OK, None
+    s.flush()
+    log.warning("unit %s removed from the pool with its %d free volume(s)", name, len(vols))
+    return Removal(name, len(vols))
 
 
 def list_volumes(s: Session, unit: str | None = None, state: str | None = None) -> list[VolumeRow]:

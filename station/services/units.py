@@ -86,6 +86,12 @@ class UnitService:
         log.info("unit %s is %s: %d volumes offline", unit, state, n)
         return n
 
+    async def remove(self, unit: str) -> pool.Removal:
+        """An operator takes a down unit out of the pool (pool.remove_unit says when it may)."""
+        out = await self._tx(pool.remove_unit, unit)
+        self._downed.pop(unit, None)
+        return out
+
     async def heartbeat(self, unit: str, health: str, detail: str | None) -> str:
         """A unit is alive: returns the state the station holds it in (it re-announces if not online)."""
         return await self._tx(pool.record_heartbeat, unit, health, detail)

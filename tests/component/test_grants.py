@@ -2,6 +2,7 @@
 releases and wipes there and nowhere else, by choice of volume or by best fit; grants are the
 admin's alone; every attempt is in the audit log."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,97 @@ def test_ep_bad_grants_and_volume_choices_are_refused_clearly(station, tmp_path:
         assert request(station, "32M", "host-d", "iqn.2026-11.org.dvsan.lab:host-d").json()["volume_id"] == other
     finally:
         u.close()
+
+
+def test_gp_groups_and_the_users_of_a_host_over_http(station, tmp_path: Path):
+    a, b = UnitHarness(station, "unit-a", parts=parts("vdy", 2)), UnitHarness(station, "unit-b", parts=parts("vdx", 2))
+    olga = user_token(station, tmp_path, "olga", "viewer")
+    pavel = user_token(station, tmp_path, "pavel", "viewer")
+    url = station.url + "/api/v1"
+    try:
+        a.start()
+        b.start()
+        online(station, 4)
+        # host-b enrolled with who may use its storage: olga, and the group tenant-a (pavel)
+        r = httpx.post(url + "/groups", headers=station.auth, timeout=10, json={"name": "tenant-a", "members": ["pavel"]})
+        assert r.status_code == 201 and r.json()["members"] == ["pavel"], r.text
+        r = httpx.post(url + "/hosts", headers=station.auth, timeout=10, json={
+            "name": "host-b", "initiator_iqns": ["iqn.2026-11.org.dvsan.lab:host-b"], "users": ["olga"],
+            "groups": ["tenant-a"]})
+        assert r.status_code == 201 and (r.json()["users"], r.json()["groups"]) == (["olga"], ["tenant-a"]), r.text
+        listed = httpx.get(url + "/hosts", headers=olga, timeout=10).json()
+        assert [(h["name"], h["users"], h["groups"]) for h in listed] == [("host-b", ["olga"], ["tenant-a"])]
+        # olga takes storage for host-b from the whole pool (best fit, any unit); not for host-c
+        got = assign(station, olga, "host-b", size="32M")
+        assert got.status_code == 201, got.text
+        r = assign(station, olga, "host-c", size="32M")
+        assert r.status_code == 403 and "'assignments.write'" in r.json()["detail"], r.text
+        # pavel, through his group, releases host-b's assignment; once out of the group he cannot
+        r = assign(station, pavel, "host-b", size="32M")
+        assert r.status_code == 201, r.text
+        assert httpx.delete(f"{url}/assignments/{got.json()['id']}?wait=60", headers=pavel, timeout=90).status_code == 200
+        assert httpx.delete(url + "/groups/tenant-a/members/pavel", headers=station.auth, timeout=10).status_code == 204
+        r = httpx.delete(f"{url}/assignments/{r.json()['id']}?wait=60", headers=pavel, timeout=90)
+        assert r.status_code == 403 and "on /volumes/" in r.json()["detail"], r.text
+        # a group grant on a unit, given over REST, holds for a member added later
+        g = grant(station, station.auth, group="tenant-a", role="operator", object="/units/unit-b")
+        assert g.status_code == 201 and g.json()["group_name"] == "tenant-a" and g.json()["user_name"] is None, g.text
+        assert httpx.put(url + "/groups/tenant-a/members/pavel", headers=station.auth, timeout=10).status_code == 204
+        r = assign(station, pavel, "host-z", size="32M")
+        assert r.status_code == 201 and r.json()["unit"] == "unit-b", r.text
+        assert [x["object"] for x in httpx.get(url + "/grants?group=tenant-a", headers=station.auth,
+                                               timeout=10).json()] == ["/hosts/host-b", "/units/unit-b"]
+        # the group deleted: its grant goes, pavel is back to a viewer
+        assert httpx.delete(url + "/groups/tenant-a", headers=station.auth, timeout=10).status_code == 204
+        assert assign(station, pavel, "host-z", size="32M").status_code == 403
+        assert httpx.get(url + "/grants?group=tenant-a", headers=station.auth, timeout=10).json() == []
+        log = httpx.get(url + "/audit?action=POST /api/v1/hosts", headers=station.auth, timeout=10).json()
+        assert log[0]["outcome"] == 201 and "tenant-a" in str(log[0]["detail"]), log
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ep_bad_groups_and_host_users_are_refused_and_change_nothing(station, tmp_path: Path):
+    olga = user_token(station, tmp_path, "olga", "viewer")
+    url = station.url + "/api/v1"
+    cases: list[tuple[str, str, dict[str, Any] | None, int, str]] = [
+        ("POST", "/groups", {"name": "tenant-a", "members": ["nobody"]}, 404, "no user 'nobody'"),
+        ("POST", "/groups", {"name": "Tenant A"}, 422, "name"),
+        ("POST", "/groups", {"name": "tenant-a", "extra": 1}, 422, "extra"),
+        ("PUT", "/groups/tenant-x/members/olga", None, 404, "no group 'tenant-x'"),
+        ("DELETE", "/groups/tenant-x", None, 404, "no group 'tenant-x'"),
+        ("POST", "/grants", {"user": "olga", "group": "g", "role": "operator", "object": "/units/unit-a"}, 422,
+         "exactly one"),
+        ("POST", "/grants", {"role": "operator", "object": "/units/unit-a"}, 422, "exactly one"),
+        ("POST", "/grants", {"group": "tenant-x", "role": "operator", "object": "/units/unit-a"}, 404,
+         "no group 'tenant-x'"),
+        ("POST", "/hosts", {"name": "host-b", "initiator_iqns": ["iqn.2026-11.org.dvsan.lab:host-b"],
+                            "users": ["nobody"]}, 404, "no user 'nobody'"),
+        ("POST", "/hosts", {"name": "host-b", "initiator_iqns": ["iqn.2026-11.org.dvsan.lab:host-b"],
+                            "groups": ["tenant-x"]}, 404, "no group 'tenant-x'"),
+        ("POST", "/hosts", {"name": "host-b", "initiator_iqns": ["iqn.2026-11.org.dvsan.lab:host-b"],
+                            "users": ["Not A Name"]}, 422, "users"),
+    ]
+    for method, path, body, status, words in cases:
+        r = httpx.request(method, url + path, headers=station.auth, json=body, timeout=10)
+        assert r.status_code == status and words in r.text, (method, path, body, r.text)
+    # nothing was made by the refused calls
+    assert httpx.get(url + "/groups", headers=station.auth, timeout=10).json() == []
+    assert httpx.get(url + "/hosts", headers=station.auth, timeout=10).json() == []
+    assert httpx.get(url + "/grants", headers=station.auth, timeout=10).json() == []
+    # groups are the admin's: a viewer gets 403, a caller without credentials 401
+    r = httpx.post(url + "/groups", headers=olga, timeout=10, json={"name": "mine", "members": ["olga"]})
+    assert r.status_code == 403 and "'users.admin'" in r.json()["detail"], r.text
+    assert httpx.get(url + "/groups", headers=olga, timeout=10).status_code == 403
+    assert httpx.get(url + "/groups", timeout=10).status_code == 401
+    # two admins adding the same member at once: one 204, one 409, one membership
+    assert httpx.post(url + "/groups", headers=station.auth, timeout=10, json={"name": "tenant-a"}).status_code == 201
+
+    async def both() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as c:
+            rs = await asyncio.gather(*(c.put(url + "/groups/tenant-a/members/olga", headers=station.auth)
+                                        for _ in range(2)))
+        return sorted(r.status_code for r in rs)
+    assert asyncio.run(both()) == [204, 409]
+    assert httpx.get(url + "/groups", headers=station.auth, timeout=10).json()[0]["members"] == ["olga"]

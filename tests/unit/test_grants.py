@@ -110,3 +110,89 @@ def test_ep_a_scoped_allocation_never_offers_a_volume_outside_the_scope(db: Data
         v = assignments.get(s, aid).volume_id
         with pytest.raises(Conflict, match="is assigned to host host-1"):
             assignments.check_assignable(s, v)
+
+
+def test_gp_a_group_grant_holds_for_each_member_and_goes_with_the_group_or_the_membership(db: Database) -> None:
+    with db.session() as s:
+        for n in ("olga", "pavel", "rita"):
+            auth.create_user(s, n, Role.VIEWER, "a-long-enough-password")
+        tokens = {n: auth.create_token(s, user=n).value for n in ("olga", "pavel", "rita")}
+        auth.create_group(s, "tenant-a", "user:admin")
+        auth.add_member(s, "tenant-a", "olga")
+        auth.add_member(s, "tenant-a", "pavel")
+        auth.add_grant(s, None, Role.OPERATOR, "/units/unit-a", True, "user:admin", group="tenant-a")
+        auth.add_grant(s, "olga", Role.VIEWER, "/hosts/host-b", False, "user:admin")
+    with db.session() as s:
+        olga, pavel, rita = (auth.authenticate(s, tokens[n]) for n in ("olga", "pavel", "rita"))
+    assert olga.grants == (Grant(Role.OPERATOR, "/units/unit-a", True), Grant(Role.VIEWER, "/hosts/host-b", False))
+    assert pavel.grants == (Grant(Role.OPERATOR, "/units/unit-a", True),)
+    assert rita.grants == ()
+    assert pavel.may("assignments.write", "/units/unit-a/disks/vdb/vdb1")
+    assert not rita.may("assignments.write", "/units/unit-a/disks/vdb/vdb1")
+    with db.session() as s:
+        auth.remove_member(s, "tenant-a", "pavel")
+        assert auth.authenticate(s, tokens["pavel"]).grants == ()
+        auth.delete_group(s, "tenant-a")
+    with db.session() as s:
+        assert auth.authenticate(s, tokens["olga"]).grants == (Grant(Role.VIEWER, "/hosts/host-b", False),)
+        assert [g.user_name for g in auth.list_grants(s)] == ["olga"]
+
+
+def test_ep_groups_refuse_what_is_wrong_and_change_nothing(db: Database) -> None:
+    with db.session() as s:
+        auth.create_user(s, "olga", Role.VIEWER, "a-long-enough-password")
+        auth.create_group(s, "tenant-a", "user:admin")
+        auth.add_member(s, "tenant-a", "olga")
+        with pytest.raises(Conflict, match="group 'tenant-a' exists"):
+            auth.create_group(s, "tenant-a", "user:admin")
+        with pytest.raises(InvalidInput):
+            auth.create_group(s, "Tenant A", "user:admin")
+        with pytest.raises(Conflict, match="already"):
+            auth.add_member(s, "tenant-a", "olga")
+        with pytest.raises(NotFound, match="no user 'nobody'"):
+            auth.add_member(s, "tenant-a", "nobody")
+        with pytest.raises(NotFound, match="no group 'tenant-b'"):
+            auth.add_member(s, "tenant-b", "olga")
+        with pytest.raises(NotFound, match="is not in group"):
+            auth.remove_member(s, "tenant-a", "rita")
+        with pytest.raises(NotFound, match="no group 'tenant-b'"):
+            auth.add_grant(s, None, Role.OPERATOR, "/units/unit-a", True, "user:admin", group="tenant-b")
+        with pytest.raises(InvalidInput, match="exactly one"):
+            auth.add_grant(s, "olga", Role.OPERATOR, "/units/unit-a", True, "user:admin", group="tenant-a")
+        with pytest.raises(InvalidInput, match="exactly one"):
+            auth.add_grant(s, None, Role.OPERATOR, "/units/unit-a", True, "user:admin")
+        auth.add_grant(s, None, Role.OPERATOR, "/units/unit-a", True, "user:admin", group="tenant-a")
+        with pytest.raises(Conflict, match="group 'tenant-a' already has operator on /units/unit-a"):
+            auth.add_grant(s, None, Role.OPERATOR, "/units/unit-a", True, "user:admin", group="tenant-a")
+        # the same role on the same object for the user itself is a separate grant
+        auth.add_grant(s, "olga", Role.OPERATOR, "/units/unit-a", True, "user:admin")
+    with db.session() as s:
+        assert [(g, m) for g, m in ((g.name, m) for g, m in auth.list_groups(s))] == [("tenant-a", ["olga"])]
+        auth.delete_user(s, "olga")
+    with db.session() as s:
+        assert auth.group_members(s, "tenant-a") == []
+        assert [g.group_name for g in auth.list_grants(s)] == ["tenant-a"]
+
+
+def test_gp_a_host_is_enrolled_with_who_may_use_its_storage_and_forgotten_with_it(db: Database) -> None:
+    with db.session() as s:
+        auth.create_user(s, "olga", Role.VIEWER, "a-long-enough-password")
+        auth.create_group(s, "tenant-a", "user:admin")
+        auth.enrol_host(s, "host-b", ["iqn.2026-11.org.dvsan.lab:host-b"], ["olga"], ["tenant-a"], "user:admin")
+        assert auth.host_users(s, "host-b") == (["olga"], ["tenant-a"])
+        t = auth.create_token(s, user="olga")
+    with db.session() as s:
+        olga = auth.authenticate(s, t.value)
+    assert olga.may("assignments.write", "/hosts/host-b") and not olga.may("assignments.write", "/hosts/host-c")
+    # an unknown user: nothing enrolled (the session rolls back)
+    with pytest.raises(NotFound, match="no user 'nobody'"):
+        with db.session() as s:
+            auth.enrol_host(s, "host-c", ["iqn.2026-11.org.dvsan.lab:host-c"], ["nobody"], [], "user:admin")
+    with db.session() as s:
+        assert [h.name for h in auth.list_hosts(s)] == ["host-b"]
+        auth.add_grant(s, "olga", Role.VIEWER, "/hosts/host-bb", True, "user:admin")
+        auth.delete_host(s, "host-b")
+    with db.session() as s:
+        # its grants went with it (a host enrolled later under the name starts with none); a
+        # sibling whose name merely starts the same keeps its grant
+        assert [g.object for g in auth.list_grants(s)] == ["/hosts/host-bb"]

@@ -87,14 +87,18 @@ async def create_assignment(body: AssignmentCreate, db: DbDep, pusher: PusherDep
     def check() -> None:
         with db.session() as s:
             auth.check_host_request(s, who, body.host, body.initiator_iqn)
+            if who.kind != "host" and not who.may_somewhere("assignments.write", "units", "volumes"):
+                # granted hosts only: the storage of those hosts, no other's
+                who.require("assignments.write", f"/hosts/{body.host}")
             if body.volume_id is not None:          # an operator's choice of one volume
                 if not who.may_somewhere("assignments.write"):
                     who.require("assignments.write")
                 who.require("assignments.write", *auth.volume_paths(
                     assignments.check_assignable(s, body.volume_id)))
     await run_in_threadpool(check)
-    # an operator by grant allocates only among the volumes its grants cover
-    scoped = not who.may("assignments.write") and who.kind != "host"
+    # an operator by grant on the host (its storage is theirs to use) takes from the whole pool, as
+    # the host itself would; one by grant on units or volumes only among the volumes they cover
+    scoped = not who.may("assignments.write", f"/hosts/{body.host}") and who.kind != "host"
 
     def allowed(*paths: str) -> bool:
         return who.may("assignments.write", *paths)

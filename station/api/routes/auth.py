@@ -2,10 +2,11 @@
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import Conflict, Unauthenticated
@@ -68,12 +69,18 @@ class HostCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     initiator_iqns: list[Iqn] = Field(min_length=1, max_length=16)
+    users: list[Name] = Field(default_factory=list, max_length=32, description=(
+        "users who may use the host's storage (each gets operator on /hosts/NAME)"))
+    groups: list[Name] = Field(default_factory=list, max_length=32, description=(
+        "groups whose members may use the host's storage (operator on /hosts/NAME)"))
 
 
 class HostPublic(BaseModel):
     name: str
     initiator_iqns: list[str]
     created_at: UtcDatetime
+    users: list[str] = Field(default_factory=list, description="users who may use its storage")
+    groups: list[str] = Field(default_factory=list, description="groups who may use its storage")
 
 
 class HostEnrolled(HostPublic):
@@ -187,19 +194,25 @@ def delete_user(name: NamePath, db: DbDep, who: Admin) -> Response:
 
 
 @router.post("/hosts", response_model=HostEnrolled, status_code=status.HTTP_201_CREATED)
-def enrol_host(body: HostCreate, db: DbDep, _: HostAdmin) -> HostEnrolled:
-    """Enrol a host with its initiator names; answers its token (once)."""
+def enrol_host(body: HostCreate, db: DbDep, who: HostAdmin, request: Request) -> HostEnrolled:
+    """Enrol a host with its initiator names and who may use its storage; answers its token (once).
+    Unknown users or groups: 404, and nothing is enrolled."""
+    request.state.audit = {"host": body.name, "initiator_iqns": body.initiator_iqns,
+                           "users": body.users, "groups": body.groups}
     with db.session() as s:
-        h = auth.enrol_host(s, body.name, body.initiator_iqns)
+        h = auth.enrol_host(s, body.name, body.initiator_iqns, body.users, body.groups, str(who))
+        users, groups = auth.host_users(s, h.name)
         t = auth.create_token(s, host=h.name, label="host")
         return HostEnrolled(name=h.name, initiator_iqns=h.initiators, created_at=h.created_at,
+                            users=users, groups=groups,
                             token=TokenCreated(id=t.id, token=t.value, expires_at=t.expires_at))
 
 
 @router.get("/hosts", response_model=list[HostPublic])
 def list_hosts(db: DbDep, _: HostReader) -> list[HostPublic]:
     with db.session() as s:
-        return [HostPublic(name=h.name, initiator_iqns=h.initiators, created_at=h.created_at)
+        return [HostPublic(name=h.name, initiator_iqns=h.initiators, created_at=h.created_at,
+                           users=(hu := auth.host_users(s, h.name))[0], groups=hu[1])
                 for h in auth.list_hosts(s)]
 
 
@@ -212,18 +225,29 @@ def delete_host(name: NamePath, db: DbDep, _: HostAdmin) -> Response:
 
 
 class GrantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=63)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["user"]}, {"required": ["group"]}]})
+    user: Annotated[str, Field(min_length=1, max_length=63)] | SkipJsonSchema[None] = Field(
+        None, description="a user, or:")
+    group: Annotated[str, Field(min_length=1, max_length=63)] | SkipJsonSchema[None] = Field(
+        None, description="a group (its members)")
     role: str = Field(description="operator or viewer", pattern="^(operator|viewer)$")
     object: str = Field(max_length=255, pattern=auth.OBJECT_RE.pattern, description=(
         "/units/NAME, /units/NAME/disks/DISK, /units/NAME/disks/DISK/DEVICE, /volumes/ID or /hosts/NAME"))
     propagate: bool = Field(default=True, description="also on everything under the object")
 
+    @model_validator(mode="after")
+    def _user_or_group(self) -> "GrantCreate":
+        if (self.user is None) == (self.group is None):
+            raise ValueError("name a user or a group, exactly one of them")
+        return self
+
 
 class GrantPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
-    user_name: str
+    user_name: str | None
+    group_name: str | None
     role: str
     object: str
     propagate: bool
@@ -231,21 +255,27 @@ class GrantPublic(BaseModel):
     created_at: datetime
 
 
+def _grant_audit(g: GrantPublic) -> dict[str, Any]:
+    return {"grant": g.id, "user": g.user_name, "group": g.group_name, "role": g.role, "object": g.object}
+
+
 @router.post("/grants", response_model=GrantPublic, status_code=status.HTTP_201_CREATED)
 def create_grant(body: GrantCreate, db: DbDep, who: Admin, request: Request) -> GrantPublic:
-    """Give a user a role on one object (and under it): an operator of one unit and nothing else
-    is a viewer with `operator` on `/units/unit-a`. Takes effect at the user's next call."""
+    """Give a user, or every member of a group, a role on one object (and under it): an operator
+    of one unit and nothing else is a viewer with `operator` on `/units/unit-a`. Takes effect at
+    the user's next call."""
     with db.session() as s:
         g = GrantPublic.model_validate(auth.add_grant(s, body.user, body.role, body.object,
-                                                      body.propagate, str(who)))
-    request.state.audit = {"grant": g.id, "user": g.user_name, "role": g.role, "object": g.object}
+                                                      body.propagate, str(who), group=body.group))
+    request.state.audit = _grant_audit(g)
     return g
 
 
 @router.get("/grants", response_model=list[GrantPublic])
-def list_grants(db: DbDep, _: Admin, user: Annotated[str | None, Query(max_length=63)] = None) -> list[GrantPublic]:
+def list_grants(db: DbDep, _: Admin, user: Annotated[str | None, Query(max_length=63)] = None,
+                group: Annotated[str | None, Query(max_length=63)] = None) -> list[GrantPublic]:
     with db.session() as s:
-        return [GrantPublic.model_validate(g) for g in auth.list_grants(s, user)]
+        return [GrantPublic.model_validate(g) for g in auth.list_grants(s, user, group)]
 
 
 @router.delete("/grants/{grant_id}", response_model=GrantPublic)
@@ -253,8 +283,65 @@ def delete_grant(grant_id: IdPath, db: DbDep, _: Admin,
                  request: Request) -> GrantPublic:
     with db.session() as s:
         g = GrantPublic.model_validate(auth.delete_grant(s, grant_id))
-    request.state.audit = {"grant": g.id, "user": g.user_name, "role": g.role, "object": g.object}
+    request.state.audit = _grant_audit(g)
     return g
+
+
+class GroupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    members: list[Name] = Field(default_factory=list, max_length=256)
+
+
+class GroupPublic(BaseModel):
+    name: str
+    members: list[str]
+    created_by: str
+    created_at: UtcDatetime
+
+
+@router.post("/groups", response_model=GroupPublic, status_code=status.HTTP_201_CREATED)
+def create_group(body: GroupCreate, db: DbDep, who: Admin, request: Request) -> GroupPublic:
+    """A group of users, to give grants to all of them at once (unknown member: 404, no group)."""
+    request.state.audit = {"group": body.name, "members": body.members}
+    with db.session() as s:
+        g = auth.create_group(s, body.name, str(who))
+        for m in sorted(set(body.members)):
+            auth.add_member(s, g.name, m)
+        return GroupPublic(name=g.name, members=auth.group_members(s, g.name), created_by=g.created_by,
+                           created_at=g.created_at)
+
+
+@router.get("/groups", response_model=list[GroupPublic])
+def list_groups(db: DbDep, _: Admin) -> list[GroupPublic]:
+    with db.session() as s:
+        return [GroupPublic(name=g.name, members=m, created_by=g.created_by, created_at=g.created_at)
+                for g, m in auth.list_groups(s)]
+
+
+@router.delete("/groups/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_group(name: NamePath, db: DbDep, _: Admin, request: Request) -> Response:
+    """A group goes with its memberships and every grant given to it."""
+    request.state.audit = {"group": name}
+    with db.session() as s:
+        auth.delete_group(s, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/groups/{name}/members/{user}", status_code=status.HTTP_204_NO_CONTENT)
+def add_group_member(name: NamePath, user: NamePath, db: DbDep, _: Admin, request: Request) -> Response:
+    request.state.audit = {"group": name, "member": user}
+    with db.session() as s:
+        auth.add_member(s, name, user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/groups/{name}/members/{user}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_group_member(name: NamePath, user: NamePath, db: DbDep, _: Admin, request: Request) -> Response:
+    request.state.audit = {"group": name, "member": user}
+    with db.session() as s:
+        auth.remove_member(s, name, user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 class AuditPublic(BaseModel):

@@ -1,17 +1,22 @@
 """REST routes of the pool: units, volumes (with their wipes), the protocol listeners' counters."""
 
-from typing import Annotated
+import logging
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
-from station.api.deps import Caller, DbDep, ListenerDep, Reader, WipesDep
+from station.api.deps import Caller, DbDep, ListenerDep, Reader, TasksDep, UnitsDep, WipesDep
+from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
 from station.api.schemas import IdPath, NamePath, TaskPublic, UnitPublic, VolumePublic
 from station.db import Database
 from station.db.tables import VolumeRow
 from station.services import auth, pool
+from station.services.tasks import TaskContext
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["pool"])
 
 
@@ -25,6 +30,40 @@ def list_units(db: DbDep, _: Reader) -> list[UnitPublic]:
 def get_unit(name: NamePath, db: DbDep, _: Reader) -> UnitPublic:
     with db.session() as s:
         return UnitPublic.model_validate(pool.get_unit(s, name))
+
+
+class UnitRemoved(BaseModel):
+    unit: str
+    volumes_removed: int = Field(description="free, clean volumes forgotten with the unit")
+
+
+@router.delete("/units/{name}", response_model=UnitRemoved, responses=TASK_ACCEPTED)
+async def remove_unit(name: NamePath, db: DbDep, units: UnitsDep, tasks: TasksDep, who: Caller,
+                      request: Request, wait: Wait = None) -> Any:
+    """Take a unit out of the pool, as a task (`remove` of `/units/NAME`): only a unit that is not
+    online, holds no assignment and owes no wipe (409 says which); its free volumes are forgotten.
+    If its agent announces it again later, it rejoins with new volumes. With `?wait=SECONDS`: 200."""
+    def check() -> None:
+        with db.session() as s:
+            if not who.may_somewhere("units.write"):
+                who.require("units.write")
+            pool.get_unit(s, name)
+            who.require("units.write", f"/units/{name}")
+    await run_in_threadpool(check)
+
+    async def work(ctx: TaskContext) -> dict[str, Any]:
+        await ctx.progress(0, 1, "removing the unit and its free volumes")
+        r = await units.remove(name)
+        log.warning("unit %s removed by %s", name, who)
+        return {"unit": r.unit, "volumes_removed": r.volumes}
+    task = await tasks.submit("remove", f"/units/{name}", str(who), work, busy="refuse")
+    audit: dict[str, Any] = {"task": task["id"], "unit": name}
+    request.state.audit = audit
+    done = await settle(tasks, task, wait)
+    if done is None:
+        return accepted(task if not wait else await tasks.get(task["id"]))
+    audit.update(done["result"])
+    return UnitRemoved(unit=done["result"]["unit"], volumes_removed=done["result"]["volumes_removed"])
 
 
 @router.get("/volumes", response_model=list[VolumePublic])
