@@ -190,3 +190,40 @@ def test_ep_every_operation_but_healthz_is_401_without_credentials(case: Any, fu
     r = case.call_and_validate(base_url=fuzz_station.url, checks=CHECKS)
     if case.method.upper() == case.operation.method.upper():     # not a probe with another method (405)
         assert r.status_code == 401, f"{case.operation.label} answered {r.status_code} without credentials"
+
+
+HOST = "fuzz-host-7479"
+host_schema = schemathesis.openapi.from_dict(SPEC, config=_config(security=False)).exclude(
+    path=NO_CREDENTIALS + STREAMS).exclude(method="POST", path="/api/v1/session")
+
+
+@pytest.fixture(scope="module")
+def host_headers(fuzz_station: StationProc, admin_tokens: Tokens) -> dict[str, str]:
+    """An enrolled host's token (a host agent's), made by the admin when the host's pass starts."""
+    r = httpx.post(fuzz_station.url + "/api/v1/hosts", headers=admin_tokens.headers, timeout=30,
+                   json={"name": HOST, "initiator_iqns": [f"iqn.2026-11.org.dvsan.lab:{HOST}"]})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['token']['token']}"}
+
+
+@host_schema.parametrize()
+def test_ep_a_host_token_reaches_its_own_storage_and_nothing_else(case: Any, fuzz_station: StationProc,
+                                                                  host_headers: dict[str, str]) -> None:
+    r = case.call_and_validate(base_url=fuzz_station.url, headers=host_headers, checks=SIGNED_IN_CHECKS)
+    assert r.status_code != 401, f"{case.operation.label}: the host's token was refused: {r.text}"
+    if not 200 <= r.status_code < 300:
+        return
+    label = case.operation.label
+    if case.method.upper() == "GET":
+        # what a host may read is its own: assignments and tasks of its storage, nothing of the pool
+        assert label in ("GET /api/v1/assignments", "GET /api/v1/assignments/{assignment_id}",
+                         "GET /api/v1/tasks", "GET /api/v1/tasks/{task_id}"), f"a host read {label}"
+        body = r.json()
+        for item in body if isinstance(body, list) else [body]:
+            assert item.get("host", item.get("host_name")) in (HOST, None), f"{label} showed {item}"
+    else:
+        # a change only to its own storage: a request for itself, a release of its own
+        assert label in ("POST /api/v1/assignments", "DELETE /api/v1/assignments/{assignment_id}"), \
+            f"a host's {case.method} {case.formatted_path} was done"
+        if label == "POST /api/v1/assignments":
+            assert r.json()["host"] == HOST

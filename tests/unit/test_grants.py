@@ -185,9 +185,8 @@ def test_gp_a_host_is_enrolled_with_who_may_use_its_storage_and_forgotten_with_i
         olga = auth.authenticate(s, t.value)
     assert olga.may("assignments.write", "/hosts/host-b") and not olga.may("assignments.write", "/hosts/host-c")
     # an unknown user: nothing enrolled (the session rolls back)
-    with pytest.raises(NotFound, match="no user 'nobody'"):
-        with db.session() as s:
-            auth.enrol_host(s, "host-c", ["iqn.2026-11.org.dvsan.lab:host-c"], ["nobody"], [], "user:admin")
+    with pytest.raises(NotFound, match="no user 'nobody'"), db.session() as s:
+        auth.enrol_host(s, "host-c", ["iqn.2026-11.org.dvsan.lab:host-c"], ["nobody"], [], "user:admin")
     with db.session() as s:
         assert [h.name for h in auth.list_hosts(s)] == ["host-b"]
         auth.add_grant(s, "olga", Role.VIEWER, "/hosts/host-bb", True, "user:admin")
