@@ -174,7 +174,7 @@ def test_ep_station_killed_mid_wipe_hands_the_volume_out_only_once_wiped(flow: F
         r = httpx.post(station.url + "/api/v1/assignments?wait=60", headers=station.auth, timeout=90, json={
             "host": HOST_C, "initiator_iqn": f"iqn.2026-11.org.dvsan.lab:{HOST_C}",
             "host_address": lab.ip(HOST_C), "volume_id": b["volume_id"]})
-        assert r.status_code == 409 and f"volume {b['volume_id']} cannot be assigned" in r.json()["detail"], r.text
+        assert r.status_code == 409 and f"volume {b['volume_id']} is not wiped yet" in r.json()["detail"], r.text
     tasks = httpx.get(station.url + "/api/v1/tasks?kind=wipe&state=interrupted", headers=station.auth,
                       timeout=30).json()
     assert any(t["object"] == f"/volumes/{b['volume_id']}" for t in tasks), tasks
