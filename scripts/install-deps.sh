@@ -23,6 +23,7 @@ PACKAGES=(
   dnsmasq-base                   # a real DNS server (SRV records) for the DNS discovery tests
   libiscsi-bin                   # iscsi-inq/iscsi-ls: poke targets without the kernel initiator
   tcpdump                        # the lab checks that no secret crosses the storage network in clear
+  chromium                       # the web console's browser tests (Playwright drives it)
   dbus                           # targetcli-fb (debugging by hand in guests) needs a system bus
   python3 python3-venv
 )

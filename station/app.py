@@ -29,6 +29,7 @@ from station.api.routes import enrolment as enrolment_routes
 from station.api.routes import pool as pool_routes
 from station.api.routes import tasks as task_routes
 from station.api.schemas import ERROR_RESPONSES
+from station.console import pages as console
 from station.db import Database
 from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
@@ -130,6 +131,7 @@ def create_app(settings: StationSettings) -> FastAPI:
               enrolment_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
     app.include_router(task_routes.events_router)
+    console.mount(app)
 
     @app.middleware("http")
     async def _audit(request: Request, call_next: Any) -> Any:

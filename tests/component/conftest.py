@@ -116,3 +116,15 @@ def station(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StationP
     st.start()
     yield st
     st.stop()
+
+
+# The console's browser tests drive Debian's chromium (scripts/install-deps.sh installs it);
+# Playwright never downloads a browser of its own here.
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, object]) -> dict[str, object]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-deps.sh (Debian package chromium)")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}

@@ -146,6 +146,39 @@ def close_session(db: DbDep, who: Caller, request: Request) -> Response:
     return r
 
 
+class GrantHeld(BaseModel):
+    role: str
+    object: str
+    propagate: bool
+
+
+class MePublic(BaseModel):
+    """Who the caller is and what it may do, so a client offers only what it may: `permissions`
+    are those its role gives everywhere and its grants give somewhere (the station still checks
+    each call against the object)."""
+
+    kind: Literal["user", "host"]
+    name: str
+    role: str
+    permissions: list[str]
+    grants: list[GrantHeld]
+    csrf_token: str | None = Field(description="a console session's CSRF token (send it as "
+                                               "`X-CSRF-Token` on writes); null for a bearer token")
+
+
+@router.get("/me", response_model=MePublic)
+def whoami(who: Caller, request: Request) -> MePublic:
+    """The caller: name, role, permissions and grants (and a console session's CSRF token, so a
+    page opened in a new tab can write without signing in again)."""
+    perms = sorted(p for p in {*auth.PERMISSIONS.get(who.role, ()),
+                               *(p for g in who.grants for p in auth.PERMISSIONS.get(g.role, ()))})
+    session = request.cookies.get(auth.SESSION_COOKIE) if getattr(request.state, "via", None) == "session" else None
+    return MePublic(kind="host" if who.kind == "host" else "user", name=who.name, role=who.role,
+                    permissions=perms, grants=[GrantHeld(role=g.role, object=g.path, propagate=g.propagate)
+                                               for g in who.grants],
+                    csrf_token=auth.csrf_token(session) if session else None)
+
+
 @router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
 def create_token(body: TokenCreate, db: DbDep, who: Caller) -> TokenCreated:
     """A new API token for the calling user (scripts); hosts get theirs when enrolled."""

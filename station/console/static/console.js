@@ -1,0 +1,445 @@
+// dvsan web console: every datum comes from the station's REST API (/api/v1) with the user's
+// session cookie; writes carry the session's CSRF token. No framework, nothing fetched elsewhere.
+// Values from the API reach the page as text only (textContent), never as HTML.
+"use strict";
+
+const dv = { me: null, csrf: null, events: 0 };
+window.dvsan = dv;                     // for the browser tests: who signed in, events received
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(errorText(status, body));
+    this.status = status;
+    this.body = body;
+  }
+}
+
+const REASONS = { 401: "not signed in", 403: "not permitted", 404: "not found", 409: "refused",
+                  422: "invalid input", 503: "unit unavailable" };
+
+function errorText(status, body) {
+  let detail = body && body.detail;
+  if (Array.isArray(detail)) {         // a validation error: each issue and where it is
+    detail = detail.map((i) => `${(i.loc || []).filter((l) => l !== "body").join(".")}: ${i.msg}`).join("; ");
+  }
+  const kind = body && body.error ? `, ${body.error}` : "";
+  return `${REASONS[status] || "error"} (${status}${kind}): ${detail || "no detail"}`;
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && dv.csrf) headers["X-CSRF-Token"] = dv.csrf;
+  const r = await fetch(path, { method, headers, credentials: "same-origin",
+                                body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = { detail: text.slice(0, 200) }; }
+  if (r.status === 401 && dv.me && path !== "/api/v1/session") toSignIn();
+  if (!r.ok) throw new ApiError(r.status, data);
+  return { status: r.status, data, headers: r.headers };
+}
+
+function toSignIn() {
+  location.assign(`/console/signin?next=${encodeURIComponent(location.pathname)}`);
+}
+
+// --- little DOM helpers ---------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k in e && typeof v !== "string") e[k] = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined && c !== false) e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+const $ = (sel) => document.querySelector(sel);
+const may = (perm) => !!dv.me && dv.me.permissions.includes(perm);
+const stateTag = (s) => el("span", { class: `state ${s}` }, s);
+
+function bytes(n) {
+  const u = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n >= 100 || i === 0 ? Math.round(n) : n.toFixed(1)} ${u[i]}`;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function notice(text, kind) {
+  const n = $("#notice");
+  n.textContent = text;
+  n.className = kind || "error";
+  n.hidden = !text;
+}
+
+// A button that runs `fn`, disabled while it runs; a refusal is shown in the notice.
+function actionButton(label, fn, extra) {
+  const b = el("button", { type: "button", class: `action ${extra || ""}` }, label);
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await fn(); } catch (e) { notice(e.message); } finally { b.disabled = false; }
+  });
+  return b;
+}
+
+function formJson(form) {
+  const out = {};
+  for (const [k, v] of new FormData(form).entries()) out[k] = typeof v === "string" ? v.trim() : v;
+  return out;
+}
+
+function onSubmit(form, fn) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    try { await fn(formJson(form)); } catch (e) { notice(e.message); } finally { if (button) button.disabled = false; }
+  });
+}
+
+function fill(tbody, rows) {
+  const frag = document.createDocumentFragment();
+  for (const r of rows) frag.append(r);
+  tbody.replaceChildren(frag);
+}
+
+// Reload a page's data at most every 300 ms, however many events ask for it.
+function debounced(fn) {
+  let timer = null;
+  return () => { if (!timer) timer = setTimeout(() => { timer = null; fn().catch((e) => notice(e.message)); }, 300); };
+}
+
+// --- tasks, live ------------------------------------------------------------------------------------
+
+const FINAL = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
+
+function taskProgress(t) {
+  // NOTE: a task that has not reported progress yet gets an indeterminate bar (no value), never a
+  // frozen 0 %.
+  if (t.state === "succeeded") return el("progress", { max: 1, value: 1 });
+  if (FINAL.has(t.state)) return el("progress", { max: t.total_steps, value: t.step });
+  if (t.step <= 0) return el("progress", { "aria-label": "waiting for progress" });
+  return el("progress", { max: t.total_steps, value: t.step });
+}
+
+function mayCancel(t) {
+  return t.state === "queued" && (may("assignments.write") || t.requested_by === `user:${dv.me.name}`);
+}
+
+function taskRow(t) {
+  const pct = t.step > 0 && t.total_steps > 0 ? `${Math.floor((100 * t.step) / t.total_steps)} %` : "";
+  return el("div", { class: "task", "data-task": t.id, "data-state": t.state, "data-kind": t.kind },
+    el("span", { class: "mono" }, `#${t.id}`), el("span", null, t.kind),
+    el("span", { class: "mono" }, t.object), taskProgress(t),
+    el("span", null, stateTag(t.state), " ", pct),
+    mayCancel(t) ? actionButton("Cancel", () => api("POST", `/api/v1/tasks/${t.id}/cancel`), "danger") : el("span"),
+    el("span", { class: `msg${t.error ? " error" : ""}` },
+      `${t.requested_by} · ${t.error ? `${t.error_kind || "error"}: ${t.error}` : t.message}`));
+}
+
+// The live list of tasks in `box`: queued and running ones at load, then every change from the
+// event stream (and those that end stay, with their end). `onEnd` runs when one ends.
+async function liveTasks(box, onEnd) {
+  const rows = new Map();
+  const put = (t) => {
+    const old = rows.get(t.id);
+    const row = taskRow(t);
+    if (old) old.replaceWith(row); else box.prepend(row);
+    rows.set(t.id, row);
+  };
+  const load = async () => {
+    const [running, queued] = await Promise.all([api("GET", "/api/v1/tasks?state=running&limit=1000"),
+                                                 api("GET", "/api/v1/tasks?state=queued&limit=1000")]);
+    for (const t of [...running.data, ...queued.data].sort((a, b) => a.id - b.id)) put(t);
+    if (!rows.size) box.replaceChildren(el("p", { class: "muted empty" }, "No task is running."));
+  };
+  await load();
+  const live = $("#live");
+  const es = new EventSource("/api/v1/events");
+  es.addEventListener("open", () => { live.textContent = "live"; live.classList.add("on"); });
+  es.addEventListener("error", () => { live.textContent = "reconnecting…"; live.classList.remove("on"); });
+  es.addEventListener("task", (ev) => {
+    dv.events++;
+    const t = JSON.parse(ev.data);
+    const empty = box.querySelector(".empty");
+    if (empty) empty.remove();
+    put(t);
+    if (FINAL.has(t.state) && onEnd) onEnd(t);
+  });
+  es.addEventListener("lagged", () => load().catch((e) => notice(e.message)));
+  return es;
+}
+
+// --- pages --------------------------------------------------------------------------------------------
+
+const pages = {};
+
+pages.signin = async () => {
+  const next = new URLSearchParams(location.search).get("next") || "";
+  const target = /^\/console\/[a-z]+$/.test(next) ? next : "/console/overview";
+  onSubmit($("#signin-form"), async (body) => {
+    try {
+      await api("POST", "/api/v1/session", body);
+    } catch (e) {
+      // a wrong password is 401 and needs no status code in its message
+      if (e.status === 401) throw new Error(`Sign-in refused: ${e.body && e.body.detail}`);
+      throw e;
+    }
+    location.assign(target);
+  });
+};
+
+function capacity(vols) {
+  const c = { free: 0, assigned: 0, wiping: 0, offline: 0 };
+  for (const v of vols) {
+    if (v.state !== "online") c.offline += v.size_bytes;
+    else if (v.assigned_to) c.assigned += v.size_bytes;
+    else if (v.wipe_state !== "clean") c.wiping += v.size_bytes;
+    else c.free += v.size_bytes;
+  }
+  return c;
+}
+
+function capacityBar(label, c) {
+  const total = c.free + c.assigned + c.wiping + c.offline;
+  const seg = (k) => el("span", { class: k, style: `width:${total ? (100 * c[k]) / total : 0}%`,
+                                  title: `${k}: ${bytes(c[k])}` });
+  return el("div", { class: "bar-row", "data-unit": label },
+    el("strong", null, label),
+    el("div", { class: "bar" }, seg("free"), seg("assigned"), seg("wiping"), seg("offline")),
+    el("span", { class: "muted" }, `${bytes(c.free)} free of ${bytes(total)}`,
+      c.wiping ? ` · ${bytes(c.wiping)} wiping` : "", c.offline ? ` · ${bytes(c.offline)} offline` : ""));
+}
+
+pages.overview = async () => {
+  const load = async () => {
+    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes")]);
+    const byUnit = new Map(units.data.map((u) => [u.name, []]));
+    for (const v of vols.data) (byUnit.get(v.unit_name) || byUnit.set(v.unit_name, []).get(v.unit_name)).push(v);
+    const rows = [capacityBar("all units", capacity(vols.data))];
+    for (const [name, vs] of byUnit) rows.push(capacityBar(name, capacity(vs)));
+    $("#capacity").replaceChildren(...rows);
+    const states = {};
+    for (const u of units.data) states[u.state] = (states[u.state] || 0) + 1;
+    $("#unit-states").replaceChildren(...(units.data.length
+      ? Object.entries(states).map(([s, n]) => el("span", { "data-state": s }, stateTag(s), ` ${n}`))
+      : [el("span", { class: "muted" }, "No unit has announced itself yet.")]));
+  };
+  await load();
+  await liveTasks($("#live-tasks"), debounced(load));
+};
+
+function volumeRow(v) {
+  const wipe = v.wipe_state === "running" && v.wipe_total_bytes
+    ? el("span", null, stateTag("wiping"), ` ${Math.floor((100 * v.wipe_done_bytes) / v.wipe_total_bytes)} %`)
+    : stateTag(v.wipe_state);
+  const canWipe = may("volumes.wipe") && !v.assigned_to && (v.wipe_state === "needed" || v.wipe_state === "failed");
+  return el("tr", { "data-volume": v.id },
+    el("td", { class: "num" }, v.id), el("td", { class: "mono" }, v.device), el("td", { class: "num" }, v.start_lba),
+    el("td", { class: "num" }, v.end_lba), el("td", { class: "num" }, bytes(v.size_bytes)),
+    el("td", null, stateTag(v.state), v.detail ? ` ${v.detail}` : ""), el("td", null, v.assigned_to || ""),
+    el("td", { title: v.wipe_detail || "" }, wipe),
+    el("td", null, canWipe ? actionButton("Wipe", async () => {
+      const r = await api("POST", `/api/v1/volumes/${v.id}/wipe`);
+      notice(`Wipe of volume ${v.id} started: task #${r.data.id}`, "ok");
+    }) : ""));
+}
+
+pages.units = async () => {
+  const load = async () => {
+    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes")]);
+    const byUnit = new Map(units.data.map((u) => [u.name, []]));
+    for (const v of vols.data) if (byUnit.has(v.unit_name)) byUnit.get(v.unit_name).push(v);
+    const out = units.data.map((u) => {
+      const body = el("tbody");
+      fill(body, byUnit.get(u.name).map(volumeRow));
+      return el("section", { class: "card unit", "data-unit": u.name },
+        el("h2", null, u.name, stateTag(u.state), u.health !== "ok" ? stateTag(u.health) : ""),
+        el("p", { class: "muted" }, `portal ${u.portal_address}:${u.portal_port} · agent ${u.agent_version} · `,
+          `last seen ${when(u.last_seen)} · ${byUnit.get(u.name).length} volumes`,
+          u.health_detail ? ` · ${u.health_detail}` : ""),
+        el("table", null, el("thead", null, el("tr", null, ...["#", "Device", "Start LBA", "End LBA", "Size",
+          "State", "Assigned to", "Wipe", ""].map((h) => el("th", null, h)))), body));
+    });
+    $("#units").replaceChildren(...(out.length ? out : [el("p", { class: "muted" }, "No unit has announced itself yet.")]));
+  };
+  await load();
+  await liveTasks(el("div"), debounced(load));
+};
+
+pages.hosts = async () => {
+  const load = async () => {
+    const [hosts, assigns] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/assignments")]);
+    fill($("#hosts tbody"), hosts.data.map((h) => {
+      const held = assigns.data.filter((a) => a.host === h.name);
+      return el("tr", { "data-host": h.name },
+        el("td", null, h.name), el("td", { class: "mono" }, h.initiator_iqns.join("\n")), el("td", null, when(h.created_at)),
+        el("td", null, held.length ? held.map((a) => el("div", null, `${a.unit}/${a.device} (${bytes(a.size_bytes)}) `,
+          stateTag(a.export_state))) : el("span", { class: "muted" }, "none")),
+        el("td", null, may("hosts.write") ? actionButton("Forget", async () => {
+          await api("DELETE", `/api/v1/hosts/${encodeURIComponent(h.name)}`);
+          notice(`Host ${h.name} forgotten; its tokens are revoked.`, "ok");
+          await load();
+        }, "danger") : ""));
+    }));
+  };
+  onSubmit($("#enrol-form"), async (f) => {
+    const r = await api("POST", "/api/v1/hosts", { name: f.name, initiator_iqns: f.iqns.split(/\s+/).filter(Boolean) });
+    const out = $("#enrolled-token");
+    out.replaceChildren(`Host ${r.data.name} enrolled. Its token, shown this once: `,
+      el("code", null, r.data.token.token), " (put it on the host, `dvsan-host-agent --token-file`).");
+    out.hidden = false;
+    await load();
+  });
+  await load();
+};
+
+pages.assignments = async () => {
+  const form = $("#assign-form");
+  const iqns = new Map();
+  const load = async () => {
+    const calls = [api("GET", "/api/v1/assignments"), api("GET", "/api/v1/volumes?state=online")];
+    if (may("hosts.read")) calls.push(api("GET", "/api/v1/hosts"));
+    const [assigns, vols, hosts] = await Promise.all(calls);
+    if (hosts) {
+      for (const h of hosts.data) iqns.set(h.name, h.initiator_iqns);
+      $("#host-names").replaceChildren(...hosts.data.map((h) => el("option", { value: h.name })));
+    }
+    const free = vols.data.filter((v) => !v.assigned_to && v.wipe_state === "clean");
+    const pick = form.volume_id;
+    const chosen = pick.value;
+    pick.replaceChildren(el("option", { value: "" }, "best fit for the size"),
+      ...free.map((v) => el("option", { value: v.id }, `#${v.id} ${v.unit_name}/${v.device} ${bytes(v.size_bytes)}`)));
+    pick.value = free.some((v) => String(v.id) === chosen) ? chosen : "";
+    fill($("#assignments tbody"), assigns.data.map((a) => el("tr", { "data-assignment": a.id, "data-volume": a.volume_id },
+      el("td", { class: "num" }, a.id), el("td", null, a.host), el("td", { class: "mono" }, a.initiator_iqn),
+      el("td", null, `#${a.volume_id} ${a.unit}/${a.device}`), el("td", { class: "num" }, `${a.start_lba}–${a.end_lba}`),
+      el("td", { class: "num" }, bytes(a.size_bytes)), el("td", { class: "mono" }, `${a.target_iqn} lun ${a.lun}`),
+      el("td", { title: a.export_detail || "" }, stateTag(a.export_state)), el("td", null, when(a.created_at)),
+      el("td", null, may("assignments.write") ? actionButton("Release", async () => {
+        const r = await api("DELETE", `/api/v1/assignments/${a.id}?wait=30`);
+        notice(r.status === 202 ? `Release of assignment ${a.id} is under way: task #${r.data.id}`
+          : `Assignment ${a.id} released; volume ${r.data.volume_id} is being wiped (task #${r.data.wipe_task}).`, "ok");
+        await load();
+      }, "danger") : ""))));
+  };
+  form.host.addEventListener("change", () => {
+    const known = iqns.get(form.host.value);
+    if (known && !form.initiator_iqn.value) form.initiator_iqn.value = known[0];
+  });
+  onSubmit(form, async (f) => {
+    const body = { host: f.host, initiator_iqn: f.initiator_iqn, host_address: f.host_address };
+    if (f.volume_id) body.volume_id = Number(f.volume_id);
+    else if (f.size) body.size = f.size;
+    else throw new Error("Choose a volume, or give the size the host needs.");
+    const r = await api("POST", "/api/v1/assignments?wait=30", body);
+    notice(r.status === 202 ? `Assignment to ${f.host} is under way: task #${r.data.id}`
+      : `Volume #${r.data.volume_id} (${r.data.unit}/${r.data.device}) assigned to ${r.data.host}.`, "ok");
+    await load();
+  });
+  await load();
+  await liveTasks(el("div"), debounced(load));
+};
+
+pages.tasks = async () => {
+  const filter = $("#task-filter");
+  const load = async () => {
+    const q = new URLSearchParams(Object.entries(formJson(filter)).filter(([, v]) => v));
+    const r = await api("GET", `/api/v1/tasks?${q}`);
+    fill($("#history tbody"), r.data.map((t) => el("tr", { "data-task": t.id },
+      el("td", { class: "num" }, t.id), el("td", null, t.kind), el("td", { class: "mono" }, t.object),
+      el("td", null, t.requested_by), el("td", null, stateTag(t.state)),
+      el("td", { class: t.error ? "msg error" : "msg" }, t.error ? `${t.error_kind}: ${t.error}` : t.message),
+      el("td", null, when(t.created_at)), el("td", null, when(t.finished_at)))));
+  };
+  onSubmit(filter, load);
+  await load();
+  await liveTasks($("#live-tasks"), debounced(load));
+};
+
+pages.audit = async () => {
+  const filter = $("#audit-filter");
+  const load = async () => {
+    const q = new URLSearchParams(Object.entries(formJson(filter)).filter(([, v]) => v));
+    const r = await api("GET", `/api/v1/audit?${q}`);
+    fill($("#audit tbody"), r.data.map((a) => el("tr", null,
+      el("td", null, when(a.at)), el("td", null, a.principal), el("td", null, a.source), el("td", { class: "mono" }, a.action),
+      el("td", { class: "mono" }, a.object), el("td", null, stateTag(String(a.outcome))), el("td", { class: "mono" }, a.detail || ""))));
+  };
+  onSubmit(filter, load);
+  await load();
+};
+
+pages.users = async () => {
+  const load = async () => {
+    const [users, grants] = await Promise.all([api("GET", "/api/v1/users"), api("GET", "/api/v1/grants")]);
+    fill($("#users tbody"), users.data.map((u) => el("tr", { "data-user": u.name },
+      el("td", null, u.name), el("td", null, u.role), el("td", null, when(u.created_at)), el("td", null, when(u.locked_until)),
+      el("td", null, u.name === dv.me.name ? "" : actionButton("Delete", async () => {
+        await api("DELETE", `/api/v1/users/${encodeURIComponent(u.name)}`);
+        notice(`User ${u.name} deleted.`, "ok");
+        await load();
+      }, "danger")))));
+    fill($("#grants tbody"), grants.data.map((g) => el("tr", { "data-grant": g.id },
+      el("td", { class: "num" }, g.id), el("td", null, g.user_name), el("td", null, g.role), el("td", { class: "mono" }, g.object),
+      el("td", null, g.propagate ? "yes" : "no"), el("td", null, g.created_by), el("td", null, when(g.created_at)),
+      el("td", null, actionButton("Revoke", async () => {
+        await api("DELETE", `/api/v1/grants/${g.id}`);
+        notice(`Grant ${g.id} revoked.`, "ok");
+        await load();
+      }, "danger")))));
+  };
+  onSubmit($("#user-form"), async (f) => {
+    await api("POST", "/api/v1/users", f);
+    notice(`User ${f.name} created (${f.role}).`, "ok");
+    $("#user-form").reset();
+    await load();
+  });
+  onSubmit($("#grant-form"), async (f) => {
+    await api("POST", "/api/v1/grants", { user: f.user, role: f.role, object: f.object, propagate: f.propagate === "on" });
+    notice(`${f.user} is ${f.role} on ${f.object}.`, "ok");
+    await load();
+  });
+  await load();
+};
+
+// --- start ------------------------------------------------------------------------------------------
+
+async function start() {
+  const page = document.body.dataset.page;
+  if (page === "signin" || page === "missing") {
+    if (pages[page]) await pages[page]();
+    document.body.dataset.ready = "yes";
+    return;
+  }
+  try {
+    dv.me = (await api("GET", "/api/v1/me")).data;
+  } catch (e) {
+    if (e.status === 401) { toSignIn(); return; }
+    throw e;
+  }
+  dv.csrf = dv.me.csrf_token;
+  $("#who").textContent = `${dv.me.name} (${dv.me.role})`;
+  for (const e of document.querySelectorAll("[data-needs]")) e.hidden = !may(e.dataset.needs);
+  $("#signout").addEventListener("click", async () => {
+    try { await api("DELETE", "/api/v1/session"); } catch (e) { /* signed out already */ }
+    location.assign("/console/signin");
+  });
+  await pages[page]();
+  document.body.dataset.ready = "yes";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  start().catch((e) => { notice(e.message); document.body.dataset.ready = "error"; });
+});
