@@ -1,0 +1,203 @@
+"""The web console in a real browser (Debian's chromium, driven by Playwright) against the real
+station process, with a real unit agent loop (in-memory LIO, partitions as files, a wiper slow
+enough to watch): sign-in, a viewer offered no action and refused by the API anyway, two
+administrators whose tasks run at once and whose pages each follow all of them live to the end,
+and refusals shown in the page from the API's own error."""
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from tests.component.test_console_pages import PASSWORD, make_user
+from tests.component.test_host_agent import enrol_host
+from tests.component.test_station_autoconf import MiB, online, request, wait_for
+from tests.component.test_tasks_api import IQN_C, slow_unit
+from tests.component.test_wipe_release import vol
+
+ADMIN_PASSWORD = "test-admin-password-0"       # the component station's first admin
+SHOTS = os.environ.get("DVSAN_CONSOLE_SCREENSHOTS")   # a directory: keep the screenshots there
+
+
+def sign_in(ctx: BrowserContext, station: Any, name: str = "admin", password: str = ADMIN_PASSWORD,
+            page: str = "overview") -> Page:
+    p = ctx.new_page()
+    p.goto(f"{station.url}/console/{page}")
+    expect(p).to_have_url(re.compile(r"/console/signin\?next="))
+    p.fill("input[name=name]", name)
+    p.fill("input[name=password]", password)
+    p.click("button[type=submit]")
+    expect(p).to_have_url(f"{station.url}/console/{page}")
+    expect(p.locator("body")).to_have_attribute("data-ready", "yes")
+    return p
+
+
+def visit(p: Page, station: Any, page: str) -> Page:
+    p.goto(f"{station.url}/console/{page}")
+    expect(p.locator("body")).to_have_attribute("data-ready", re.compile("yes|error"))
+    return p
+
+
+def test_gp_sign_in_sign_out_and_ep_a_wrong_password_is_shown(station, context: BrowserContext):
+    p = context.new_page()
+    p.goto(station.url + "/")
+    expect(p).to_have_url(f"{station.url}/console/signin?next=/console/overview")
+    p.fill("input[name=name]", "admin")
+    p.fill("input[name=password]", "not-the-password")
+    p.click("button[type=submit]")
+    expect(p.locator("#notice")).to_have_text("Sign-in refused: wrong user name or password")
+    expect(p).to_have_url(re.compile(r"/console/signin"))
+    assert not [c for c in context.cookies() if c["name"] == "dvsan_session"]
+    p.fill("input[name=password]", ADMIN_PASSWORD)
+    p.click("button[type=submit]")
+    expect(p).to_have_url(f"{station.url}/console/overview")
+    expect(p.locator("#who")).to_have_text("admin (admin)")
+    expect(p.locator("nav a[href='/console/users']")).to_be_visible()
+    cookie = next(c for c in context.cookies() if c["name"] == "dvsan_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert p.evaluate("document.cookie") == ""            # the page's script cannot read it
+    p.click("#signout")
+    expect(p).to_have_url(f"{station.url}/console/signin")
+    # the session is over at the station, not only in this browser
+    r = httpx.get(station.url + "/api/v1/me", cookies={"dvsan_session": cookie["value"]}, timeout=30)
+    assert r.status_code == 401
+    p.goto(station.url + "/console/units")
+    expect(p).to_have_url(f"{station.url}/console/signin?next=/console/units")
+
+
+IQN_B = "iqn.2026-11.org.dvsan.lab:host-b"
+IQN_D = "iqn.2026-11.org.dvsan.lab:host-d"
+WRITE = """async ([method, path, body, csrf]) => {
+  const headers = {"Content-Type": "application/json"};
+  if (csrf) headers["X-CSRF-Token"] = window.dvsan.csrf;
+  const r = await fetch(path, {method, headers, body: body ? JSON.stringify(body) : undefined});
+  return [r.status, await r.text()];
+}"""
+
+
+def actions(p: Page) -> int:
+    """How many action buttons and forms the page offers (visible ones)."""
+    return p.locator("button.action:visible, form[data-needs]:visible").count()
+
+
+def test_ep_a_viewer_is_offered_no_action_and_the_api_refuses_it_anyway(station, tmp_path, browser: Browser):
+    enrol_host(station, tmp_path, "host-b", IQN_B)
+    u = slow_unit(station, tmp_path / "disks")
+    make_user(station, "vera", "viewer")
+    try:
+        u.start()
+        online(station, 3)
+        a = request(station, 12 * MiB).json()
+        admin_ctx, viewer_ctx = browser.new_context(), browser.new_context()
+        admin = sign_in(admin_ctx, station, page="assignments")
+        viewer = sign_in(viewer_ctx, station, "vera", PASSWORD, page="assignments")
+        for p in (admin, viewer):
+            expect(p.locator(f"tr[data-assignment='{a['id']}']")).to_be_visible()
+        # side by side: the same pages offer the admin its actions and the viewer none
+        for name, offered in (("assignments", 2), ("hosts", 2), ("units", 0), ("tasks", 0), ("overview", 0)):
+            visit(admin, station, name)
+            visit(viewer, station, name)
+            assert actions(admin) >= offered, name
+            assert actions(viewer) == 0, (name, viewer.locator("button.action:visible").all_inner_texts())
+        expect(viewer.locator("nav a[href='/console/users']")).to_be_hidden()
+        expect(viewer.locator("nav a[href='/console/audit']")).to_be_hidden()
+        expect(admin.locator("nav a[href='/console/users']")).to_be_visible()
+        # a viewer who goes to an admin's page anyway is told why it shows nothing
+        visit(viewer, station, "users")
+        expect(viewer.locator("#notice")).to_contain_text(
+            "not permitted (403, Forbidden): user 'vera' (role viewer) lacks the permission 'users.admin'")
+        assert actions(viewer) == 0
+        # and its session, used from the page's own script, is refused every write
+        for method, path, body in (("DELETE", f"/api/v1/assignments/{a['id']}", None),
+                                   ("POST", "/api/v1/assignments", {"host": "host-b", "initiator_iqn": IQN_B,
+                                                                    "host_address": "127.0.0.2", "volume_id": 1}),
+                                   ("POST", f"/api/v1/volumes/{a['volume_id']}/wipe", None),
+                                   ("POST", "/api/v1/users", {"name": "eve", "role": "admin", "password": "x" * 16})):
+            status, text = viewer.evaluate(WRITE, [method, station.url + path, body, True])
+            assert status == 403 and "lacks the permission" in text, (method, path, status, text)
+        # without the session's CSRF token, even the admin's write is refused
+        status, text = admin.evaluate(WRITE, ["DELETE", f"/api/v1/assignments/{a['id']}", None, False])
+        assert status == 403 and "X-CSRF-Token" in text, text
+        assert vol(station, a["volume_id"])["assigned_to"] == "host-b"
+        # the admin's, with it, is done: the viewer's 403 was its permission, nothing else
+        status, text = admin.evaluate(WRITE, ["DELETE", f"/api/v1/assignments/{a['id']}?wait=30", None, True])
+        assert status == 200, text
+        wait_for(lambda: vol(station, a["volume_id"])["wipe_state"] == "clean", 60)
+    finally:
+        u.close()
+
+
+# Records, in the page, every state and progress value each task row of the live list ever showed.
+WATCH = """() => {
+  window.seen = [];
+  window.notReloaded = true;
+  const box = document.querySelector('#live-tasks');
+  const note = () => { for (const row of box.querySelectorAll('.task')) {
+    const bar = row.querySelector('progress');
+    window.seen.push([Number(row.dataset.task), row.dataset.kind, row.dataset.state,
+                      bar.hasAttribute('value') ? bar.value : null, bar.max]);
+  } };
+  new MutationObserver(note).observe(box, {childList: true, subtree: true});
+}"""
+
+
+def test_gp_two_admins_start_tasks_at_once_and_each_page_follows_all_of_them_live(station, tmp_path,
+                                                                                   browser: Browser):
+    u = slow_unit(station, tmp_path / "disks")
+    make_user(station, "ada", "admin")
+    try:
+        u.start()
+        online(station, 3)
+        a = request(station, 12 * MiB).json()                                  # vdz2, 16 MiB
+        b = request(station, 20 * MiB, host="host-c", iqn=IQN_C).json()        # vdz3, 32 MiB
+        free = next(v for v in httpx.get(station.url + "/api/v1/volumes", headers=station.auth, timeout=30).json()
+                    if v["assigned_to"] is None)                                # vdz1, 8 MiB
+        ctx_a, ctx_b = browser.new_context(), browser.new_context()
+        watch = [sign_in(ctx_a, station, page="tasks"), sign_in(ctx_b, station, "ada", PASSWORD, page="tasks")]
+        for w in watch:
+            expect(w.locator("#live")).to_have_text("live")            # its event stream is open
+            w.evaluate(WATCH)
+        act_a = visit(ctx_a.new_page(), station, "assignments")
+        act_b = visit(ctx_b.new_page(), station, "assignments")
+        u.agent.wiper.gate.clear()            # the unit starts its wipes, then holds them: no progress yet
+        # at once: admin releases host-b's volume, ada host-c's, admin assigns the free one to host-d
+        act_a.locator(f"tr[data-assignment='{a['id']}'] button.action").click()
+        act_b.locator(f"tr[data-assignment='{b['id']}'] button.action").click()
+        act_a.fill("#assign-form input[name=host]", "host-d")
+        act_a.fill("#assign-form input[name=initiator_iqn]", IQN_D)
+        act_a.fill("#assign-form input[name=host_address]", "127.0.0.4")
+        act_a.select_option("#assign-form select[name=volume_id]", str(free["id"]))
+        act_a.click("#assign-form button[type=submit]")
+        for w in watch:
+            # both wipes run, shown without a number while the unit has reported none
+            expect(w.locator(".task[data-kind=wipe][data-state=running] progress:not([value])")).to_have_count(2)
+        u.agent.wiper.gate.set()
+        for w in watch:
+            for kind, n in (("release", 2), ("wipe", 2), ("assign", 1)):
+                expect(w.locator(f".task[data-kind={kind}][data-state=succeeded]")).to_have_count(n, timeout=60_000)
+        expect(act_a.locator("#notice")).to_contain_text(f"Volume #{free['id']} (unit-z/vdz1) assigned to host-d")
+        # ada's assignments page, never reloaded, followed the end of the admin's tasks too
+        expect(act_b.locator(f"tr[data-volume='{free['id']}']")).to_contain_text("host-d")
+        for gone in (a, b):
+            expect(act_b.locator(f"tr[data-volume='{gone['volume_id']}']")).to_have_count(0)
+        for w in watch:
+            assert w.evaluate("window.notReloaded") and w.evaluate("window.dvsan.events") >= 10
+            seen = w.evaluate("window.seen")
+            wipes = {t for t, kind, *_ in seen if kind == "wipe"}
+            assert len(wipes) == 2, seen
+            for t in wipes:
+                mine = [(state, value, top) for i, _, state, value, top in seen if i == t]
+                assert ("running", None, 1) in mine, mine                       # indeterminate first
+                mid = [value for state, value, top in mine if state == "running" and value and 0 < value < top]
+                assert mid and mid == sorted(mid), mine                          # then moving forward
+                assert mine[-1][0] == "succeeded"
+        assert {v["device"]: v["assigned_to"] for v in httpx.get(
+            station.url + "/api/v1/volumes", headers=station.auth, timeout=30).json()} == {
+            "vdz1": "host-d", "vdz2": None, "vdz3": None}
+    finally:
+        u.close()
