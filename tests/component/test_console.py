@@ -160,7 +160,7 @@ def test_gp_two_admins_start_tasks_at_once_and_each_page_follows_all_of_them_liv
         ctx_a, ctx_b = browser.new_context(), browser.new_context()
         watch = [sign_in(ctx_a, station, page="tasks"), sign_in(ctx_b, station, "ada", PASSWORD, page="tasks")]
         for w in watch:
-            expect(w.locator("#live")).to_have_text("live")            # its event stream is open
+            expect(w.locator("#live")).to_have_text("· live")            # its event stream is open
             w.evaluate(WATCH)
         act_a = visit(ctx_a.new_page(), station, "assignments")
         act_b = visit(ctx_b.new_page(), station, "assignments")
@@ -201,3 +201,127 @@ def test_gp_two_admins_start_tasks_at_once_and_each_page_follows_all_of_them_liv
             "vdz1": "host-d", "vdz2": None, "vdz3": None}
     finally:
         u.close()
+
+
+def test_ep_refusals_are_shown_in_the_page_with_the_stations_reason(station, tmp_path, page: Page):
+    u = slow_unit(station, tmp_path / "disks")
+    try:
+        u.start()
+        online(station, 3)
+        p = sign_in(page.context, station, page="assignments")
+        form = p.locator("#assign-form")
+        form.locator("input[name=host]").fill("host-b")
+        form.locator("input[name=initiator_iqn]").fill(IQN_B)
+        form.locator("input[name=host_address]").fill("not-an-address")
+        form.locator("input[name=size]").fill("1MiB")
+        form.locator("button[type=submit]").click()
+        expect(p.locator("#notice")).to_contain_text("invalid input (422): host_address:")
+        expect(p.locator("#notice")).to_contain_text("not an IP address: 'not-an-address'")
+        form.locator("input[name=host_address]").fill("127.0.0.2")
+        form.locator("input[name=size]").fill("900MiB")                 # larger than any volume
+        form.locator("button[type=submit]").click()
+        expect(p.locator("#notice")).to_contain_text("refused (409, InsufficientCapacity): no free volume")
+        # the unit goes away while the form still offers its volume: the station refuses, and says why
+        vid = next(v["id"] for v in httpx.get(station.url + "/api/v1/volumes", headers=station.auth,
+                                              timeout=30).json() if v["device"] == "vdz1")
+        form.locator("select[name=volume_id]").select_option(str(vid))
+        assert u.stop()
+        wait_for(lambda: vol(station, vid)["state"] == "offline")
+        form.locator("button[type=submit]").click()
+        expect(p.locator("#notice")).to_contain_text(f"refused (409, Conflict): volume {vid} is offline on unit unit-z")
+        expect(p.locator("#notice")).to_have_class("error")
+        assert httpx.get(station.url + "/api/v1/assignments", headers=station.auth, timeout=30).json() == []
+    finally:
+        u.close()
+
+
+def test_gp_screenshots_of_the_main_pages(station, tmp_path, browser: Browser):
+    """Screenshots of the main pages mid-way through two wipes (DVSAN_CONSOLE_SCREENSHOTS=docs/img
+    keeps them for the README); the overview's bars say what they show."""
+    out = Path(SHOTS) if SHOTS else tmp_path / "shots"
+    out.mkdir(parents=True, exist_ok=True)
+    u = slow_unit(station, tmp_path / "disks")
+    enrol_host(station, tmp_path, "host-b", IQN_B)
+    enrol_host(station, tmp_path, "host-c", IQN_C)
+    make_user(station, "vera", "viewer")
+    make_user(station, "otto", "operator")
+    httpx.post(station.url + "/api/v1/grants", headers=station.auth, timeout=30,
+               json={"user": "vera", "role": "operator", "object": "/units/unit-z"}).raise_for_status()
+    try:
+        u.start()
+        online(station, 3)
+        a = request(station, 12 * MiB).json()
+        b = request(station, 20 * MiB, host="host-c", iqn=IQN_C).json()
+        ctx = browser.new_context(viewport={"width": 1200, "height": 720})
+        p = sign_in(ctx, station, page="tasks")
+        released: list[Any] = []
+        threads = [threading.Thread(target=lambda x=x: released.append(httpx.delete(
+            f"{station.url}/api/v1/assignments/{x['id']}?wait=30", headers=station.auth, timeout=60).json()))
+            for x in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wipes = [r["wipe_task"] for r in released]
+        wait_for(lambda: any(t["step"] * 3 > t["total_steps"] for t in (httpx.get(
+            f"{station.url}/api/v1/tasks/{w}", headers=station.auth, timeout=30).json() for w in wipes)), 60)
+        u.agent.wiper.gate.clear()            # hold both wipes mid-way for the pictures
+        expect(p.locator(".task[data-kind=wipe][data-state=running] progress[value]")).to_have_count(2)
+        p.screenshot(path=str(out / "console-tasks.png"))
+        visit(p, station, "overview")
+        total = p.locator(".bar-row[data-unit='all units']")
+        expect(total).to_contain_text("8.0 MiB free of 56.0 MiB · 48.0 MiB wiping")
+        widths = {k: total.locator(f".bar .{k}").bounding_box()["width"] for k in ("free", "wiping", "assigned")}
+        assert widths["assigned"] == 0 and abs(widths["wiping"] / widths["free"] - 6) < 0.1, widths
+        expect(p.locator("#unit-states [data-state=online]")).to_have_text("online 1")
+        expect(p.locator("#live-tasks .task[data-kind=wipe]")).to_have_count(2)
+        p.screenshot(path=str(out / "console-overview.png"))
+        u.agent.wiper.gate.set()
+        wait_for(lambda: all(httpx.get(f"{station.url}/api/v1/tasks/{w}", headers=station.auth,
+                                       timeout=30).json()["state"] == "succeeded" for w in wipes), 60)
+        request(station, 12 * MiB)
+        visit(p, station, "units")
+        expect(p.locator("section[data-unit=unit-z] tbody tr")).to_have_count(3)
+        expect(p.locator("section[data-unit=unit-z] tr[data-volume]").first).to_contain_text("2048")
+        p.screenshot(path=str(out / "console-units.png"))
+        for name in ("assignments", "hosts", "users"):
+            visit(p, station, name)
+            expect(p.locator("#notice")).to_be_hidden()
+            p.screenshot(path=str(out / f"console-{name}.png"))
+        ctx.close()
+    finally:
+        u.close()
+
+
+def test_gp_an_admin_enrols_a_host_makes_a_user_and_grants_it_from_the_pages(station, page: Page):
+    p = sign_in(page.context, station, page="hosts")
+    p.fill("#enrol-form input[name=name]", "host-b")
+    p.fill("#enrol-form textarea[name=iqns]", IQN_B)
+    p.click("#enrol-form button[type=submit]")
+    expect(p.locator("#enrolled-token code")).to_have_text(re.compile(r"^dvsan_\d+_\S+$"))
+    token = p.locator("#enrolled-token code").inner_text()
+    r = httpx.get(station.url + "/api/v1/assignments", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200 and r.json() == []          # the token shown once is the host's
+    expect(p.locator("tr[data-host=host-b]")).to_contain_text(IQN_B)
+    p.click("#enrol-form button[type=submit]")             # again: refused, and the page says why
+    expect(p.locator("#notice")).to_contain_text("refused (409, Conflict): host 'host-b' is enrolled already")
+    visit(p, station, "users")
+    p.fill("#user-form input[name=name]", "otto")
+    p.select_option("#user-form select[name=role]", "operator")
+    p.fill("#user-form input[name=password]", "short")
+    p.click("#user-form button[type=submit]")              # the browser's own check: minlength
+    assert p.locator("#user-form input[name=password]").evaluate("e => e.validity.tooShort")
+    p.fill("#user-form input[name=password]", PASSWORD)
+    p.click("#user-form button[type=submit]")
+    expect(p.locator("tr[data-user=otto]")).to_contain_text("operator")
+    p.fill("#grant-form input[name=user]", "otto")
+    p.fill("#grant-form input[name=object]", "/units/unit-a")
+    p.click("#grant-form button[type=submit]")
+    expect(p.locator("#grants tbody tr")).to_contain_text("/units/unit-a")
+    p.fill("#grant-form input[name=object]", "units/unit-a")
+    p.click("#grant-form button[type=submit]")
+    expect(p.locator("#notice")).to_contain_text("invalid input (422): object:")
+    grants = httpx.get(station.url + "/api/v1/grants", headers=station.auth, timeout=30).json()
+    assert [(g["user_name"], g["role"], g["object"]) for g in grants] == [("otto", "operator", "/units/unit-a")]
+    visit(p, station, "audit")
+    expect(p.locator("#audit tbody tr").first).to_contain_text("POST /api/v1/grants")

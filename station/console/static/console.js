@@ -51,6 +51,8 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
     if (k === "class") e.className = v;
+    // NOTE: through the CSSOM: the Content-Security-Policy refuses style attributes in markup
+    else if (k === "style") Object.assign(e.style, v);
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (k in e && typeof v !== "string") e[k] = v;
     else e.setAttribute(k, v === true ? "" : v);
@@ -167,8 +169,8 @@ async function liveTasks(box, onEnd) {
   await load();
   const live = $("#live");
   const es = new EventSource("/api/v1/events");
-  es.addEventListener("open", () => { live.textContent = "live"; live.classList.add("on"); });
-  es.addEventListener("error", () => { live.textContent = "reconnecting…"; live.classList.remove("on"); });
+  es.addEventListener("open", () => { live.textContent = "· live"; live.classList.add("on"); });
+  es.addEventListener("error", () => { live.textContent = "· reconnecting…"; live.classList.remove("on"); });
   es.addEventListener("task", (ev) => {
     dv.events++;
     const t = JSON.parse(ev.data);
@@ -213,7 +215,7 @@ function capacity(vols) {
 
 function capacityBar(label, c) {
   const total = c.free + c.assigned + c.wiping + c.offline;
-  const seg = (k) => el("span", { class: k, style: `width:${total ? (100 * c[k]) / total : 0}%`,
+  const seg = (k) => el("span", { class: k, style: { width: `${total ? (100 * c[k]) / total : 0}%` },
                                   title: `${k}: ${bytes(c[k])}` });
   return el("div", { class: "bar-row", "data-unit": label },
     el("strong", null, label),
@@ -319,9 +321,11 @@ pages.assignments = async () => {
     const free = vols.data.filter((v) => !v.assigned_to && v.wipe_state === "clean");
     const pick = form.volume_id;
     const chosen = pick.value;
-    pick.replaceChildren(el("option", { value: "" }, "best fit for the size"),
-      ...free.map((v) => el("option", { value: v.id }, `#${v.id} ${v.unit_name}/${v.device} ${bytes(v.size_bytes)}`)));
-    pick.value = free.some((v) => String(v.id) === chosen) ? chosen : "";
+    const options = free.map((v) => el("option", { value: v.id }, `#${v.id} ${v.unit_name}/${v.device} ${bytes(v.size_bytes)}`));
+    // a choice the user made stays made when the volume stops being free: the station says why
+    if (chosen && !free.some((v) => String(v.id) === chosen)) options.unshift(el("option", { value: chosen }, `#${chosen} (no longer free)`));
+    pick.replaceChildren(el("option", { value: "" }, "best fit for the size"), ...options);
+    pick.value = chosen;
     fill($("#assignments tbody"), assigns.data.map((a) => el("tr", { "data-assignment": a.id, "data-volume": a.volume_id },
       el("td", { class: "num" }, a.id), el("td", null, a.host), el("td", { class: "mono" }, a.initiator_iqn),
       el("td", null, `#${a.volume_id} ${a.unit}/${a.device}`), el("td", { class: "num" }, `${a.start_lba}–${a.end_lba}`),
