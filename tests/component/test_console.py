@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.component.test_console_pages import PASSWORD, make_user
@@ -78,6 +77,12 @@ WRITE = """async ([method, path, body, csrf]) => {
   const r = await fetch(path, {method, headers, body: body ? JSON.stringify(body) : undefined});
   return [r.status, await r.text()];
 }"""
+
+
+def width(loc: Any) -> float:
+    box = loc.bounding_box()
+    assert box is not None, loc
+    return float(box["width"])
 
 
 def actions(p: Page) -> int:
@@ -271,7 +276,7 @@ def test_gp_screenshots_of_the_main_pages(station, tmp_path, browser: Browser):
         visit(p, station, "overview")
         total = p.locator(".bar-row[data-unit='all units']")
         expect(total).to_contain_text("8.0 MiB free of 56.0 MiB · 48.0 MiB wiping")
-        widths = {k: total.locator(f".bar .{k}").bounding_box()["width"] for k in ("free", "wiping", "assigned")}
+        widths = {k: width(total.locator(f".bar .{k}")) for k in ("free", "wiping", "assigned")}
         assert widths["assigned"] == 0 and abs(widths["wiping"] / widths["free"] - 6) < 0.1, widths
         expect(p.locator("#unit-states [data-state=online]")).to_have_text("online 1")
         expect(p.locator("#live-tasks .task[data-kind=wipe]")).to_have_count(2)

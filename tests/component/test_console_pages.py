@@ -10,7 +10,6 @@ import httpx
 
 from station.services.auth import csrf_token
 
-
 PASSWORD = "a-long-enough-password"
 
 

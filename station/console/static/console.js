@@ -3,7 +3,7 @@
 // Values from the API reach the page as text only (textContent), never as HTML.
 "use strict";
 
-const dv = { me: null, csrf: null, events: 0 };
+const dv = { me: null, meReady: null, csrf: null, events: 0 };
 window.dvsan = dv;                     // for the browser tests: who signed in, events received
 
 class ApiError extends Error {
@@ -35,7 +35,7 @@ async function api(method, path, body) {
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (e) { data = { detail: text.slice(0, 200) }; }
-  if (r.status === 401 && dv.me && path !== "/api/v1/session") toSignIn();
+  if (r.status === 401 && document.body.dataset.page !== "signin") toSignIn();
   if (!r.ok) throw new ApiError(r.status, data);
   return { status: r.status, data, headers: r.headers };
 }
@@ -152,25 +152,37 @@ function taskRow(t) {
 
 // The live list of tasks in `box`: queued and running ones at load, then every change from the
 // event stream (and those that end stay, with their end). `onEnd` runs when one ends.
+const RANK = { queued: 0, running: 1 };
+const further = (a, b) => (RANK[a.state] ?? 2) - (RANK[b.state] ?? 2) || a.step - b.step;
+
+// The live list of tasks in `box`: the event stream opens first, then the queued and running
+// tasks are read (a view never replaces a further one: an event may be newer than the list);
+// every change follows, and the tasks that end stay with their end. `onEnd` runs when one ends.
 async function liveTasks(box, onEnd) {
   const rows = new Map();
   const put = (t) => {
     const old = rows.get(t.id);
+    if (old && further(old.view, t) > 0) return;
     const row = taskRow(t);
+    row.view = t;
     if (old) old.replaceWith(row); else box.prepend(row);
     rows.set(t.id, row);
   };
   const load = async () => {
     const [running, queued] = await Promise.all([api("GET", "/api/v1/tasks?state=running&limit=1000"),
-                                                 api("GET", "/api/v1/tasks?state=queued&limit=1000")]);
+                                                 api("GET", "/api/v1/tasks?state=queued&limit=1000"), dv.meReady]);
     for (const t of [...running.data, ...queued.data].sort((a, b) => a.id - b.id)) put(t);
     if (!rows.size) box.replaceChildren(el("p", { class: "muted empty" }, "No task is running."));
   };
-  await load();
   const live = $("#live");
   const es = new EventSource("/api/v1/events");
-  es.addEventListener("open", () => { live.textContent = "· live"; live.classList.add("on"); });
-  es.addEventListener("error", () => { live.textContent = "· reconnecting…"; live.classList.remove("on"); });
+  let lost = false;
+  es.addEventListener("open", () => {
+    live.textContent = "· live";
+    live.classList.add("on");
+    if (lost) load().catch((e) => notice(e.message));     // back after a break: read the list again
+  });
+  es.addEventListener("error", () => { lost = true; live.textContent = "· reconnecting…"; live.classList.remove("on"); });
   es.addEventListener("task", (ev) => {
     dv.events++;
     const t = JSON.parse(ev.data);
@@ -180,6 +192,7 @@ async function liveTasks(box, onEnd) {
     if (FINAL.has(t.state) && onEnd) onEnd(t);
   });
   es.addEventListener("lagged", () => load().catch((e) => notice(e.message)));
+  await load();
   return es;
 }
 
@@ -260,7 +273,7 @@ function volumeRow(v) {
 
 pages.units = async () => {
   const load = async () => {
-    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes")]);
+    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes"), dv.meReady]);
     const byUnit = new Map(units.data.map((u) => [u.name, []]));
     for (const v of vols.data) if (byUnit.has(v.unit_name)) byUnit.get(v.unit_name).push(v);
     const out = units.data.map((u) => {
@@ -282,7 +295,7 @@ pages.units = async () => {
 
 pages.hosts = async () => {
   const load = async () => {
-    const [hosts, assigns] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/assignments")]);
+    const [hosts, assigns] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/assignments"), dv.meReady]);
     fill($("#hosts tbody"), hosts.data.map((h) => {
       const held = assigns.data.filter((a) => a.host === h.name);
       return el("tr", { "data-host": h.name },
@@ -311,6 +324,7 @@ pages.assignments = async () => {
   const form = $("#assign-form");
   const iqns = new Map();
   const load = async () => {
+    await dv.meReady;
     const calls = [api("GET", "/api/v1/assignments"), api("GET", "/api/v1/volumes?state=online")];
     if (may("hosts.read")) calls.push(api("GET", "/api/v1/hosts"));
     const [assigns, vols, hosts] = await Promise.all(calls);
@@ -387,7 +401,7 @@ pages.audit = async () => {
 
 pages.users = async () => {
   const load = async () => {
-    const [users, grants] = await Promise.all([api("GET", "/api/v1/users"), api("GET", "/api/v1/grants")]);
+    const [users, grants] = await Promise.all([api("GET", "/api/v1/users"), api("GET", "/api/v1/grants"), dv.meReady]);
     fill($("#users tbody"), users.data.map((u) => el("tr", { "data-user": u.name },
       el("td", null, u.name), el("td", null, u.role), el("td", null, when(u.created_at)), el("td", null, when(u.locked_until)),
       el("td", null, u.name === dv.me.name ? "" : actionButton("Delete", async () => {
@@ -427,20 +441,20 @@ async function start() {
     document.body.dataset.ready = "yes";
     return;
   }
-  try {
-    dv.me = (await api("GET", "/api/v1/me")).data;
-  } catch (e) {
-    if (e.status === 401) { toSignIn(); return; }
-    throw e;
-  }
-  dv.csrf = dv.me.csrf_token;
-  $("#who").textContent = `${dv.me.name} (${dv.me.role})`;
-  for (const e of document.querySelectorAll("[data-needs]")) e.hidden = !may(e.dataset.needs);
+  // who is calling, read while the page reads its data (each page waits for it before it offers
+  // an action); a session that is gone sends the user to sign in
+  dv.meReady = api("GET", "/api/v1/me").then((r) => {
+    dv.me = r.data;
+    dv.csrf = dv.me.csrf_token;
+    $("#who").textContent = `${dv.me.name} (${dv.me.role})`;
+    for (const e of document.querySelectorAll("[data-needs]")) e.hidden = !may(e.dataset.needs);
+  });
   $("#signout").addEventListener("click", async () => {
     try { await api("DELETE", "/api/v1/session"); } catch (e) { /* signed out already */ }
     location.assign("/console/signin");
   });
-  await pages[page]();
+  await Promise.all([dv.meReady, pages[page]()]);
+  performance.mark("dvsan-ready");    // bench/console_paint.py: the page's data is in the DOM
   document.body.dataset.ready = "yes";
 }
 
