@@ -330,3 +330,45 @@ def test_gp_an_admin_enrols_a_host_makes_a_user_and_grants_it_from_the_pages(sta
     assert [(g["user_name"], g["role"], g["object"]) for g in grants] == [("otto", "operator", "/units/unit-a")]
     visit(p, station, "audit")
     expect(p.locator("#audit tbody tr").first).to_contain_text("POST /api/v1/grants")
+
+
+def test_ep_a_unit_that_does_not_apply_is_shown_and_a_queued_task_is_cancelled_from_the_page(
+        station, tmp_path, browser: Browser):
+    u = slow_unit(station, tmp_path / "disks")
+    held = threading.Event()
+    apply = u.lio.apply
+
+    def stuck(actions: Any) -> None:          # the unit's kernel write hangs until the test lets go
+        held.wait(60)
+        apply(actions)
+    u.lio.apply = stuck  # type: ignore[method-assign]
+    try:
+        u.start()
+        online(station, 3)
+        u.agent.apply_timeout = 5
+        ctx = browser.new_context()
+        tasks = sign_in(ctx, station, page="tasks")
+        form = visit(ctx.new_page(), station, "assignments")
+        form.fill("#assign-form input[name=host]", "host-b")
+        form.fill("#assign-form input[name=initiator_iqn]", IQN_B)
+        form.fill("#assign-form input[name=host_address]", "127.0.0.2")
+        form.fill("#assign-form input[name=size]", "5MiB")
+        form.click("#assign-form button[type=submit]")
+        expect(tasks.locator(".task[data-kind=assign][data-state=running]")).to_have_count(1)
+        # another request for the same host waits its turn: queued, and cancelled from the page
+        r = httpx.post(station.url + "/api/v1/assignments", headers=station.auth, timeout=30, json={
+            "host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size": "5MiB"})
+        assert r.status_code == 202, r.text
+        queued = tasks.locator(f".task[data-task='{r.json()['id']}']")
+        expect(queued).to_have_attribute("data-state", "queued")
+        queued.locator("button.action").click()
+        expect(queued).to_have_attribute("data-state", "cancelled")
+        expect(queued.locator("button")).to_have_count(0)
+        # the first fails when the unit does not apply in time; its page says so, from the station
+        expect(form.locator("#notice")).to_contain_text("unit unavailable (503", timeout=30_000)
+        expect(form.locator("#notice")).to_contain_text("unit-z is busy")
+        expect(tasks.locator(".task[data-kind=assign][data-state=failed] .msg")).to_contain_text("Unavailable")
+        assert httpx.get(station.url + "/api/v1/assignments", headers=station.auth, timeout=30).json() == []
+    finally:
+        held.set()
+        u.close()
