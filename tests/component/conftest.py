@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -120,11 +124,33 @@ def station(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StationP
 
 # The console's browser tests drive Debian's chromium (scripts/install-deps.sh installs it);
 # Playwright never downloads a browser of its own here.
+# NOTE: Playwright's sync API leaves its event loop set as running in the thread until it stops,
+# so a later test's asyncio.run() would fail: it is started and stopped once per test module
+# (not for the whole session, as pytest-playwright's fixtures do).
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, object]) -> dict[str, object]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator["Browser"]:
+    from playwright.sync_api import sync_playwright
+
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install-deps.sh (Debian package chromium)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def context(browser: "Browser") -> Iterator["BrowserContext"]:
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: "BrowserContext") -> "Page":
+    return context.new_page()
