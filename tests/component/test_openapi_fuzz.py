@@ -217,8 +217,10 @@ def test_ep_a_host_token_reaches_its_own_storage_and_nothing_else(case: Any, fuz
     if case.method.upper() == "GET":
         # what a host may read is its own: assignments and tasks of its storage, nothing of the pool
         assert label in ("GET /api/v1/assignments", "GET /api/v1/assignments/{assignment_id}",
-                         "GET /api/v1/tasks", "GET /api/v1/tasks/{task_id}"), f"a host read {label}"
+                         "GET /api/v1/tasks", "GET /api/v1/tasks/{task_id}", "GET /api/v1/me"), f"a host read {label}"
         body = r.json()
+        if label == "GET /api/v1/me":       # only who it is itself
+            assert (body["kind"], body["name"], body["permissions"]) == ("host", HOST, ["host.storage"]), body
         for item in body if isinstance(body, list) else [body]:
             assert item.get("host", item.get("host_name")) in (HOST, None), f"{label} showed {item}"
     else:
