@@ -7,6 +7,7 @@ value); 3 the station cannot be reached; 4 no usable login (run `dvsan-shell log
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,9 @@ def _interactive(shell: object, root: object, login: Callable[[], config.Login])
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        # NOTE: `dvsan-shell /volumes ls | head` ends quietly, as a C tool killed by SIGPIPE does
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         if args[:1] == ["login"]:
             return _login(args[1:])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from configshell import ConfigShell, ExecutionError
+from configshell import ConfigShell, ExecutionError, Log
 
 from station.shell.errors import EXIT_FAILED, EXIT_USAGE, ShellError, UsageError, error_line
 from station.shell.tree import Output
@@ -39,11 +39,21 @@ def exit_code(e: BaseException) -> int:
     return EXIT_FAILED
 
 
+class QuietLog(Log):  # type: ignore[misc]
+    """configshell's log without the cost of its debug lines: configshell's `debug` walks the
+    whole call stack (inspect.stack) for every line, shown or not, a dozen times a command."""
+
+    def debug(self, msg: str) -> None:
+        if os.environ.get("DVSAN_SHELL_DEBUG"):
+            super().debug(msg)
+
+
 class DvsanShell(ConfigShell):  # type: ignore[misc]
     """configshell's interpreter with dvsan's defaults, `--json` per command, and errors shown."""
 
     def __init__(self, output: Output, history: Path | None = None) -> None:
         super().__init__(preferences_dir=None)       # no pickled preferences file
+        self.log = QuietLog()
         for k, v in PREFS.items():
             self.prefs[k] = v
         self.prefs["bookmarks"] = self.prefs["bookmarks"] or {}

@@ -233,7 +233,7 @@ class Node(ConfigNode):
             target.refresh()
         if self.out.json:
             if isinstance(target, Collection):
-                data: Any = [c.as_data() for c in target.children]
+                data: Any = target.as_data()
             elif target.children:
                 data = {"path": target.path, "summary": target.summary_text(),
                         "children": [{"name": c.name, "summary": c.summary_text()} for c in target.children]}
@@ -246,6 +246,11 @@ class Node(ConfigNode):
 
         def walk(node: Node, indent: str, left: int) -> None:
             if left <= 0:
+                return
+            if left == 1 and isinstance(node, Collection):      # the last level: from data, no nodes
+                kind = node.child_type
+                lines.extend(render.dots(indent + "o- ", n, kind.summarize(d), width)
+                             for n, d in node.listing())
                 return
             for child in node.children:
                 kids = child.children if left > 1 else None     # loaded first: its summary counts them
@@ -284,6 +289,14 @@ class Item(Node):
         super().__init__(name, parent)
         self.data = data
 
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        """The one-line summary `ls` shows for an object of this kind, from its data alone."""
+        return ""
+
+    def summary_text(self) -> str:
+        return self.summarize(self.data)
+
     def as_data(self) -> Any:
         return self.data
 
@@ -310,7 +323,10 @@ class Item(Node):
 
 
 class Collection(Node):
-    """Objects of one kind, loaded from the station when visited (never at start)."""
+    """Objects of one kind, loaded from the station when visited (never at start).
+
+    What the station answered is kept as data; a node is made for an object only when something
+    needs one (a path through it, tab completion): `ls` of a thousand volumes makes none."""
 
     UNSUPPORTED: ClassVar[Any] = object()
     child_type: ClassVar[type[Item]] = Item
@@ -320,7 +336,8 @@ class Collection(Node):
 
     def __init__(self, name: str, parent: Node) -> None:
         super().__init__(name, parent)
-        self._by_name: dict[str, Item] = {}
+        self._data: dict[str, dict[str, Any]] = {}     # what the station answered, by name
+        self._by_name: dict[str, Item] = {}            # the nodes made so far
         self.loaded = False
 
     # what a collection kind says
@@ -334,68 +351,68 @@ class Collection(Node):
     def key(self, data: dict[str, Any]) -> str:
         return str(data["id"])
 
-    def make(self, name: str, data: dict[str, Any]) -> Item:
-        return self.child_type(name, self, data)
-
     # loading
     def load(self) -> None:
-        """Ask the station for the whole collection; keep the nodes of what is still there."""
-        items = self.fetch_all()
-        seen = set()
-        for d in items:
-            name = self.key(d)
-            seen.add(name)
-            self._put(name, d)
-        for name in [n for n in self._by_name if n not in seen]:
+        """Ask the station for the whole collection; nodes of what is gone are dropped, those of
+        what is still there get the fresh data."""
+        self._data = {self.key(d): d for d in self.fetch_all()}
+        for name in [n for n in self._by_name if n not in self._data]:
             self.remove_child(self._by_name.pop(name))
+        for name, node in self._by_name.items():
+            node.data = self._data[name]
         self.loaded = True
 
     def forget(self) -> None:
         self.loaded = False
 
-    def _put(self, name: str, data: dict[str, Any]) -> Item:
+    def _node(self, name: str, data: dict[str, Any]) -> Item:
         node = self._by_name.get(name)
         if node is None:
-            node = self._by_name[name] = self.make(name, data)
+            node = self._by_name[name] = self.child_type(name, self, data)
         else:
             node.data = data
         return node
 
     def data_of(self, name: str) -> dict[str, Any] | None:
-        node = self._by_name.get(name)
-        return node.data if node is not None else None
+        return self._data.get(name)
 
-    def list_children(self) -> list[Node]:
+    def names(self) -> list[str]:
+        """The names of what the collection holds, in listing order (loading it if need be)."""
         if not self.loaded:
             self.load()
-        return sorted(self._children, key=lambda c: natural(c.name), reverse=self.newest_first)
+        return sorted(self._data, key=natural, reverse=self.newest_first)
+
+    def listing(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(n, self._data[n]) for n in self.names()]
+
+    def list_children(self) -> list[Node]:
+        return [self._node(n, d) for n, d in self.listing()]
 
     def get_child(self, name: str) -> Node:
         """The child `name`: known already, else asked for alone, else (no such route) found in
         a fresh listing."""
-        node = self._by_name.get(name)
-        if node is not None:
-            return node
+        if name in self._data:
+            return self._node(name, self._data[name])
         if not (self.numeric and not name.isdigit()):
             one = self.fetch_one(name)
             if one is self.UNSUPPORTED:
                 self.load()
-                node = self._by_name.get(name)
-                if node is not None:
-                    return node
+                if name in self._data:
+                    return self._node(name, self._data[name])
             elif one is not None:
-                return self._put(name, one)
+                self._data[name] = one
+                return self._node(name, one)
         raise ValueError(f"No such path {self.path.rstrip('/')}/{name}: `ls {self.path}` lists "
                          f"the {self.noun[1]} there are")
 
     def summary_text(self) -> str:
         if not self.loaded:
             return self.description
-        n = len(self._by_name)
+        n = len(self._data)
         return f"{n} {self.noun[0] if n == 1 else self.noun[1]}"
 
     def as_data(self) -> Any:
-        return [c.as_data() for c in self.children]
+        return [d for _, d in self.listing()]
 
     def ui_command_info(self) -> None:
         """
@@ -404,9 +421,9 @@ class Collection(Node):
         With --json: the station's description of each object.
         """
         self.load()
-        data = [c.as_data() for c in self.children]
-        self.out.emit(data, lambda: "\n".join(f"{c.name}: {c.summary_text()}" for c in self.children)
-                      or f"no {self.noun[1]}")
+        rows = self.listing()
+        self.out.emit([d for _, d in rows], lambda: "\n".join(
+            f"{n}: {self.child_type.summarize(d)}" for n, d in rows) or f"no {self.noun[1]}")
 
 
 def _missing(api: Client, method: str, path: str, **kw: Any) -> Any:
@@ -431,8 +448,9 @@ class VolumeNode(Item):
     def volume_id(self) -> int:
         return int(self.data["id"])
 
-    def summary_text(self) -> str:
-        return render.volume_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.volume_summary(data)
 
     def refresh(self) -> dict[str, Any]:
         one = _missing(self.api, "GET", f"/volumes/{self.volume_id}")
@@ -512,7 +530,7 @@ class VolumesNode(Collection):
     def summary_text(self) -> str:
         if not self.loaded:
             return self.description
-        vols = [c.data for c in self._by_name.values()]
+        vols = list(self._data.values())
         free = sum(1 for v in vols if v["state"] == "online" and not v.get("assigned_to")
                    and v.get("wipe_state", "clean") == "clean")
         total = sum(v["size_bytes"] for v in vols)
@@ -528,8 +546,9 @@ class DeviceNode(VolumeNode):
 class DiskNode(Item):
     """A disk of a unit: its volumes, and `partition` to change its partition table."""
 
-    def summary_text(self) -> str:
-        return render.disk_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.disk_summary(data)
 
     @property
     def unit(self) -> str:
@@ -657,8 +676,9 @@ class UnitNode(Item):
         super().__init__(name, parent, data)
         DisksNode("disks", self)
 
-    def summary_text(self) -> str:
-        return render.unit_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.unit_summary(data)
 
 
 class UnitsNode(Collection):
@@ -681,8 +701,9 @@ class UnitsNode(Collection):
 class AssignmentNode(Item):
     """What a host holds: one volume, exported to one of its initiators."""
 
-    def summary_text(self) -> str:
-        return render.assignment_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.assignment_summary(data)
 
     def ui_command_release(self) -> None:
         """
@@ -729,8 +750,9 @@ class HostNode(Item):
         super().__init__(name, parent, data)
         AssignmentsNode("assignments", self)
 
-    def summary_text(self) -> str:
-        return render.host_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.host_summary(data)
 
     def ui_command_assign(self, size: str | None = None, volume: str | None = None,
                           initiator: str | None = None, address: str | None = None,
@@ -819,8 +841,9 @@ TASK_KINDS = ("assign", "release", "wipe", "partition")
 class TaskNode(Item):
     """A change asked of the station: its state and progress; `wait` for it, `cancel` it."""
 
-    def summary_text(self) -> str:
-        return render.task_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.task_summary(data)
 
     def ui_command_wait(self) -> None:
         """
@@ -888,8 +911,9 @@ GRANT_ROLES = ("operator", "viewer")
 class UserNode(Item):
     """A person who may use the station: role, grants on objects."""
 
-    def summary_text(self) -> str:
-        return render.user_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.user_summary(data)
 
     def ui_command_grant(self, role: str, object: str, propagate: str = "true") -> None:
         """
@@ -986,8 +1010,9 @@ def read_password(password_file: str | None, confirm: bool = False) -> str:
 # -- audit ---------------------------------------------------------------------------------------
 
 class AuditEntryNode(Item):
-    def summary_text(self) -> str:
-        return render.audit_summary(self.data)
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.audit_summary(data)
 
 
 class AuditNode(Collection):
@@ -1129,8 +1154,9 @@ class Root(Node):
         if current_param == "size":
             return complete(["1GiB", "10GiB", "100GiB", "1TiB"], text)
         if current_param == "volume":
-            vols = self.get_child("volumes").children
-            return complete([v.name for v in vols if "free" in v.summary_text()], text)
+            vols = self.get_child("volumes")
+            assert isinstance(vols, Collection)
+            return complete([n for n, d in vols.listing() if VolumeNode.summarize(d).endswith("free")], text)
         if current_param == "mutual_chap":
             return complete(["true", "false"], text)
         return []
