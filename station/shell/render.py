@@ -126,8 +126,8 @@ def disks_of(volumes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def dots(prefix: str, name: str, summary: str, width: int) -> str:
-    """`prefix name ....... [summary]` to `width` columns (targetcli's look)."""
+    """`prefix name ....... [summary]` in `width` columns, the last left free (targetcli's look)."""
     if not summary:
         return f"{prefix}{name}"
-    pad = width - len(prefix) - len(name) - len(summary) - 4
+    pad = width - 1 - len(prefix) - len(name) - len(summary) - 4     # one column spare: no wrap
     return f"{prefix}{name} {'.' * max(pad, 1)} [{summary}]"
