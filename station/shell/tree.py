@@ -82,11 +82,12 @@ class Output:
         """A task's progress: one line rewritten in place on a terminal, a line per change otherwise."""
         line = render.task_line(task)
         if self.tty:
+            # NOTE: a line rewritten in place, and wiped once the task has ended: the command's
+            # own answer (or error) says how it ended
             cols = shutil.get_terminal_size((100, 24)).columns
-            sys.stderr.write("\r\x1b[K" + line[:cols - 1])
-            self._partial = True
-            if task["state"] in ("succeeded", "failed", "cancelled", "interrupted"):
-                self._end_partial()
+            ended = task["state"] in ("succeeded", "failed", "cancelled", "interrupted")
+            sys.stderr.write("\r\x1b[K" + ("" if ended else line[:cols - 1]))
+            self._partial = not ended
             sys.stderr.flush()
         else:
             print(line, file=sys.stderr, flush=True)
