@@ -14,6 +14,7 @@ written straight into its SQLite file, as the unit's reports would have made the
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,12 +23,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pexpect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim import station
+from sim import auth, station
 
 from station.db import Database
 from station.db.tables import UnitRow, VolumeRow
@@ -55,13 +57,20 @@ def seed(data_dir: str, n: int) -> None:
     db.dispose()
 
 
-def timed(fn: object, repeat: int) -> tuple[float, float]:
-    out = []
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn: object, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall time of each run, and the CPU time of the processes it ran (the shell's own)."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        c, t = children_cpu(), time.perf_counter()
         fn()  # type: ignore[operator]
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), max(out)
+        wall.append(time.perf_counter() - t)
+        cpu.append(children_cpu() - c)
+    return wall, cpu
 
 
 def main() -> None:
@@ -76,7 +85,7 @@ def main() -> None:
                         str(Path(d) / "admin.password")], env=env, check=True, capture_output=True)
 
         def run(*args: str) -> None:
-            r = subprocess.run([SHELL, *args], env=env, capture_output=True, text=True, timeout=60)
+            r = subprocess.run([SHELL, *args], check=False, env=env, capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
 
         n = len(subprocess.run([SHELL, "/volumes", "ls", "--json"], env=env, capture_output=True,
@@ -99,18 +108,26 @@ def main() -> None:
         one_ls = timed(lambda: run("/volumes", "ls"), a.repeat)
         one_info = timed(lambda: run(f"/volumes/{a.volumes // 2}", "info"), a.repeat)
         one_units = timed(lambda: run("/units", "ls"), a.repeat)
+        one_help = timed(lambda: run("help"), a.repeat)
+        with httpx.Client(base_url=url, headers=auth(d), timeout=60) as h:
+            rest = timed(lambda: h.get("/api/v1/volumes").raise_for_status(), a.repeat)[0]
 
-        def show(what: str, xs: tuple[float, float] | list[float]) -> None:
-            med, worst = (statistics.median(xs), max(xs)) if isinstance(xs, list) else xs
-            print(f"{what:<58} median {med * 1000:7.0f} ms   worst {worst * 1000:7.0f} ms")
+        def show(what: str, xs: list[float], cpu: list[float] | None = None) -> None:
+            line = f"{what:<56} median {statistics.median(xs) * 1000:6.0f} ms  worst {max(xs) * 1000:6.0f} ms"
+            if cpu:
+                line += f"  (shell CPU {statistics.median(cpu) * 1000:4.0f} ms)"
+            print(line)
 
-        print(f"dvsan-shell against a station on loopback, {a.volumes} volumes, {a.repeat} runs each")
+        print(f"dvsan-shell against a station on loopback, {a.volumes} volumes, {a.repeat} runs each; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         show("interactive start (spawn to first prompt)", starts)
         show("ls /volumes in the shell, first visit", first_ls)
         show("ls /volumes in the shell, again (asked afresh)", again_ls)
-        show("one-shot `dvsan-shell /volumes ls` (whole process)", one_ls)
-        show(f"one-shot `dvsan-shell /volumes/{a.volumes // 2} info` (whole process)", one_info)
-        show("one-shot `dvsan-shell /units ls` (whole process)", one_units)
+        show("the REST call alone: GET /api/v1/volumes (httpx)", rest)
+        show("one-shot `dvsan-shell /volumes ls`", *one_ls)
+        show(f"one-shot `dvsan-shell /volumes/{a.volumes // 2} info`", *one_info)
+        show("one-shot `dvsan-shell /units ls`", *one_units)
+        show("one-shot `dvsan-shell help` (no call to the station)", *one_help)
 
 
 if __name__ == "__main__":

@@ -286,9 +286,19 @@ class Node(ConfigNode):
 class Item(Node):
     """One object of the station (a unit, a volume, a task...): its data as last asked."""
 
+    FRESH = 1.0     # seconds: data asked for this recently is not asked for again (one command line)
+
     def __init__(self, name: str, parent: "Collection", data: dict[str, Any]) -> None:
         super().__init__(name, parent)
         self.data = data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data, self.fetched = value, time.monotonic()
 
     @staticmethod
     def summarize(data: dict[str, Any]) -> str:
@@ -301,7 +311,13 @@ class Item(Node):
     def as_data(self) -> Any:
         return self.data
 
-    def refresh(self) -> dict[str, Any]:
+    def refresh(self, force: bool = False) -> dict[str, Any]:
+        """The object's data asked afresh (unless asked within FRESH seconds and not `force`)."""
+        if force or time.monotonic() - self.fetched >= self.FRESH:
+            self.data = self.fetch()
+        return self.data
+
+    def fetch(self) -> dict[str, Any]:
         parent = self.parent
         assert isinstance(parent, Collection)
         fresh = parent.fetch_one(self.name)
@@ -310,8 +326,7 @@ class Item(Node):
             fresh = parent.data_of(self.name)
         if fresh is None:
             raise Refused(404, f"{self.path} is gone: the station no longer has it")
-        self.data = fresh
-        return self.data
+        return fresh  # type: ignore[no-any-return]
 
     def ui_command_info(self) -> None:
         """
@@ -453,15 +468,14 @@ class VolumeNode(Item):
     def summarize(data: dict[str, Any]) -> str:
         return render.volume_summary(data)
 
-    def refresh(self) -> dict[str, Any]:
-        one = _missing(self.api, "GET", f"/volumes/{self.volume_id}")
+    def fetch(self) -> dict[str, Any]:
+        one = self.root.one_volume(self.volume_id)
         if one is Collection.UNSUPPORTED:
             vols = self.api.get("/volumes", unit=self.data["unit_name"])
             one = next((v for v in vols if v["id"] == self.volume_id), None)
         if one is None:
             raise Refused(404, f"volume {self.volume_id} is gone: the station no longer has it")
-        self.data = one
-        return one
+        return one  # type: ignore[no-any-return]
 
     def ui_command_assign(self, host: str, initiator: str | None = None, address: str | None = None,
                           mutual_chap: str = "false") -> None:
@@ -481,7 +495,7 @@ class VolumeNode(Item):
         """
         self.root.assign(self, host, volume_id=self.volume_id, initiator=initiator,
                          address=address, mutual_chap=flag(mutual_chap, "mutual_chap"))
-        self.refresh()
+        self.refresh(force=True)
 
     def ui_complete_assign(self, parameters: dict[str, str], text: str, current_param: str) -> list[str]:
         return self.root.complete_assign(parameters, text, current_param)
@@ -492,14 +506,14 @@ class VolumeNode(Item):
         host's I/O to it stops), then zeroes the whole volume; it is free again once the wipe
         has succeeded (a `wipe` task follows the release: `/tasks/ID wait` shows it).
         """
-        host = self.refresh().get("assigned_to")
+        host = self.refresh(force=True).get("assigned_to")
         if not host:
             raise Refused(409, f"volume {self.volume_id} is not assigned to any host")
         mine = [a for a in self.api.get("/assignments", host=host) if a["volume_id"] == self.volume_id]
         if not mine:
             raise Refused(409, f"volume {self.volume_id} has no assignment the station shows you")
         self.root.release(self, mine[0]["id"])
-        self.refresh()
+        self.refresh(force=True)
 
     def ui_command_wipe(self) -> None:
         """
@@ -526,7 +540,7 @@ class VolumesNode(Collection):
         return self.api.get("/volumes")  # type: ignore[no-any-return]
 
     def fetch_one(self, name: str) -> Any:
-        return _missing(self.api, "GET", f"/volumes/{name}")
+        return self.root.one_volume(int(name))
 
     def summary_text(self) -> str:
         if not self.loaded:
@@ -577,14 +591,13 @@ class DiskNode(Item):
                 return c
         raise ValueError(f"No such path {self.path}/{name}: `ls {self.path}` lists its volumes")
 
-    def refresh(self) -> dict[str, Any]:
+    def fetch(self) -> dict[str, Any]:
         disks = self.parent
         assert isinstance(disks, DisksNode)
         disks.load()
         data = disks.data_of(self.name)
         if data is None:
             raise Refused(404, f"{self.path} is gone: unit {self.unit} no longer reports disk {self.name}")
-        self.data = data
         return data
 
     def ui_command_partition(self, label: str | None = None, add: str | None = None,
@@ -658,12 +671,12 @@ class DisksNode(Collection):
     def fetch_all(self) -> list[dict[str, Any]]:
         self._volumes = self.api.get("/volumes", unit=self.unit)
         grouped = render.disks_of(self._volumes)
-        if self.unit not in self.root.missing_routes:
+        if "disks" not in self.root.missing_routes:
             try:
                 disks = self.api.call("GET", f"/units/{self.unit}/disks", missing_ok=True)
                 return [{**grouped.get(self.key(d), {}), **d} for d in disks]
             except RouteMissing:
-                self.root.missing_routes.add(self.unit)     # an older station: ask no more
+                self.root.missing_routes.add("disks")       # an older station: ask no more
         return list(grouped.values())
 
     def volumes_of(self, disk: str) -> list[dict[str, Any]]:
@@ -851,7 +864,7 @@ class TaskNode(Item):
         Follows this task to its end, showing its progress. Ctrl-C stops watching; the task
         goes on. Fails (exit code 1 in one-shot mode) if the task does not succeed.
         """
-        done = self.follow(self.refresh())
+        done = self.follow(self.refresh(force=True))
         self.data = done
         self.out.emit(done, lambda: render.task_line(done))
 
@@ -1063,6 +1076,15 @@ class Root(Node):
 
     def list_children(self) -> list[Node]:
         return list(self._order)                 # the order of the help text, not alphabetical
+
+    def one_volume(self, volume_id: int) -> Any:
+        """GET /api/v1/volumes/ID, or UNSUPPORTED (asked once) on a station without that route."""
+        if "volume" in self.missing_routes:
+            return Collection.UNSUPPORTED
+        one = _missing(self.client(), "GET", f"/volumes/{volume_id}")
+        if one is Collection.UNSUPPORTED:
+            self.missing_routes.add("volume")
+        return one
 
     def client(self) -> Client:
         if self._client is None:

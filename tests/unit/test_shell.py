@@ -295,7 +295,7 @@ def test_gp_a_path_to_one_volume_asks_for_that_one_where_the_station_can(capsys)
     fake = FakeStation(1000, volume_route=True)
     sh, _root, _ = tree(fake)
     sh.run_line("/volumes/500 info --json")
-    assert fake.calls == ["GET /api/v1/volumes/500", "GET /api/v1/volumes/500"]   # path, then info afresh
+    assert fake.calls == ["GET /api/v1/volumes/500"]     # the path's answer serves `info` too
     assert json.loads(capsys.readouterr().out)["id"] == 500
     with pytest.raises(Exception, match="o such path /volumes/5000"):
         sh.run_line("/volumes/5000 info")
@@ -304,10 +304,12 @@ def test_gp_a_path_to_one_volume_asks_for_that_one_where_the_station_can(capsys)
 
 def test_gp_without_the_single_volume_route_the_listing_is_the_fallback(capsys):
     fake = FakeStation(20)
-    sh, _root, _ = tree(fake)
+    sh, root, _ = tree(fake)
     sh.run_line("/volumes/5 info")
-    assert fake.calls[0] == "GET /api/v1/volumes/5" and "GET /api/v1/volumes" in fake.calls
+    assert fake.calls == ["GET /api/v1/volumes/5", "GET /api/v1/volumes"]
     assert "vdb5" in capsys.readouterr().out
+    root.get_node("/volumes/6").refresh(force=True)   # the missing route is not asked for again
+    assert fake.calls[2:] == ["GET /api/v1/volumes?unit=unit-a"]
 
 
 def test_gp_disks_are_the_volumes_grouped_when_the_station_has_no_disks_route(capsys):
