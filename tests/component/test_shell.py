@@ -16,6 +16,7 @@ import pexpect
 
 from tests.component.conftest import free_port
 from tests.component.test_station_autoconf import online
+from tests.component.test_tls import self_signed, tls_station  # noqa: F401 - a fixture
 from tests.component.test_wipe_release import unit_with_files
 
 SHELL = str(Path(sys.executable).parent / "dvsan-shell")
@@ -369,3 +370,24 @@ def test_ep_an_interactive_shell_survives_a_station_that_goes_away(station, tmp_
     c.close()
     assert c.exitstatus == 0
     assert "Traceback" not in (tmp_path / "pty.log").read_text()
+
+
+def test_gp_over_tls_the_ca_file_given_at_login_is_kept_and_an_unknown_ca_is_refused(tls_station, tmp_path):  # noqa: F811
+    st = tls_station
+    env = shell_env(tmp_path)
+    # without the CA: the certificate is not trusted; one line, exit 3, a hint, nothing written
+    r = login(st, env)
+    assert r.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in one_line_error(r)
+    assert "give the station's CA with --ca-file" in r.stderr and not (tmp_path / "shell.json").exists()
+    r = login(st, env, "admin", None, "--ca-file", str(tmp_path / "nowhere.pem"))
+    assert r.returncode == 2 and "--ca-file" in one_line_error(r)
+    # with it: logged in, and the CA is kept for the next runs
+    r = login(st, env, "admin", None, "--ca-file", str(st.ca_file))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "shell.json").read_text())["ca_file"] == str(st.ca_file)
+    r = run(env, "/units", "ls", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+    # a CA that did not sign the station's certificate, given for one run: refused
+    other, _ = self_signed(tmp_path, "other")
+    r = run(env, "--ca-file", str(other), "/units", "ls")
+    assert r.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in one_line_error(r)
