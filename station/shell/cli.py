@@ -170,7 +170,12 @@ def _run(argv: list[str]) -> int:
 
     output = Output(json=a.json)
     shell = DvsanShell(output, history=path.with_name("shell_history"))
-    root = Root(shell, connect, output, task_timeout=a.task_timeout)
+    def about() -> dict[str, object]:
+        lg = login()
+        return {"station": lg.station, "user": lg.user, "token_expires_at": lg.expires_at,
+                "ca_file": lg.ca_file, "login_file": str(path)}
+
+    root = Root(shell, connect, output, task_timeout=a.task_timeout, about=about)
     try:
         if a.words:
             shell.run_line(" ".join(a.words))

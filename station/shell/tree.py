@@ -206,7 +206,7 @@ class Node(ConfigNode):
         try:
             return self.api.follow(task, self.out.progress, deadline=self.root.task_deadline())
         except KeyboardInterrupt:
-            self.out.note(f"\nstopped watching task {task['id']}; it goes on at the station: "
+            self.out.note(f"stopped watching task {task['id']}; it goes on at the station: "
                           f"`/tasks/{task['id']} wait` follows it again")
             raise
 
@@ -1064,9 +1064,11 @@ class Root(Node):
     description = "dvsan station"
 
     def __init__(self, shell: Any, connect: Callable[[], Client], output: Output,
-                 task_timeout: float | None = None) -> None:
+                 task_timeout: float | None = None,
+                 about: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__("/", None, shell)
         self._connect = connect
+        self._about = about
         self._client: Client | None = None
         self.output = output
         self.task_timeout = task_timeout
@@ -1076,6 +1078,14 @@ class Root(Node):
 
     def list_children(self) -> list[Node]:
         return list(self._order)                 # the order of the help text, not alphabetical
+
+    def ui_command_info(self) -> None:
+        """
+        Shows which station this shell talks to, as whom, until when its token is valid, and
+        the station's version (asked afresh: it also tells whether the station answers).
+        """
+        data = {**(self._about() if self._about else {}), **self.client().health()}
+        self.out.emit(data, lambda: render.info(data))
 
     def one_volume(self, volume_id: int) -> Any:
         """GET /api/v1/volumes/ID, or UNSUPPORTED (asked once) on a station without that route."""

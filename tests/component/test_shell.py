@@ -16,6 +16,7 @@ import pexpect
 
 from tests.component.conftest import free_port
 from tests.component.test_station_autoconf import online
+from tests.component.test_tasks_api import slow_unit
 from tests.component.test_tls import self_signed, tls_station  # noqa: F401 - a fixture
 from tests.component.test_wipe_release import unit_with_files
 
@@ -80,6 +81,8 @@ def test_gp_login_keeps_a_0600_token_and_one_shot_commands_answer_text_and_json(
         assert r.returncode == 0 and "o- units" in r.stdout and f"{vid}: unit-z vdz2" in r.stdout
         r = run(env, "help")
         assert "dvsan-shell: the admin shell" in r.stdout and "ls" in r.stdout
+        r = run(env, "info", "--json")
+        assert json.loads(r.stdout) | {"user": "admin", "station": station.url, "status": "ok"} == json.loads(r.stdout)
     finally:
         u.close()
 
@@ -391,3 +394,39 @@ def test_gp_over_tls_the_ca_file_given_at_login_is_kept_and_an_unknown_ca_is_ref
     other, _ = self_signed(tmp_path, "other")
     r = run(env, "--ca-file", str(other), "/units", "ls")
     assert r.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in one_line_error(r)
+
+
+def test_gp_a_long_task_shows_its_progress_and_ctrl_c_stops_watching_not_the_task(station, tmp_path):
+    env = shell_env(tmp_path)
+    u = slow_unit(station, tmp_path / "disks")
+    try:
+        u.start()
+        online(station, 3)
+        assert login(station, env).returncode == 0
+        assert run(env, "/hosts", "enroll", "host-b", IQN_B).returncode == 0
+        r = run(env, "/hosts/host-b", "assign", "10MiB", "address=127.0.0.2", "--json")
+        assert r.returncode == 0, r.stderr
+        aid = json.loads(r.stdout)["id"]
+        u.agent.wiper.gate.clear()                    # the unit starts the wipe, then stalls
+        c = pexpect.spawn(SHELL, env=env, encoding="utf-8", timeout=30, dimensions=(50, 120))
+        c.logfile_read = open(tmp_path / "pty.log", "w")  # noqa: SIM115 - read at the end
+        c.expect(PROMPT)
+        c.sendline(f"/hosts/host-b/assignments/{aid} release")
+        c.expect(r"the unit is zeroing it \(task (\d+)")
+        wipe = c.match.group(1)
+        c.expect(PROMPT)
+        c.sendline(f"/tasks/{wipe} wait")
+        c.expect(rf"task {wipe} wipe /volumes/\d+: running \d+% \(\S+ \S+ of 16.0 MiB\)")
+        c.sendintr()                                  # Ctrl-C: stop watching
+        c.expect_exact(f"stopped watching task {wipe}; it goes on at the station")
+        c.expect(PROMPT)
+        assert station.get(f"/api/v1/tasks/{wipe}").json()["state"] == "running"
+        u.agent.wiper.gate.set()
+        c.sendline(f"/tasks/{wipe} wait")
+        c.expect_exact(f"task {wipe} wipe /volumes/")
+        c.expect_exact(": succeeded")
+        c.expect(PROMPT)
+        c.sendline("exit")
+        c.expect(pexpect.EOF)
+    finally:
+        u.close()
