@@ -38,11 +38,32 @@ def unit_summary(u: dict[str, Any]) -> str:
 
 
 def disk_summary(d: dict[str, Any]) -> str:
+    """`gpt, 2.0 GiB, 4 partitions, 3 volumes (2 free), 1.0 GiB unpartitioned` when the unit
+    reported the disk; `3 volumes (2 free), 56.0 MiB` when only its volumes tell of it."""
+    parts = []
+    reported = "partitions" in d
+    if reported:
+        n = len(d["partitions"])
+        parts += [d.get("label") or "no partition table", size(d.get("size_bytes")),
+                  f"{n} partition{'s' if n != 1 else ''}"]
     n = d.get("volumes", 0)
-    parts = [f"{n} volume{'s' if n != 1 else ''}", size(d.get("size_bytes", 0))]
-    if "free" in d:
-        parts.append(f"{d['free']} free")
+    parts.append(f"{n} volume{'s' if n != 1 else ''} ({d.get('free_volumes', 0)} free)")
+    if not reported:
+        parts.append(size(d.get("volume_bytes", 0)))
+    unpartitioned = sum(r.get("size_bytes", 0) for r in d.get("free") or [] if isinstance(r, dict))
+    if unpartitioned:
+        parts.append(f"{size(unpartitioned)} unpartitioned")
+    if d.get("system"):
+        parts.append("system disk")
     return ", ".join(parts)
+
+
+def partition_summary(p: dict[str, Any]) -> str:
+    """A partition outside the pool: `partition 4, 1.0 GiB, LBA 2048-2099199, not in the pool
+    (in use: mounted on /srv)`."""
+    out = (f"partition {p.get('number')}, {size(p.get('size_bytes'))}, LBA {p.get('start_lba')}-"
+           f"{p.get('end_lba')}, not in the pool")
+    return out + (f" (in use: {'; '.join(p['in_use'])})" if p.get("in_use") else "")
 
 
 def host_summary(h: dict[str, Any]) -> str:
@@ -87,6 +108,8 @@ def task_line(t: dict[str, Any]) -> str:
 def value_text(key: str, value: Any) -> str:
     if value is None or value == "":
         return "-"
+    if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+        return "".join("\n    " + " ".join(f"{k}={value_text(k, v)}" for k, v in x.items()) for x in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int) and key.endswith("_bytes"):
@@ -116,10 +139,10 @@ def disks_of(volumes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for v in volumes:
         d = out.setdefault(v["disk"], {"name": v["disk"], "unit": v["unit_name"], "volumes": 0,
-                                       "size_bytes": 0, "free": 0, "devices": []})
+                                       "volume_bytes": 0, "free_volumes": 0, "devices": []})
         d["volumes"] += 1
-        d["size_bytes"] += v["size_bytes"]
-        d["free"] += bool(v["state"] == "online" and not v.get("assigned_to")
+        d["volume_bytes"] += v["size_bytes"]
+        d["free_volumes"] += bool(v["state"] == "online" and not v.get("assigned_to")
                           and v.get("wipe_state", "clean") == "clean")
         d["devices"].append(v["device"])
     return out

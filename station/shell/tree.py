@@ -31,6 +31,8 @@ from station.shell import render
 from station.shell.client import Client, RouteMissing
 from station.shell.errors import Refused, UsageError
 
+MiB = 1024**2
+
 HELP_INTRO = """
     dvsan-shell: the admin shell of a dvsan station
     ===============================================
@@ -558,6 +560,22 @@ class DeviceNode(VolumeNode):
     """A volume seen under its unit's disk (`/units/unit-a/disks/vdb/vdb2`): same commands."""
 
 
+class PartitionNode(Item):
+    """A partition the unit reported that is not a volume of the pool (not offered, or new)."""
+
+    @staticmethod
+    def summarize(data: dict[str, Any]) -> str:
+        return render.partition_summary(data)
+
+    def fetch(self) -> dict[str, Any]:
+        disk = self.parent
+        assert isinstance(disk, DiskNode)
+        for p in disk.refresh(force=True).get("partitions") or []:
+            if p["device"] == self.name:
+                return p  # type: ignore[no-any-return]
+        raise Refused(404, f"{self.path} is gone: the unit no longer reports it")
+
+
 class DiskNode(Item):
     """A disk of a unit: its volumes, and `partition` to change its partition table."""
 
@@ -570,19 +588,31 @@ class DiskNode(Item):
         return self.parent.parent.name  # type: ignore[union-attr]
 
     def list_children(self) -> list[Node]:
+        """Its partitions as the unit reported them (the disks route), each a volume node when
+        the pool offers it; and the pool's volumes on this disk the report does not name."""
         disks = self.parent
         assert isinstance(disks, DisksNode)
         if not disks.loaded:
             disks.load()
+        fresh = disks.data_of(self.name)
+        if fresh is not None:
+            self.data = fresh
+        vols = {v["device"]: v for v in disks.volumes_of(self.name)}
+        want: dict[str, tuple[type[Item], dict[str, Any]]] = {}
+        for p in self.data.get("partitions") or []:
+            dev = p["device"]
+            want[dev] = (DeviceNode, vols.pop(dev)) if dev in vols else (PartitionNode, p)
+        for dev, v in vols.items():
+            want[dev] = (DeviceNode, v)
+        for c in list(self._children):
+            if c.name not in want or type(c) is not want[c.name][0]:
+                self.remove_child(c)
         have = {c.name: c for c in self._children}
-        for v in disks.volumes_of(self.name):
-            node = have.pop(v["device"], None)
-            if node is None:
-                DeviceNode(v["device"], self, v)     # type: ignore[arg-type]
+        for dev, (kind, d) in want.items():
+            if dev in have:
+                have[dev].data = d                    # type: ignore[attr-defined]
             else:
-                node.data = v                         # type: ignore[attr-defined]
-        for gone in have.values():
-            self.remove_child(gone)
+                kind(dev, self, d)                    # type: ignore[arg-type]
         return super().list_children()
 
     def get_child(self, name: str) -> Node:
@@ -600,33 +630,36 @@ class DiskNode(Item):
             raise Refused(404, f"{self.path} is gone: unit {self.unit} no longer reports disk {self.name}")
         return data
 
-    def ui_command_partition(self, label: str | None = None, add: str | None = None,
+    def ui_command_partition(self, label: str | None = None, create: str | None = None,
                              delete: str | None = None) -> None:
         """
         Changes this disk's partition table, carried out by the unit agent as a task.
 
-        LABEL=gpt initialises an empty disk with a new GPT table. ADD is a comma-separated list
-        of sizes of new partitions (e.g. add=10GiB,10GiB,50GiB), added in free space in that
-        order. DELETE is a comma-separated list of partition numbers to remove; only
-        partitions that hold nothing may go.
+        LABEL=gpt writes a new, empty GPT table first (every partition there is must then be in
+        DELETE). DELETE is a comma-separated list of partition numbers to remove (`ls` shows
+        them). CREATE is a comma-separated list of sizes of new partitions, each at least 1 MiB
+        and rounded up to whole MiB, placed in the first free space that fits, in that order;
+        a size may carry a GPT partition name after a colon (10GiB:dvsan-1).
 
         The unit checks everything at the moment of the change and refuses, naming what is in
         the way: its system disk; a partition that is mounted, swap, held by dm/md/LVM,
-        exported or assigned. The change is all or nothing. The pool follows the new table.
+        exported, assigned or being wiped. The change is all or nothing: a failure leaves the
+        old table. The pool follows the new table.
 
-        Example: /units/unit-a/disks/vdc partition label=gpt add=1GiB,1GiB,2GiB,4GiB
+        Examples: /units/unit-a/disks/vdc partition label=gpt create=1GiB,1GiB,2GiB,4GiB
+                  /units/unit-a/disks/vdc partition delete=3,4 create=6GiB
         """
         body: dict[str, Any] = {}
         if label is not None:
             if label.lower() != "gpt":
                 raise UsageError(f"label={label!r}: only gpt is offered")
             body["label"] = "gpt"
-        if add:
-            body["add"] = [{"size": size_arg(s.strip())} for s in add.split(",") if s.strip()]
         if delete:
             body["delete"] = [number_arg(n.strip(), "delete") for n in delete.split(",") if n.strip()]
+        if create:
+            body["create"] = [new_partition(item) for item in create.split(",") if item.strip()]
         if not body:
-            raise UsageError("nothing to change: give label=gpt, add=SIZE[,SIZE...] and/or "
+            raise UsageError("nothing to change: give label=gpt, create=SIZE[,SIZE...] and/or "
                              "delete=NUMBER[,NUMBER...] (see `help partition`)")
         path = f"/units/{self.unit}/disks/{self.name}/layout"
         try:
@@ -638,16 +671,27 @@ class DiskNode(Item):
             self.out.note(f"partitioning {self.unit} {self.name}: task {r['id']}")
             r = self.follow(r)
         self.invalidate(f"/units/{self.unit}/disks", "/volumes", "/tasks")
-        self.out.emit(r, f"{self.unit} {self.name}: new partition table applied")
+        self.out.emit(r, f"{self.unit} {self.name}: the new partition table is applied"
+                         f"{' (' + r['message'] + ')' if isinstance(r, dict) and r.get('message') else ''}")
 
     def ui_complete_partition(self, parameters: dict[str, str], text: str, current_param: str) -> list[str]:
         if current_param == "label":
             return complete(["gpt"], text)
         if current_param == "delete":
-            nums = [str(c.data.get("number")) for c in self.list_children()  # type: ignore[attr-defined]
-                    if not c.data.get("assigned_to")]                         # type: ignore[attr-defined]
-            return complete(nums, text)
+            free = [str(p["number"]) for p in self.data.get("partitions") or [] if not p.get("in_use")]
+            return complete(free, text)
+        if current_param == "create":
+            return complete(["1GiB", "10GiB", "100GiB"], text)
         return []
+
+
+def new_partition(item: str) -> dict[str, Any]:
+    """`10GiB` or `10GiB:dvsan-1` as the layout route takes it: bytes, and a GPT name if given."""
+    text, _, name = item.strip().partition(":")
+    n = parse_size(size_arg(text.strip()))
+    if n < MiB:
+        raise UsageError(f"create={text.strip()!r}: a partition is at least 1 MiB")
+    return {"size_bytes": n, "name": name.strip()} if name.strip() else {"size_bytes": n}
 
 
 class DisksNode(Collection):
@@ -671,13 +715,16 @@ class DisksNode(Collection):
     def fetch_all(self) -> list[dict[str, Any]]:
         self._volumes = self.api.get("/volumes", unit=self.unit)
         grouped = render.disks_of(self._volumes)
+        reported: list[dict[str, Any]] = []
         if "disks" not in self.root.missing_routes:
             try:
-                disks = self.api.call("GET", f"/units/{self.unit}/disks", missing_ok=True)
-                return [{**grouped.get(self.key(d), {}), **d} for d in disks]
+                reported = self.api.call("GET", f"/units/{self.unit}/disks", missing_ok=True)
             except RouteMissing:
                 self.root.missing_routes.add("disks")       # an older station: ask no more
-        return list(grouped.values())
+        # the unit's own report first, with its volumes counted; then disks only volumes name
+        # (a unit agent that does not report its disks)
+        out = [{**grouped.pop(self.key(d), {}), **d} for d in reported]
+        return out + list(grouped.values())
 
     def volumes_of(self, disk: str) -> list[dict[str, Any]]:
         return [v for v in self._volumes if v["disk"] == disk]

@@ -84,9 +84,21 @@ def test_gp_volumes_grouped_by_disk_count_the_free_ones():
     vols = [vol(1), vol(2, assigned_to="h"), vol(3, disk="vdc", device="vdc1"), vol(4, wipe_state="needed")]
     d = render.disks_of(vols)
     assert set(d) == {"vdb", "vdc"}
-    assert (d["vdb"]["volumes"], d["vdb"]["free"], d["vdb"]["size_bytes"]) == (3, 1, 48 * MiB)
+    assert (d["vdb"]["volumes"], d["vdb"]["free_volumes"], d["vdb"]["volume_bytes"]) == (3, 1, 48 * MiB)
     assert d["vdb"]["devices"] == ["vdb1", "vdb2", "vdb4"]
-    assert render.disk_summary(d["vdc"]) == "1 volume, 16.0 MiB, 1 free"
+    assert render.disk_summary(d["vdc"]) == "1 volume (1 free), 16.0 MiB"
+
+
+def test_gp_a_disk_the_unit_reported_shows_its_table_and_free_space():
+    d = {"name": "vdb", "size_bytes": 2 * 1024**3, "label": "gpt", "system": False,
+         "partitions": [{"number": 1}, {"number": 2}], "free": [{"size_bytes": 1024**3}],
+         "volumes": 2, "free_volumes": 1}
+    assert render.disk_summary(d) == "gpt, 2.0 GiB, 2 partitions, 2 volumes (1 free), 1.0 GiB unpartitioned"
+    assert render.disk_summary({**d, "label": None, "partitions": [], "free": [], "volumes": 0, "free_volumes": 0,
+                                "system": True}) == "no partition table, 2.0 GiB, 0 partitions, 0 volumes (0 free), system disk"
+    p = {"number": 3, "size_bytes": 1024**3, "start_lba": 2048, "end_lba": 2099199, "in_use": ["mounted on /srv"]}
+    assert render.partition_summary(p) == \
+        "partition 3, 1.0 GiB, LBA 2048-2099199, not in the pool (in use: mounted on /srv)"
 
 
 def test_gp_dots_fill_the_line_and_never_go_negative():
@@ -231,10 +243,13 @@ def test_gp_expiry_is_judged_locally():
 class FakeStation:
     """Answers the few routes the tree reads; records every call."""
 
-    def __init__(self, n: int = 1000, volume_route: bool = False) -> None:
+    def __init__(self, n: int = 1000, volume_route: bool = False,
+                 disks: list[dict[str, Any]] | None = None) -> None:
         self.vols = [vol(i) if i <= n // 2 else vol(i, disk="vdc", device=f"vdc{i}") for i in range(1, n + 1)]
         self.volume_route = volume_route
+        self.disks = disks                          # None: a station without the disks routes
         self.calls: list[str] = []
+        self.bodies: list[Any] = []
 
     def __call__(self, req: httpx.Request) -> httpx.Response:
         path = req.url.path
@@ -247,6 +262,13 @@ class FakeStation:
             hit = [v for v in self.vols if v["id"] == vid]
             return (httpx.Response(200, json=hit[0]) if hit else
                     httpx.Response(404, json={"detail": f"no volume with id {vid}", "error": "NotFound"}))
+        if req.content:
+            self.bodies.append(json.loads(req.content))
+        if path == "/api/v1/units/unit-a/disks" and self.disks is not None:
+            return httpx.Response(200, json=self.disks)
+        if path.endswith("/layout") and self.disks is not None:
+            return httpx.Response(202, json=task(id=9, kind="partition", object=path[7:-7], state="succeeded",
+                                                 step=1, total_steps=1, message="4 partitions"))
         if path == "/api/v1/units":
             return httpx.Response(200, json=[{"name": "unit-a", "state": "online", "portal_address": "10.0.0.1",
                                               "portal_port": 3260}])
@@ -317,7 +339,7 @@ def test_gp_disks_are_the_volumes_grouped_when_the_station_has_no_disks_route(ca
     sh, _root, _ = tree(fake)
     sh.run_line("ls /units/unit-a/disks 2")
     out = capsys.readouterr().out
-    assert "o- vdb ." in out and "[5 volumes, 80.0 MiB, 5 free]" in out and "o- vdc6 " in out
+    assert "o- vdb ." in out and "[5 volumes (5 free), 80.0 MiB]" in out and "o- vdc6 " in out
     assert "GET /api/v1/units/unit-a/disks" in fake.calls
     sh.run_line("ls /units/unit-a/disks")
     assert fake.calls.count("GET /api/v1/units/unit-a/disks") == 1     # an older station: asked once
@@ -407,3 +429,59 @@ def test_gp_the_configshell_parts_the_shell_leans_on_are_there():
     assert sh._current_node.path == "/" and sh._get_prompt() == "dvsan:/> "
     assert isinstance(ConfigNode.__dict__["children"], property)   # the property tree.Node replaces
     assert Path(__file__).exists()
+
+
+def part(n: int, dev: str, **kw: Any) -> dict[str, Any]:
+    return {"number": n, "device": dev, "start_lba": 2048 * n, "end_lba": 2048 * n + 2047,
+            "size_bytes": 16 * MiB, "type": "linux", "uuid": "", "name": "", "in_use": [],
+            "volume_id": None, "assigned_to": None, **kw}
+
+
+def test_gp_a_reported_disk_lists_its_partitions_volumes_and_the_rest(capsys):
+    disks = [{"name": "vdb", "id": "serial-1", "size_bytes": 2 * 1024**3, "sector_size": 512, "label": "gpt",
+              "label_id": None, "system": False, "system_detail": None, "in_use": [],
+              "partitions": [part(1, "vdb1", volume_id=1), part(9, "vdb9", in_use=["mounted on /srv"])],
+              "free": [{"start_lba": 0, "end_lba": 0, "size_bytes": 1024**3}]}]
+    fake = FakeStation(4, disks=disks)
+    sh, root, _ = tree(fake)
+    sh.run_line("ls /units/unit-a/disks 2")
+    out = capsys.readouterr().out
+    assert "o- vdb ." in out and "[gpt, 2.0 GiB, 2 partitions, 2 volumes (2 free), 1.0 GiB unpartitioned]" in out
+    assert "o- vdb9 ." in out and "not in the pool (in use: mounted on /srv)" in out
+    assert "o- vdb2 ." in out                          # a volume the report does not name: still shown
+    assert "o- vdc ." in out and "[2 volumes (2 free), 32.0 MiB]" in out   # a disk only volumes tell of
+    assert type(root.get_node("/units/unit-a/disks/vdb/vdb1")).__name__ == "DeviceNode"
+    assert type(root.get_node("/units/unit-a/disks/vdb/vdb9")).__name__ == "PartitionNode"
+    disk = root.get_node("/units/unit-a/disks/vdb")
+    assert disk.ui_complete_partition({}, "", "delete") == ["1 "]      # vdb9 is in use
+
+
+def test_gp_partition_sends_the_layout_the_station_takes_and_follows_its_task(capsys):
+    fake = FakeStation(2, disks=[])
+    sh, _, _ = tree(fake)
+    sh.run_line("/units/unit-a/disks/vdb partition label=gpt delete=1,2 create=1GiB,512M:dvsan-1")
+    assert fake.bodies[-1] == {"label": "gpt", "delete": [1, 2], "create": [
+        {"size_bytes": 1024**3}, {"size_bytes": 512 * MiB, "name": "dvsan-1"}]}
+    assert "unit-a vdb: the new partition table is applied (4 partitions)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("/units/unit-a/disks/vdb partition", "nothing to change"),
+    ("/units/unit-a/disks/vdb partition create=lots", "not a size: 'lots'"),
+    ("/units/unit-a/disks/vdb partition create=512K", "at least 1 MiB"),
+    ("/units/unit-a/disks/vdb partition label=msdos", "only gpt"),
+    ("/units/unit-a/disks/vdb partition delete=one", "give a whole number"),
+])
+def test_ep_a_bad_layout_is_refused_before_anything_is_sent(line, words):
+    fake = FakeStation(2, disks=[])
+    sh, _, _ = tree(fake)
+    with pytest.raises(UsageError, match=words):
+        sh.run_line(line)
+    assert fake.bodies == []
+
+
+def test_ep_partition_on_a_station_without_the_route_says_so():
+    fake = FakeStation(2)
+    sh, _, _ = tree(fake)
+    with pytest.raises(Refused, match="this station cannot partition disks .*newer dvsan-station"):
+        sh.run_line("/units/unit-a/disks/vdb partition create=1GiB")
