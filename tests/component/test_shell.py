@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pexpect
+import pytest
 
 from tests.component.conftest import free_port
 from tests.component.test_station_autoconf import online
@@ -20,6 +21,8 @@ from tests.component.test_tasks_api import slow_unit
 from tests.component.test_tls import self_signed, tls_station  # noqa: F401 - a fixture
 from tests.component.test_wipe_release import unit_with_files
 
+# the test unit sends no heartbeats, and a shell test runs many processes on a loaded machine
+pytestmark = pytest.mark.station_args("--liveness-timeout", "600")
 SHELL = str(Path(sys.executable).parent / "dvsan-shell")
 IQN_B = "iqn.2026-11.org.dvsan.lab:host-b"
 PROMPT = re.compile(r"dvsan:(/[^>]*)> ")
