@@ -431,3 +431,33 @@ def test_gp_a_long_task_shows_its_progress_and_ctrl_c_stops_watching_not_the_tas
         c.expect(pexpect.EOF)
     finally:
         u.close()
+
+
+def test_gp_partition_from_the_shell_an_empty_disk_gets_four_partitions(station, tmp_path):
+    """Needs the station's disks and layout routes and the unit's partitioner (the partitioning
+    work of issue 7): skipped on a tree without them."""
+    part = pytest.importorskip("tests.component.test_partition")
+    env = shell_env(tmp_path)
+    u, _img = part.unit_with_disk(station, tmp_path / "disks")
+    try:
+        u.start()
+        part.reported(station)
+        assert login(station, env).returncode == 0
+        r = run(env, "ls", "/units/unit-z/disks")
+        assert r.returncode == 0 and "o- vdz ." in r.stdout and "no partition table, 64.0 MiB, 0 partitions" in r.stdout
+        r = run(env, "/units/unit-z/disks/vdz", "partition", "label=gpt", "create=8MiB,8MiB,12MiB,16MiB:dvsan-4")
+        assert r.returncode == 0, r.stderr
+        assert "unit-z vdz: the new partition table is applied" in r.stdout
+        assert re.search(r"partitioning unit-z vdz: task \d+", r.stderr)
+        r = run(env, "ls", "/units/unit-z/disks/vdz")
+        assert r.returncode == 0 and "[gpt, 64.0 MiB, 4 partitions, 4 volumes (4 free)" in r.stdout, r.stdout
+        assert "o- vdz4 ." in r.stdout
+        got = {p["device"]: p["name"] for p in station.get("/api/v1/units/unit-z/disks").json()[0]["partitions"]}
+        assert got == {"vdz1": "", "vdz2": "", "vdz3": "", "vdz4": "dvsan-4"}
+        # the unit refuses a change it cannot make, and the shell shows its reason
+        r = run(env, "/volumes/1", "assign", "host-b", f"initiator={IQN_B}", "address=127.0.0.2")
+        assert r.returncode == 0, r.stderr
+        r = run(env, "/units/unit-z/disks/vdz", "partition", "delete=1")
+        assert r.returncode == 1 and "vdz1" in one_line_error(r), r.stderr
+    finally:
+        u.close()
