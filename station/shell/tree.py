@@ -671,8 +671,11 @@ class DiskNode(Item):
             self.out.note(f"partitioning {self.unit} {self.name}: task {r['id']}")
             r = self.follow(r)
         self.invalidate(f"/units/{self.unit}/disks", "/volumes", "/tasks")
+        res = (r.get("result") if isinstance(r, dict) else None) or {}
+        what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in res.items()
+                         if k in ("deleted", "created") and isinstance(v, list) and v)
         self.out.emit(r, f"{self.unit} {self.name}: the new partition table is applied"
-                         f"{' (' + r['message'] + ')' if isinstance(r, dict) and r.get('message') else ''}")
+                         f"{' (' + what + ')' if what else ''}")
 
     def ui_complete_partition(self, parameters: dict[str, str], text: str, current_param: str) -> list[str]:
         if current_param == "label":

@@ -268,7 +268,8 @@ class FakeStation:
             return httpx.Response(200, json=self.disks)
         if path.endswith("/layout") and self.disks is not None:
             return httpx.Response(202, json=task(id=9, kind="partition", object=path[7:-7], state="succeeded",
-                                                 step=1, total_steps=1, message="4 partitions"))
+                                                 step=1, total_steps=1, message="done",
+                                                 result={"deleted": [1, 2], "created": ["vdb1", "vdb2"]}))
         if path == "/api/v1/units":
             return httpx.Response(200, json=[{"name": "unit-a", "state": "online", "portal_address": "10.0.0.1",
                                               "portal_port": 3260}])
@@ -462,7 +463,8 @@ def test_gp_partition_sends_the_layout_the_station_takes_and_follows_its_task(ca
     sh.run_line("/units/unit-a/disks/vdb partition label=gpt delete=1,2 create=1GiB,512M:dvsan-1")
     assert fake.bodies[-1] == {"label": "gpt", "delete": [1, 2], "create": [
         {"size_bytes": 1024**3}, {"size_bytes": 512 * MiB, "name": "dvsan-1"}]}
-    assert "unit-a vdb: the new partition table is applied (4 partitions)" in capsys.readouterr().out
+    assert "unit-a vdb: the new partition table is applied (deleted 1, 2; created vdb1, vdb2)" \
+        in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("line", "words"), [
