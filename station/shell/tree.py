@@ -289,10 +289,13 @@ class Item(Node):
     """One object of the station (a unit, a volume, a task...): its data as last asked."""
 
     FRESH = 1.0     # seconds: data asked for this recently is not asked for again (one command line)
+    below: ClassVar[tuple[tuple[str, type["Collection"]], ...]] = ()   # collections under each one
 
-    def __init__(self, name: str, parent: "Collection", data: dict[str, Any]) -> None:
+    def __init__(self, name: str, parent: Node, data: dict[str, Any]) -> None:
         super().__init__(name, parent)
         self.data = data
+        for child, kind in self.below:
+            kind(child, self)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -358,16 +361,20 @@ class Collection(Node):
         self._by_name: dict[str, Item] = {}            # the nodes made so far
         self.loaded = False
 
+    route: ClassVar[str] = ""                # what lists them: GET /api/v1{route}
+    key_field: ClassVar[str] = "id"          # the field that names each child
+    limit: ClassVar[int | None] = None       # how many the listing asks for (newest first)
+
     # what a collection kind says
     def fetch_all(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        return self.api.get(self.route, limit=self.limit)  # type: ignore[no-any-return]
 
     def fetch_one(self, name: str) -> Any:
         """The object `name` alone (None: the station has none), or UNSUPPORTED: ask for all."""
         return self.UNSUPPORTED
 
     def key(self, data: dict[str, Any]) -> str:
-        return str(data["id"])
+        return str(data[self.key_field])
 
     # loading
     def load(self) -> None:
@@ -537,9 +544,7 @@ class VolumesNode(Collection):
     noun = ("volume", "volumes")
     numeric = True
     description = "the virtual storage pool"
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/volumes")  # type: ignore[no-any-return]
+    route = "/volumes"
 
     def fetch_one(self, name: str) -> Any:
         return self.root.one_volume(int(name))
@@ -736,9 +741,7 @@ class DisksNode(Collection):
 class UnitNode(Item):
     """A storage unit: its state, where hosts reach it, and its disks below."""
 
-    def __init__(self, name: str, parent: "Collection", data: dict[str, Any]) -> None:
-        super().__init__(name, parent, data)
-        DisksNode("disks", self)
+    below = (("disks", DisksNode),)
 
     @staticmethod
     def summarize(data: dict[str, Any]) -> str:
@@ -749,12 +752,8 @@ class UnitsNode(Collection):
     child_type = UnitNode
     noun = ("unit", "units")
     description = "storage units"
-
-    def key(self, data: dict[str, Any]) -> str:
-        return str(data["name"])
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/units")  # type: ignore[no-any-return]
+    route = "/units"
+    key_field = "name"
 
     def fetch_one(self, name: str) -> Any:
         return _missing(self.api, "GET", f"/units/{name}")
@@ -810,9 +809,7 @@ class AssignmentsNode(Collection):
 class HostNode(Item):
     """An enrolled host: its initiator names, what it holds, and `assign` to give it storage."""
 
-    def __init__(self, name: str, parent: "Collection", data: dict[str, Any]) -> None:
-        super().__init__(name, parent, data)
-        AssignmentsNode("assignments", self)
+    below = (("assignments", AssignmentsNode),)
 
     @staticmethod
     def summarize(data: dict[str, Any]) -> str:
@@ -850,12 +847,8 @@ class HostsNode(Collection):
     child_type = HostNode
     noun = ("host", "hosts")
     description = "enrolled hosts"
-
-    def key(self, data: dict[str, Any]) -> str:
-        return str(data["name"])
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/hosts")  # type: ignore[no-any-return]
+    route = "/hosts"
+    key_field = "name"
 
     def ui_command_enroll(self, name: str, initiators: str, token_file: str | None = None) -> None:
         """
@@ -934,10 +927,8 @@ class TasksNode(Collection):
     numeric = True
     newest_first = True
     description = "changes, newest first"
-    LIMIT = 100
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/tasks", limit=self.LIMIT)  # type: ignore[no-any-return]
+    route = "/tasks"
+    limit = 100
 
     def fetch_one(self, name: str) -> Any:
         return _missing(self.api, "GET", f"/tasks/{name}")
@@ -1012,12 +1003,8 @@ class UsersNode(Collection):
     child_type = UserNode
     noun = ("user", "users")
     description = "people (admins only)"
-
-    def key(self, data: dict[str, Any]) -> str:
-        return str(data["name"])
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/users")  # type: ignore[no-any-return]
+    route = "/users"
+    key_field = "name"
 
     def ui_command_create(self, name: str, role: str, password_file: str | None = None) -> None:
         """
@@ -1085,10 +1072,8 @@ class AuditNode(Collection):
     numeric = True
     newest_first = True
     description = "who did what (admins only)"
-    LIMIT = 50
-
-    def fetch_all(self) -> list[dict[str, Any]]:
-        return self.api.get("/audit", limit=self.LIMIT)  # type: ignore[no-any-return]
+    route = "/audit"
+    limit = 50
 
     def ui_command_show(self, limit: str = "20", principal: str | None = None,
                         action: str | None = None, outcome: str | None = None) -> None:

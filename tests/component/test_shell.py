@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ def login(station: Any, env: dict[str, str], user: str = "admin", pw: Path | Non
                str(pw or station.data_dir / "admin.password"), *extra)
 
 
+@pytest.fixture
+def pool(station: Any, tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
+    """A unit (in-memory LIO, file-backed partitions) whose three volumes are online."""
+    u = unit_with_files(station, tmp_path / "disks")
+    try:
+        u.start()
+        yield online(station, 3)
+    finally:
+        u.close()
+
+
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
     """The error a failed command printed: exactly one line on stderr, never a traceback."""
     assert "Traceback" not in r.stderr, r.stderr
@@ -52,135 +64,120 @@ def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_gp_login_keeps_a_0600_token_and_one_shot_commands_answer_text_and_json(station, tmp_path):
+def test_gp_login_keeps_a_0600_token_and_one_shot_commands_answer_text_and_json(station, pool, tmp_path):
     env = shell_env(tmp_path)
-    u = unit_with_files(station, tmp_path / "disks")
-    try:
-        u.start()
-        vols = online(station, 3)
-        r = login(station, env)
-        assert r.returncode == 0 and "logged in to" in r.stdout, r.stderr
-        cfg = tmp_path / "shell.json"
-        assert cfg.stat().st_mode & 0o777 == 0o600
-        assert json.loads(cfg.read_text())["user"] == "admin"
-        r = run(env, "/units", "ls")
-        assert r.returncode == 0 and "o- unit-z ." in r.stdout and "[online 127.0.0.1:3260]" in r.stdout
-        r = run(env, "/volumes", "ls", "--json")
-        assert r.returncode == 0, r.stderr
-        assert sorted(v["id"] for v in json.loads(r.stdout)) == sorted(v["id"] for v in vols)
-        vid = vols[1]["id"]
-        r = run(env, "--json", f"/volumes/{vid}", "info")
-        assert json.loads(r.stdout) == station.get("/api/v1/volumes").json()[1]
-        r = run(env, f"/volumes/{vid}", "info")
-        assert re.search(r"^device +vdz2$", r.stdout, re.MULTILINE) and "16.0 MiB (16777216 bytes)" in r.stdout
-        # disks: the station has no disks route yet: the unit's volumes grouped by their disk
-        r = run(env, "ls", "/units/unit-z/disks", "2")
-        assert r.returncode == 0 and "o- vdz ." in r.stdout and "3 volumes (3 free)" in r.stdout
-        assert "o- vdz3 ." in r.stdout
-        r = run(env, "/units/unit-z/disks/vdz/vdz1", "info", "--json")
-        assert json.loads(r.stdout)["device"] == "vdz1"
-        # commands from a pipe: a script of lines, from the top of the tree
-        r = run(env, stdin="# a comment\ncd /units\nls\n/volumes info\n")
-        assert r.returncode == 0 and "o- units" in r.stdout and f"{vid}: unit-z vdz2" in r.stdout
-        r = run(env, "help")
-        assert "dvsan-shell: the admin shell" in r.stdout and "ls" in r.stdout
-        r = run(env, "info", "--json")
-        assert json.loads(r.stdout) | {"user": "admin", "station": station.url, "status": "ok"} == json.loads(r.stdout)
-    finally:
-        u.close()
+    vols = pool
+    r = login(station, env)
+    assert r.returncode == 0 and "logged in to" in r.stdout, r.stderr
+    cfg = tmp_path / "shell.json"
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    assert json.loads(cfg.read_text())["user"] == "admin"
+    r = run(env, "/units", "ls")
+    assert r.returncode == 0 and "o- unit-z ." in r.stdout and "[online 127.0.0.1:3260]" in r.stdout
+    r = run(env, "/volumes", "ls", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(v["id"] for v in json.loads(r.stdout)) == sorted(v["id"] for v in vols)
+    vid = vols[1]["id"]
+    r = run(env, "--json", f"/volumes/{vid}", "info")
+    assert json.loads(r.stdout) == station.get("/api/v1/volumes").json()[1]
+    r = run(env, f"/volumes/{vid}", "info")
+    assert re.search(r"^device +vdz2$", r.stdout, re.MULTILINE) and "16.0 MiB (16777216 bytes)" in r.stdout
+    # disks: the station has no disks route yet: the unit's volumes grouped by their disk
+    r = run(env, "ls", "/units/unit-z/disks", "2")
+    assert r.returncode == 0 and "o- vdz ." in r.stdout and "3 volumes (3 free)" in r.stdout
+    assert "o- vdz3 ." in r.stdout
+    r = run(env, "/units/unit-z/disks/vdz/vdz1", "info", "--json")
+    assert json.loads(r.stdout)["device"] == "vdz1"
+    # commands from a pipe: a script of lines, from the top of the tree
+    r = run(env, stdin="# a comment\ncd /units\nls\n/volumes info\n")
+    assert r.returncode == 0 and "o- units" in r.stdout and f"{vid}: unit-z vdz2" in r.stdout
+    r = run(env, "help")
+    assert "dvsan-shell: the admin shell" in r.stdout and "ls" in r.stdout
+    r = run(env, "info", "--json")
+    assert json.loads(r.stdout) | {"user": "admin", "station": station.url, "status": "ok"} == json.loads(r.stdout)
 
 
-def test_gp_the_interactive_shell_navigates_completes_assigns_refuses_and_releases(station, tmp_path):
+def test_gp_the_interactive_shell_navigates_completes_assigns_refuses_and_releases(station, pool, tmp_path):
     env = shell_env(tmp_path)
-    u = unit_with_files(station, tmp_path / "disks")
-    try:
-        u.start()
-        online(station, 3)
-        assert login(station, env).returncode == 0
-        c = pexpect.spawn(SHELL, env=env, encoding="utf-8", timeout=30, dimensions=(50, 120))
-        c.logfile_read = open(tmp_path / "pty.log", "w")  # noqa: SIM115 - read when a step fails
-        c.expect_exact("`help` for commands")
-        c.expect(PROMPT)
-        # navigate with TAB completion
-        c.send("cd /vol\t")
-        c.expect_exact("cd /volumes/")
-        c.send("\r")
-        c.expect(PROMPT)
-        assert c.match.group(1) == "/volumes"
-        c.sendline("ls")
-        c.expect_exact("[3 volumes, 56.0 MiB, 3 free]")
-        c.expect(PROMPT)
-        c.sendline("cd ../units/unit-z/disks/vdz")
-        c.expect(PROMPT)
-        assert c.match.group(1) == "/units/unit-z/disks/vdz"
-        c.sendline("ls")
-        c.expect_exact("o- vdz2 .")
-        c.expect(PROMPT)
-        c.sendline("cd")                              # alone: to the top
-        c.expect(PROMPT)
-        assert c.match.group(1) == "/"
-        c.sendline(f"/hosts enroll host-b {IQN_B} token_file={tmp_path / 'host-b.token'}")
-        c.expect_exact("host host-b enrolled")
-        c.expect(PROMPT)
-        # TAB completes the host's path, the command and its parameter's name
-        c.send("/hosts/ho\t")
-        c.expect_exact("/hosts/host-b/")
-        c.send("\x15")                                # Ctrl-U: clear the line
-        c.send("/hosts/host-b ass\t")
-        c.expect_exact("assign ")
-        c.send("si\t")
-        c.expect_exact("size=")
-        c.send("10MiB address=127.0.0.2\r")
-        c.expect(r"assigning 10MiB to host-b: task \d+")
-        c.expect(r"assigned volume (\d+) \(unit-z vdz2, 16.0 MiB\) to host-b as assignment (\d+)")
-        vid, aid = c.match.group(1), c.match.group(2)
-        c.expect(PROMPT)
-        # a refusal is shown, and the shell goes on
-        c.sendline("/hosts/host-b assign 900MiB")
-        c.expect_exact("error: task")
-        c.expect_exact("no free volume of at least 900.0 MiB: the largest free volume is 32.0 MiB")
-        c.expect(PROMPT)
-        c.sendline("ls /volumes")
-        c.expect_exact(f"o- {vid} ")
-        c.expect_exact("assigned to host-b]")
-        c.expect(PROMPT)
-        # release by TAB-completed id
-        c.send("cd /hosts/host-b/assignments\r")
-        c.expect(PROMPT)
-        c.send("release \t\t")                      # two TABs: the choices (ids, and the keyword)
-        c.expect(rf"\n{aid} +assignment=")
-        c.expect_exact("release ")
-        c.send(f"{aid}\r")
-        c.expect(rf"released assignment {aid}: volume {vid} on unit-z; the unit is zeroing it \(task (\d+)")
-        wipe = c.match.group(1)
-        c.expect(PROMPT)
-        c.sendline(f"/tasks/{wipe} wait")
-        c.expect_exact(f"task {wipe} wipe /volumes/{vid}: succeeded")
-        c.expect(PROMPT)
-        c.sendline("ls")
-        c.expect_exact("o- assignments ")
-        c.expect_exact("[0 assignments]")
-        c.expect(PROMPT)
-        c.sendline("exit")
-        c.expect(pexpect.EOF)
-        c.close()
-        assert c.exitstatus == 0
-        assert station.get("/api/v1/assignments?host=host-b").json() == []
-        assert (tmp_path / "host-b.token").stat().st_mode & 0o777 == 0o600
-    finally:
-        u.close()
+    assert login(station, env).returncode == 0
+    c = pexpect.spawn(SHELL, env=env, encoding="utf-8", timeout=30, dimensions=(50, 120))
+    c.logfile_read = open(tmp_path / "pty.log", "w")  # noqa: SIM115 - read when a step fails
+    c.expect_exact("`help` for commands")
+    c.expect(PROMPT)
+    # navigate with TAB completion
+    c.send("cd /vol\t")
+    c.expect_exact("cd /volumes/")
+    c.send("\r")
+    c.expect(PROMPT)
+    assert c.match.group(1) == "/volumes"
+    c.sendline("ls")
+    c.expect_exact("[3 volumes, 56.0 MiB, 3 free]")
+    c.expect(PROMPT)
+    c.sendline("cd ../units/unit-z/disks/vdz")
+    c.expect(PROMPT)
+    assert c.match.group(1) == "/units/unit-z/disks/vdz"
+    c.sendline("ls")
+    c.expect_exact("o- vdz2 .")
+    c.expect(PROMPT)
+    c.sendline("cd")                              # alone: to the top
+    c.expect(PROMPT)
+    assert c.match.group(1) == "/"
+    c.sendline(f"/hosts enroll host-b {IQN_B} token_file={tmp_path / 'host-b.token'}")
+    c.expect_exact("host host-b enrolled")
+    c.expect(PROMPT)
+    # TAB completes the host's path, the command and its parameter's name
+    c.send("/hosts/ho\t")
+    c.expect_exact("/hosts/host-b/")
+    c.send("\x15")                                # Ctrl-U: clear the line
+    c.send("/hosts/host-b ass\t")
+    c.expect_exact("assign ")
+    c.send("si\t")
+    c.expect_exact("size=")
+    c.send("10MiB address=127.0.0.2\r")
+    c.expect(r"assigning 10MiB to host-b: task \d+")
+    c.expect(r"assigned volume (\d+) \(unit-z vdz2, 16.0 MiB\) to host-b as assignment (\d+)")
+    vid, aid = c.match.group(1), c.match.group(2)
+    c.expect(PROMPT)
+    # a refusal is shown, and the shell goes on
+    c.sendline("/hosts/host-b assign 900MiB")
+    c.expect_exact("error: task")
+    c.expect_exact("no free volume of at least 900.0 MiB: the largest free volume is 32.0 MiB")
+    c.expect(PROMPT)
+    c.sendline("ls /volumes")
+    c.expect_exact(f"o- {vid} ")
+    c.expect_exact("assigned to host-b]")
+    c.expect(PROMPT)
+    # release by TAB-completed id
+    c.send("cd /hosts/host-b/assignments\r")
+    c.expect(PROMPT)
+    c.send("release \t\t")                      # two TABs: the choices (ids, and the keyword)
+    c.expect(rf"\n{aid} +assignment=")
+    c.expect_exact("release ")
+    c.send(f"{aid}\r")
+    c.expect(rf"released assignment {aid}: volume {vid} on unit-z; the unit is zeroing it \(task (\d+)")
+    wipe = c.match.group(1)
+    c.expect(PROMPT)
+    c.sendline(f"/tasks/{wipe} wait")
+    c.expect_exact(f"task {wipe} wipe /volumes/{vid}: succeeded")
+    c.expect(PROMPT)
+    c.sendline("ls")
+    c.expect_exact("o- assignments ")
+    c.expect_exact("[0 assignments]")
+    c.expect(PROMPT)
+    c.sendline("exit")
+    c.expect(pexpect.EOF)
+    c.close()
+    assert c.exitstatus == 0
+    assert station.get("/api/v1/assignments?host=host-b").json() == []
+    assert (tmp_path / "host-b.token").stat().st_mode & 0o777 == 0o600
 
 
-def test_gp_one_shot_mode_in_a_bash_script_gives_each_outcome_its_exit_code(station, tmp_path):
+def test_gp_one_shot_mode_in_a_bash_script_gives_each_outcome_its_exit_code(station, pool, tmp_path):
     env = shell_env(tmp_path)
-    u = unit_with_files(station, tmp_path / "disks")
-    try:
-        u.start()
-        online(station, 3)
-        assert login(station, env).returncode == 0
-        assert run(env, "/hosts", "enroll", "host-b", IQN_B).returncode == 0
-        script = tmp_path / "ops.sh"
-        script.write_text(f"""set -u
+    assert login(station, env).returncode == 0
+    assert run(env, "/hosts", "enroll", "host-b", IQN_B).returncode == 0
+    script = tmp_path / "ops.sh"
+    script.write_text(f"""set -u
 cd {tmp_path}
 dvsan-shell /units ls > units.txt; echo "units=$?"
 dvsan-shell /hosts/host-b assign 10MiB address=127.0.0.2 --json > a.json; echo "assign=$?"
@@ -192,26 +189,24 @@ dvsan-shell /units ls --jsn 2>> err.txt; echo "bad_word=$?"
 id=$(python3 -c 'import json; print(json.load(open("a.json"))["id"])')
 if dvsan-shell /hosts/host-b/assignments/$id release > rel.txt; then echo "release=0"; else echo "release=$?"; fi
 """)
-        r = subprocess.run(["bash", str(script)], check=False, env={**env, "PATH": f"{Path(SHELL).parent}:{env['PATH']}"},
-                           capture_output=True, text=True, timeout=300)
-        codes = dict(line.split("=") for line in r.stdout.split())
-        assert codes == {"units": "0", "assign": "0", "too_large": "1", "no_path": "2", "bad_size": "2",
-                         "bad_flag": "2", "bad_word": "2", "release": "0"}, (r.stdout, r.stderr)
-        assert "unit-z" in (tmp_path / "units.txt").read_text()
-        assert json.loads((tmp_path / "a.json").read_text())["host"] == "host-b"
-        assert "released assignment" in (tmp_path / "rel.txt").read_text()
-        err = (tmp_path / "err.txt").read_text()
-        assert "Traceback" not in err
-        assert "no free volume of at least 900.0 MiB" in err
-        assert "no such path /volumes/999" in err
-        assert "not a size: 'ten-gigs'" in err
-        assert "unrecognized arguments: --frobnicate" in err
-        assert "unrecognized arguments: --jsn" in err
-        # the refused size never reached the station: one assign task failed (900MiB), no other
-        failed = station.get("/api/v1/tasks?kind=assign&state=failed").json()
-        assert len(failed) == 1 and failed[0]["error_kind"] == "InsufficientCapacity"
-    finally:
-        u.close()
+    r = subprocess.run(["bash", str(script)], check=False, env={**env, "PATH": f"{Path(SHELL).parent}:{env['PATH']}"},
+                       capture_output=True, text=True, timeout=300)
+    codes = dict(line.split("=") for line in r.stdout.split())
+    assert codes == {"units": "0", "assign": "0", "too_large": "1", "no_path": "2", "bad_size": "2",
+                     "bad_flag": "2", "bad_word": "2", "release": "0"}, (r.stdout, r.stderr)
+    assert "unit-z" in (tmp_path / "units.txt").read_text()
+    assert json.loads((tmp_path / "a.json").read_text())["host"] == "host-b"
+    assert "released assignment" in (tmp_path / "rel.txt").read_text()
+    err = (tmp_path / "err.txt").read_text()
+    assert "Traceback" not in err
+    assert "no free volume of at least 900.0 MiB" in err
+    assert "no such path /volumes/999" in err
+    assert "not a size: 'ten-gigs'" in err
+    assert "unrecognized arguments: --frobnicate" in err
+    assert "unrecognized arguments: --jsn" in err
+    # the refused size never reached the station: one assign task failed (900MiB), no other
+    failed = station.get("/api/v1/tasks?kind=assign&state=failed").json()
+    assert len(failed) == 1 and failed[0]["error_kind"] == "InsufficientCapacity"
 
 
 def test_ep_logins_and_token_files_that_cannot_be_used_are_refused_clearly(station, tmp_path):
@@ -278,75 +273,70 @@ def test_ep_logins_and_token_files_that_cannot_be_used_are_refused_clearly(stati
                      timeout=10).status_code == 401
 
 
-def test_ep_refusals_of_the_station_are_shown_as_it_words_them_beside_the_same_command_allowed(station, tmp_path):
+def test_ep_refusals_of_the_station_are_shown_as_it_words_them_beside_the_same_command_allowed(station, pool, tmp_path):
     admin = shell_env(tmp_path, "admin")
     viewer = shell_env(tmp_path, "vera")
-    u = unit_with_files(station, tmp_path / "disks")
-    try:
-        u.start()
-        vols = online(station, 3)
-        vid = vols[0]["id"]
-        assert login(station, admin).returncode == 0
-        pw = tmp_path / "vera.pw"
-        pw.write_text("vera-is-a-viewer-0\n")
-        pw.chmod(0o600)
-        r = run(admin, "/users", "create", "vera", "viewer", f"password_file={pw}")
-        assert r.returncode == 0 and "user vera created (viewer)" in r.stdout, r.stderr
-        r = run(admin, "/users", "create", "walt", "superuser", f"password_file={pw}")
-        assert r.returncode == 2 and "one of admin, operator, viewer" in one_line_error(r)
-        assert login(station, viewer, "vera", pw).returncode == 0
-        # a viewer reads, and is refused writes with the permission named
-        assert run(viewer, "/volumes", "ls").returncode == 0
-        r = run(viewer, f"/volumes/{vid}", "wipe")
-        assert r.returncode == 1
-        assert "refused (403 Forbidden): user 'vera' (role viewer) lacks the permission 'volumes.wipe' " \
-               f"on /volumes/{vid}" in one_line_error(r)
-        r = run(viewer, "ls", "/users")
-        assert r.returncode == 1 and "lacks the permission 'users.admin'" in one_line_error(r)
-        # granted operator on the unit: the same wipe now passes the guard, and the station's
-        # next reason shows (the volume is clean)
-        r = run(admin, "/users/vera", "grant", "operator", "/units/unit-z")
-        assert r.returncode == 0 and "vera is operator on /units/unit-z and under it" in r.stdout
-        r = run(viewer, f"/volumes/{vid}", "wipe")
-        assert r.returncode == 1 and f"refused (409 Conflict): volume {vid} is clean" in one_line_error(r)
-        r = run(admin, "/users/vera", "grants", "--json")
-        grant = json.loads(r.stdout)[0]
-        assert (grant["role"], grant["object"]) == ("operator", "/units/unit-z")
-        r = run(admin, "/users/vera", "grant", "operator", "/nowhere/x")
-        assert r.returncode == 1 and "(422)" in one_line_error(r) and "object" in r.stderr
-        r = run(admin, "/users/vera", "ungrant", str(grant["id"]))
-        assert r.returncode == 0 and "taken back" in r.stdout
-        assert run(viewer, f"/volumes/{vid}", "wipe").returncode == 1
-        assert "volumes.wipe" in run(viewer, f"/volumes/{vid}", "wipe").stderr
-        # partitioning: a bad layout is refused before anything is sent
-        r = run(admin, "/units/unit-z/disks/vdz", "partition", "create=lots")
-        assert r.returncode == 2 and "not a size: 'lots'" in one_line_error(r)
-        r = run(admin, "/units/unit-z/disks/vdz", "partition")
-        assert r.returncode == 2 and "nothing to change" in one_line_error(r)
-        # enrolment never overwrites a token file
-        existing = tmp_path / "kept.token"
-        existing.write_text("keep me\n")
-        r = run(admin, "/hosts", "enroll", "host-c", "iqn.2026-11.org.dvsan.lab:host-c",
-                f"token_file={existing}")
-        assert r.returncode == 2 and "never overwritten" in one_line_error(r)
-        assert existing.read_text() == "keep me\n"
-        assert run(admin, "/hosts", "ls", "--json").stdout.strip() == "[]"
-        r = run(admin, "/hosts", "enroll", "host-b", IQN_B)
-        assert r.returncode == 0 and "shown this once" in r.stdout
-        r = run(admin, "/hosts/host-b", "assign", "size=1MiB")
-        assert r.returncode == 2 and "give address=IP" in one_line_error(r)
-        r = run(admin, "/hosts/host-b", "assign", "1MiB", "volume=1")
-        assert r.returncode == 2 and "either a SIZE" in one_line_error(r)
-        r = run(admin, f"/volumes/{vid}", "assign", "host-b", "address=127.0.0.2", "--json")
-        assert r.returncode == 0 and json.loads(r.stdout)["volume_id"] == vid, r.stderr
-        # a task that already ended cannot be cancelled: the station's 409
-        task = station.get("/api/v1/tasks?kind=assign").json()[0]["id"]
-        r = run(admin, f"/tasks/{task}", "cancel")
-        assert r.returncode == 1 and "already ended (succeeded)" in one_line_error(r)
-        r = run(admin, f"/volumes/{vid}", "assign", "host-b")
-        assert r.returncode == 1 and "(409" in one_line_error(r)
-    finally:
-        u.close()
+    vols = pool
+    vid = vols[0]["id"]
+    assert login(station, admin).returncode == 0
+    pw = tmp_path / "vera.pw"
+    pw.write_text("vera-is-a-viewer-0\n")
+    pw.chmod(0o600)
+    r = run(admin, "/users", "create", "vera", "viewer", f"password_file={pw}")
+    assert r.returncode == 0 and "user vera created (viewer)" in r.stdout, r.stderr
+    r = run(admin, "/users", "create", "walt", "superuser", f"password_file={pw}")
+    assert r.returncode == 2 and "one of admin, operator, viewer" in one_line_error(r)
+    assert login(station, viewer, "vera", pw).returncode == 0
+    # a viewer reads, and is refused writes with the permission named
+    assert run(viewer, "/volumes", "ls").returncode == 0
+    r = run(viewer, f"/volumes/{vid}", "wipe")
+    assert r.returncode == 1
+    assert "refused (403 Forbidden): user 'vera' (role viewer) lacks the permission 'volumes.wipe' " \
+           f"on /volumes/{vid}" in one_line_error(r)
+    r = run(viewer, "ls", "/users")
+    assert r.returncode == 1 and "lacks the permission 'users.admin'" in one_line_error(r)
+    # granted operator on the unit: the same wipe now passes the guard, and the station's
+    # next reason shows (the volume is clean)
+    r = run(admin, "/users/vera", "grant", "operator", "/units/unit-z")
+    assert r.returncode == 0 and "vera is operator on /units/unit-z and under it" in r.stdout
+    r = run(viewer, f"/volumes/{vid}", "wipe")
+    assert r.returncode == 1 and f"refused (409 Conflict): volume {vid} is clean" in one_line_error(r)
+    r = run(admin, "/users/vera", "grants", "--json")
+    grant = json.loads(r.stdout)[0]
+    assert (grant["role"], grant["object"]) == ("operator", "/units/unit-z")
+    r = run(admin, "/users/vera", "grant", "operator", "/nowhere/x")
+    assert r.returncode == 1 and "(422)" in one_line_error(r) and "object" in r.stderr
+    r = run(admin, "/users/vera", "ungrant", str(grant["id"]))
+    assert r.returncode == 0 and "taken back" in r.stdout
+    assert run(viewer, f"/volumes/{vid}", "wipe").returncode == 1
+    assert "volumes.wipe" in run(viewer, f"/volumes/{vid}", "wipe").stderr
+    # partitioning: a bad layout is refused before anything is sent
+    r = run(admin, "/units/unit-z/disks/vdz", "partition", "create=lots")
+    assert r.returncode == 2 and "not a size: 'lots'" in one_line_error(r)
+    r = run(admin, "/units/unit-z/disks/vdz", "partition")
+    assert r.returncode == 2 and "nothing to change" in one_line_error(r)
+    # enrolment never overwrites a token file
+    existing = tmp_path / "kept.token"
+    existing.write_text("keep me\n")
+    r = run(admin, "/hosts", "enroll", "host-c", "iqn.2026-11.org.dvsan.lab:host-c",
+            f"token_file={existing}")
+    assert r.returncode == 2 and "never overwritten" in one_line_error(r)
+    assert existing.read_text() == "keep me\n"
+    assert run(admin, "/hosts", "ls", "--json").stdout.strip() == "[]"
+    r = run(admin, "/hosts", "enroll", "host-b", IQN_B)
+    assert r.returncode == 0 and "shown this once" in r.stdout
+    r = run(admin, "/hosts/host-b", "assign", "size=1MiB")
+    assert r.returncode == 2 and "give address=IP" in one_line_error(r)
+    r = run(admin, "/hosts/host-b", "assign", "1MiB", "volume=1")
+    assert r.returncode == 2 and "either a SIZE" in one_line_error(r)
+    r = run(admin, f"/volumes/{vid}", "assign", "host-b", "address=127.0.0.2", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["volume_id"] == vid, r.stderr
+    # a task that already ended cannot be cancelled: the station's 409
+    task = station.get("/api/v1/tasks?kind=assign").json()[0]["id"]
+    r = run(admin, f"/tasks/{task}", "cancel")
+    assert r.returncode == 1 and "already ended (succeeded)" in one_line_error(r)
+    r = run(admin, f"/volumes/{vid}", "assign", "host-b")
+    assert r.returncode == 1 and "(409" in one_line_error(r)
 
 
 def test_ep_an_interactive_shell_survives_a_station_that_goes_away(station, tmp_path):
