@@ -92,7 +92,9 @@ def main() -> None:
                                text=True, check=True).stdout.split('"id"')) - 1
         assert n == a.volumes, f"the shell lists {n} volumes, not {a.volumes}"
 
-        starts, first_ls, again_ls = [], [], []
+        starts: list[float] = []
+        first_ls: list[float] = []
+        again_ls: list[float] = []
         for _ in range(a.repeat):
             t = time.perf_counter()
             c = pexpect.spawn(SHELL, env=env, encoding="utf-8", timeout=60, dimensions=(50, 120))
