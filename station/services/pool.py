@@ -221,8 +221,10 @@ def remove_unit(s: Session, name: str) -> Removal:
 
 
 def list_volumes(s: Session, unit: str | None = None, state: str | None = None) -> list[VolumeRow]:
-    # NOTE: the assignments in one more query, not one per volume (a console lists them all)
-    q = select(VolumeRow).options(selectinload(VolumeRow.assignment)).order_by(VolumeRow.unit_name, VolumeRow.device)
+    """The volumes, with their assignments loaded in one more query (not one per volume: the
+    listing shows whom each is assigned to)."""
+    q = (select(VolumeRow).options(selectinload(VolumeRow.assignment))
+         .order_by(VolumeRow.unit_name, VolumeRow.device))
     if unit:
         q = q.where(VolumeRow.unit_name == unit)
     if state:

@@ -207,13 +207,16 @@ class TaskService:
             if not lock.locked() and not self.on(live.lock):
                 self._locks.pop(live.lock, None)
 
-    async def _set(self, task_id: int, *, write: bool = True, **values: Any) -> None:
+    async def _set(self, task_id: int, *, write: bool = True, row: dict[str, Any] | None = None,
+                   **values: Any) -> None:
+        """Change the task's live view (what readers and subscribers get) and, with `write`, its
+        row; `row` holds values stored in another form than the view shows (the result as JSON)."""
         live = self._live[task_id]
         live.view.update({k: (_iso(v) if isinstance(v, datetime) else v) for k, v in values.items()})
         if write:
             def store(s: Session) -> None:
                 t = s.get_one(TaskRow, task_id)
-                for k, v in values.items():
+                for k, v in {**values, **(row or {})}.items():
                     setattr(t, k, v)
             write_done = asyncio.ensure_future(self._tx(store))
             try:
@@ -238,15 +241,18 @@ class TaskService:
         live = self._live[task_id]
         values: dict[str, Any] = {"state": state, "finished_at": utcnow(),
                                   "message": (message or (error or state.value))[:255]}
+        row: dict[str, Any] = {}
         if result is not None:
-            values["result"] = json.dumps(result, sort_keys=True, default=str)[:2048]
+            # NOTE: the view gets the result as it is, the row as JSON: a reader (GET /tasks/ID) or
+            # a subscriber served while the row is written must never see the JSON text
+            values["result"] = result
+            row["result"] = json.dumps(result, sort_keys=True, default=str)[:2048]
         if error is not None:
             values["error"], values["error_kind"] = error[:1024], error_kind
         # progress is written at most every PROGRESS_EVERY: the final row carries the last one
         values["total_steps"] = live.view["total_steps"]
         values["step"] = live.view["total_steps"] if state == TaskState.SUCCEEDED else live.view["step"]
-        await self._set(task_id, **values)
-        live.view["result"] = result
+        await self._set(task_id, row=row, **values)
         self._live.pop(task_id, None)
         live.done.set()
 

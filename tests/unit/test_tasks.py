@@ -342,3 +342,50 @@ def test_ep_a_task_cancelled_before_its_runner_ever_ran_still_ends_cancelled(db:
         return c, await svc.get(t2["id"])
     c, t2 = asyncio.run(main())
     assert c["state"] == "cancelled" and t2["state"] == "cancelled" and ran == []
+
+
+def test_ep_a_task_read_while_its_end_is_being_written_shows_its_result_not_the_stored_json(db: Database) -> None:
+    """The end of a task is shown at once and written to its row in a thread: a GET (or an event)
+    in between got the result as the row's JSON text, and GET /api/v1/tasks/ID answered 500."""
+    bus = EventBus()
+    published: list[dict[str, Any]] = []
+
+    class Held(TaskService):
+        gate: asyncio.Event | None = None
+        entered = asyncio.Event()
+
+        async def _tx(self, fn: Any, *args: Any) -> Any:
+            if self.gate is not None:
+                self.entered.set()
+                await self.gate.wait()
+            return await super()._tx(fn, *args)
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        svc = Held(db, bus)
+        Held.entered = asyncio.Event()
+
+        async def listen() -> None:
+            async for ev in bus.subscribe(lambda e: True):
+                published.append(ev.data)
+                if ev.data["state"] == "succeeded":
+                    return
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0)
+
+        async def work(ctx: TaskContext) -> dict[str, Any]:
+            svc.gate = asyncio.Event()          # hold the next write: the task's end
+            return {"answer": 42}
+        t = await svc.submit("wipe", "/volumes/1", "station", work)
+        await asyncio.wait_for(svc.entered.wait(), 10)
+        during = await svc.get(t["id"])          # the row's write is held
+        assert svc.gate is not None
+        svc.gate.set()
+        done = await svc.wait(t["id"], 10)
+        await asyncio.wait_for(listener, 5)
+        return during, done
+
+    during, done = asyncio.run(main())
+    assert during["state"] == "succeeded" and during["result"] == {"answer": 42}
+    assert done["result"] == {"answer": 42}
+    assert published[-1]["result"] == {"answer": 42}
+    assert row(db, done["id"]).result == '{"answer": 42}'
