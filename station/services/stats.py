@@ -63,7 +63,9 @@ class _Series:
 
     def add(self, t_ms: int, sums: list[float], resolution_ms: float, window_ms: float) -> None:
         p = (float(t_ms), *sums)
-        if len(self.points) >= 2 and t_ms - self.points[-2][0] < resolution_ms:
+        # NOTE: the newest point stands in for its interval until it is `resolution` after the
+        # point before it; a sample then starts the next interval.
+        if len(self.points) >= 2 and self.points[-1][0] - self.points[-2][0] < resolution_ms:
             self.points[-1] = p
         else:
             self.points.append(p)
