@@ -161,7 +161,7 @@ def main() -> int:
             for i in ids:         # each release orders a wipe: a task that follows the unit's reports
                 r = c.delete(f"/api/v1/assignments/{i}?wait=60")
                 assert r.status_code == 200, r.text
-            deadline = time.monotonic() + args.seconds * 3 + 60
+            deadline = time.monotonic() + args.seconds * 3 + 300
             while time.monotonic() < deadline:
                 running = c.get("/api/v1/tasks", params={"kind": "wipe", "limit": 1000}).json()
                 if len(running) >= len(ids) and all(t["state"] == "succeeded" for t in running):
