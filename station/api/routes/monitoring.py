@@ -14,12 +14,16 @@ from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from station.api.deps import Caller, DbDep, ListenerDep, Reader
-from station.api.schemas import NamePath
+from station.api.schemas import ERROR_RESPONSES, NamePath, UnitStatsPublic
 from station.db.tables import UnitRow
 from station.services.metrics import Metrics, Snapshot, render
 from station.services.stats import StatsService
 
 router = APIRouter(tags=["monitoring"])
+# NOTE: /metrics on a router of its own, without the routers' error responses: FastAPI would
+# document those under the route's media type (text/plain), where the errors are JSON.
+metrics_router = APIRouter(tags=["monitoring"])
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}}
 # NOTE: long-lived streams would only fill the histogram's +Inf bucket
 _NOT_TIMED = frozenset({"/api/v1/events"})
 
@@ -28,10 +32,10 @@ def _monitor(request: Request) -> StatsService:
     return request.app.state.monitor  # type: ignore[no-any-return]
 
 
-@router.get("/api/v1/units/{name}/stats")
+@router.get("/api/v1/units/{name}/stats", response_model=UnitStatsPublic)
 async def unit_stats(name: NamePath, db: DbDep, who: Caller, request: Request,
                      minutes: Annotated[int, Query(ge=1, le=60, description="how far back (at most 60)")] = 60
-                     ) -> dict[str, Any]:
+                     ) -> UnitStatsPublic:
     """A unit's recent monitoring samples, oldest first: its CPU share, storage-NIC bytes and rates
     (`samples`), and each exported volume's read/write bytes and commands with rates (`volumes`).
     Rates are per second since the sample before (null for the first one the station kept)."""
@@ -45,13 +49,19 @@ async def unit_stats(name: NamePath, db: DbDep, who: Caller, request: Request,
     await run_in_threadpool(check)
     store = _monitor(request).store
     since = time.time() * 1000 - minutes * 60_000
-    return {"unit": name, "minutes": minutes, "resolution_s": store.resolution_ms / 1000,
-            "samples": store.unit_samples(name, since), "latest": store.latest_units().get(name),
-            "volumes": store.volume_samples(name, since)}
+    return UnitStatsPublic.model_validate({
+        "unit": name, "minutes": minutes, "resolution_s": store.resolution_ms / 1000,
+        "samples": store.unit_samples(name, since), "latest": store.latest_units().get(name),
+        "volumes": store.volume_samples(name, since)})
 
 
-@router.get("/metrics", response_class=Response, responses={200: {
-    "description": "Prometheus text exposition format 0.0.4", "content": {"text/plain": {}}}})
+@metrics_router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition format 0.0.4",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"description": "no credentials, or a token the station does not take", "content": _JSON_ERROR,
+          "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    403: {"description": "the caller lacks the permission the message names (pool.read)",
+          "content": _JSON_ERROR}})
 async def metrics(request: Request, db: DbDep, listener: ListenerDep, _: Reader) -> Response:
     """The station's figures for Prometheus: pool bytes and volumes by state, units by state, tasks
     by kind and state, protocol/SNMP/STATS counters, units' CPU/memory/NIC, per-volume I/O, and the
@@ -67,7 +77,8 @@ async def metrics(request: Request, db: DbDep, listener: ListenerDep, _: Reader)
 def install(app: FastAPI) -> None:
     """Give the app its own registry, time every REST call, and serve the routes above."""
     app.state.metrics = m = Metrics()
-    app.include_router(router)
+    app.include_router(router, responses=ERROR_RESPONSES)
+    app.include_router(metrics_router)
 
     @app.middleware("http")
     async def _timed(request: Request, call_next: Any) -> Any:
