@@ -141,6 +141,8 @@ def main() -> int:
         agent.wiper = wiper  # type: ignore[assignment]
         asyncio.run_coroutine_threadsafe(agent.open("127.0.0.1", 0), loop).result(10)
         asyncio.run_coroutine_threadsafe(agent.announce(), loop).result(30)
+        # NOTE: heartbeats keep the unit online (a silent one goes unreachable and fails its wipes)
+        asyncio.run_coroutine_threadsafe(agent.heartbeat(2.0), loop)
         with httpx.Client(base_url=url, timeout=60, headers=headers) as c:
             while len(c.get("/api/v1/volumes", params={"state": "online"}).json()) < len(inv):
                 time.sleep(0.1)
@@ -170,6 +172,7 @@ def main() -> int:
             else:
                 print("not every wipe task ended in time", file=sys.stderr)
             took = time.monotonic() - t0
+            states = [t["state"] for t in c.get("/api/v1/tasks", params={"kind": "wipe", "limit": 1000}).json()]
             time.sleep(0.5)
             for con in consoles:
                 con.close()
@@ -185,6 +188,7 @@ def main() -> int:
           f"wipe-task events {statistics.median([con.wipe_events for con in consoles]):.0f}")
     print(f"events per second per console: median {statistics.median(rates):.0f}; "
           f"streamed in all: {sum(per) / took:.0f} per second to {args.consoles} consoles")
+    print(f"wipe tasks: {len(states)}, {states.count('succeeded')} succeeded")
     print(f"lagged notices (a console fell behind and lost events): {sum(con.lagged for con in consoles)}")
     return 0
 
