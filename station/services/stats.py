@@ -32,6 +32,7 @@ WINDOW_S = 3900          # 65 minutes: an hour of samples and a baseline before 
 RESOLUTION_S = 10.0
 MAX_UNITS = 1024
 MAX_VOLUME_SERIES = 4096
+PRUNE_EVERY_MS = 60_000   # gone series are looked for at most this often (a walk over all of them)
 
 
 @dataclass(slots=True)
@@ -213,6 +214,7 @@ class StatsService:
     def __init__(self, db: Database, store: StatsStore | None = None):
         self.db = db
         self.store = store or StatsStore()
+        self._pruned = 0.0
 
     async def report(self, unit: str, body: dict[str, Any]) -> dict[str, Any]:
         """Check and store one STATS message from `unit` (its sender, checked by the listener)."""
@@ -233,5 +235,7 @@ class StatsService:
         if known is None:
             self.store.refuse("unknown-unit")
             raise StatsRefused("unknown-unit", f"unit {unit} has not announced itself")
-        self.store.prune(now)
+        if now - self._pruned >= PRUNE_EVERY_MS:
+            self.store.prune(now)
+            self._pruned = now
         return self.store.take(rep, known)

@@ -197,3 +197,15 @@ def test_gp_the_unit_sample_reads_lio_and_psutil():
 def test_gp_system_figures_are_consistent():
     f = system_figures(None)
     assert 0 <= f.cpu_busy_s <= f.cpu_total_s and 0 <= f.mem_available <= f.mem_total
+
+
+def test_gp_and_ep_the_stats_interval_setting(capsys):
+    from unit_agent.cli import main
+    from unit_agent.settings import UnitSettings
+
+    assert UnitSettings(name="unit-a").stats_interval == 10.0
+    assert UnitSettings(name="unit-a", stats_interval=0).stats_interval == 0     # off
+    assert main(["--name", "unit-a", "--stats-interval", "-1"]) == 2
+    assert "stats_interval" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--name", "unit-a", "--stats-interval", "often"])
