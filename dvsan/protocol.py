@@ -53,6 +53,7 @@ class MsgType(enum.IntEnum):
     WIPE = 8                 # station -> unit: zero this released volume (device, extent, wipe_id)
     WIPE_STATUS = 9          # unit -> station: a wipe's progress (~1 s while running) and its end
     WIPE_CANCEL = 10         # station -> unit: stop this wipe (device, wipe_id)
+    STATS = 13               # unit -> station: monitoring totals (CPU, memory, NIC, per-volume I/O)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from station.api.deps import authenticate_first
 from station.api.routes import assignments as assignment_routes
 from station.api.routes import auth as auth_routes
 from station.api.routes import enrolment as enrolment_routes
+from station.api.routes import monitoring as monitoring_routes
 from station.api.routes import pool as pool_routes
 from station.api.routes import tasks as task_routes
 from station.api.schemas import ERROR_RESPONSES
@@ -38,6 +39,7 @@ from station.services.chap import ChapVault
 from station.services.enrolment import EnrolmentGate
 from station.services.events import EventBus
 from station.services.exports import ExportPusher
+from station.services.stats import StatsService
 from station.services.units import UnitService
 from station.services.wipes import WipeService
 from station.settings import StationSettings
@@ -99,6 +101,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         task_service = tasks.TaskService(db, bus)
         wipes = WipeService(db, listener, settings.export_timeout, task_service)
         units = UnitService(db, listener, pusher, wipes)
+        app.state.monitor = listener.monitor = StatsService(db)
         await listener.start(units, wipes, settings.udp_host, settings.udp_port)
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))
@@ -131,6 +134,7 @@ def create_app(settings: StationSettings) -> FastAPI:
               enrolment_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
     app.include_router(task_routes.events_router)
+    monitoring_routes.install(app)
     console.mount(app)
 
     @app.middleware("http")

@@ -123,6 +123,33 @@ class UnitAgent:
                 log.info("the station holds this unit as %s: announcing again", state)
                 self.reannounce()
 
+    async def report_stats(self, interval: float, sample: Callable[[], list[dict[str, Any]]]) -> None:
+        """Send a monitoring sample (STATS: dvsan/stats.py) every `interval` seconds once announced.
+
+        The sample is taken in a thread (configfs and /proc reads). One the station does not
+        acknowledge is not sent again: the next carries newer totals, and the station computes
+        rates from whatever pairs of samples it got.
+        """
+        assert self.endpoint is not None
+        warned = False
+        while True:
+            await asyncio.sleep(interval)
+            if not self.announced.is_set():
+                continue
+            try:
+                bodies = await asyncio.to_thread(sample)
+                for body in bodies:
+                    ack = await self.endpoint.send(self.station, MsgType.STATS, body,
+                                                   timeout=max(1.0, min(interval, 10.0)))
+                    if ack.get("status") != "ok" or ack.get("refused"):
+                        log.warning("stats: the station refused (part of) our sample: %s",
+                                    ack.get("error") or ack.get("refused"))
+                warned = False
+            except (Unavailable, AdapterError, OSError) as e:
+                if not warned:
+                    log.warning("stats not delivered: %s", e)
+                    warned = True
+
     def on_link_change(self, ifname: str, change: str) -> None:
         """Called from the link-watch thread: traps, and a fresh announcement when the link is back."""
         if self._loop is None:

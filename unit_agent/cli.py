@@ -24,6 +24,7 @@ from unit_agent.discovery import StationFinder
 from unit_agent.linkwatch import LinkWatch
 from unit_agent.poolpin import PoolPin
 from unit_agent.settings import UnitSettings
+from unit_agent.stats import IoCounters, sampler
 
 log = logging.getLogger("unit_agent")
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offer-mark", metavar="PREFIX",
                    help="with --offer marked: the partition name or label prefix (default dvsan)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 10)")
+    p.add_argument("--stats-interval", type=float, help="seconds between monitoring samples sent to the "
+                   "station (CPU, memory, storage NIC, per-export I/O; default 10, 0: none)")
     p.add_argument("--storage-interface", help="interface to watch for link up/down "
                    "(default: the one holding the portal address)")
     p.add_argument("--no-link-watch", dest="link_watch", action="store_false", default=None,
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         pin = PoolPin(settings.state_dir / "pool.json")
-        lio = OwningLio(Lio(settings.name, portal, settings.portal_port), pin)
+        lio_adapter = Lio(settings.name, portal, settings.portal_port)
+        lio = OwningLio(lio_adapter, pin)
     except DvsanError as e:
         print(f"dvsan-unit-agent: {e}", file=sys.stderr)
         return 2
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.notifier = TrapSender(destinations, security, lambda: _identity(agent, settings), engine_id,
                                     interface=settings.storage_interface, source_host=settings.listen_host)
         log.info("unit %s: SNMP notifications to %s", agent.name, agent.notifier.describe())
-    return asyncio.run(_run(agent, settings))
+    return asyncio.run(_run(agent, settings, lio_adapter))
 
 
 class OwningLio:
@@ -268,7 +272,7 @@ class OwningLio:
             self.pin.own(names)
 
 
-async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
+async def _run(agent: UnitAgent, settings: UnitSettings, io: IoCounters | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -282,10 +286,23 @@ async def _run(agent: UnitAgent, settings: UnitSettings) -> int:
         await _notify(notifier.send_cold_start())
     heartbeat = asyncio.ensure_future(agent.heartbeat(settings.heartbeat_interval))
     watch = await _start_link_watch(agent, settings)
+    reporter = None
+    if settings.stats_interval > 0:
+        nic = watch.ifname if watch is not None else settings.storage_interface
+        if nic is None:
+            from unit_agent.linkwatch import interface_of
+            try:
+                nic = await asyncio.to_thread(interface_of, agent.portal_address)
+            except (LookupError, OSError, RuntimeError):
+                nic = None      # every interface but loopback is counted
+        reporter = asyncio.ensure_future(agent.report_stats(settings.stats_interval,
+                                                            sampler(agent.name, io, nic)))
     if notifier is not None and watch is not None:
         notifier.interface = watch.ifname
     await stop.wait()
     heartbeat.cancel()
+    if reporter is not None:
+        reporter.cancel()
     if watch is not None:
         watch.stop()
     log.info("unit %s: stopping; telling the station (exports stay in the kernel)", agent.name)

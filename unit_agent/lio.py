@@ -37,6 +37,7 @@ CONFIGFS_TARGET = "/sys/kernel/config/target"
 # write a config file there: the station's database is the record of what a unit exports.
 DBROOT = "/etc/target"
 TPG_TAG = 1
+STATS_LOCK_WAIT = 2.0     # seconds io_counters() waits for a configfs change before it gives up
 # Set explicitly on every TPG we make. The kernel's default for `authentication` is 1 (CHAP
 # required); we set it ourselves, 1 for an export with CHAP credentials and 0 without
 # (`_auth_value`). `generate_node_acls` 1 would be demo mode: any initiator gets every LUN.
@@ -134,6 +135,34 @@ class Lio:
             # (the same test rtslib's NodeACL.session makes).
             return sum(1 for n in names
                        if (info := _read(acls / n / "info")) and not info.startswith("No active"))
+
+    def io_counters(self) -> dict[str, tuple[int, int, int]]:
+        """Each held export's I/O totals: device -> (read bytes, write bytes, commands).
+
+        NOTE: rtslib-fb has no accessor for LIO's statistics groups (its PR 124 was never merged):
+        the files are read under each backstore's rtslib path, `statistics/scsi_lu/`. The kernel
+        counts bytes in whole MiB (`read_mbytes` is the byte count >> 20) and commands of every
+        kind together (`num_cmds`). A backstore made anew starts again from zero. An export that
+        cannot be read now (removed meanwhile) is left out; so is everything while a configfs
+        change holds the lock for more than STATS_LOCK_WAIT (a hung disk): the next round tries again.
+        """
+        if not self._lock.acquire(timeout=STATS_LOCK_WAIT):
+            return {}
+        out: dict[str, tuple[int, int, int]] = {}
+        try:
+            for device in sorted({e.device for e in self._exports.values()}):
+                try:
+                    so = BlockStorageObject(backstore_name(device))
+                    lu = Path(so.path, "statistics", "scsi_lu")
+                    read_mib, write_mib, cmds = (int(_read(lu / f) or "") for f in
+                                                 ("read_mbytes", "write_mbytes", "num_cmds"))
+                except (*_LIO_ERRORS, RTSLibNotInCFSError) as e:
+                    log.debug("LIO: no statistics for %s: %s", device, e)
+                    continue
+                out[device] = (read_mib << 20, write_mib << 20, cmds)
+        finally:
+            self._lock.release()
+        return out
 
     def leftovers(self) -> dict[str, str]:
         """Half-made targets and unused dvsan backstores (name -> reason); `apply` removes them."""

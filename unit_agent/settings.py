@@ -33,6 +33,7 @@ class UnitSettings(BaseSettings):
     offer_mark: str = "dvsan"    # policy "marked": the GPT partition name (or label) prefix
     sysfs_root: str = "/"
     heartbeat_interval: float = Field(10.0, gt=0)   # the station's liveness timeout must be >= 3x this
+    stats_interval: float = Field(10.0, ge=0)       # seconds between STATS samples; 0: none sent
     storage_interface: str | None = None            # default: the interface holding the portal address
     link_watch: bool = True
     # Wipes: let the disk zero a released volume itself (BLKZEROOUT, when it offloads write-zeroes)

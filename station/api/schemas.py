@@ -246,3 +246,59 @@ class TaskPublic(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class UnitSamplePublic(BaseModel):
+    """One of a unit's monitoring samples (`GET /api/v1/units/{name}/stats`); rates are per second
+    since the sample before it (null for the first one kept)."""
+
+    t: int = Field(description="when the unit took it, milliseconds since the epoch")
+    cpu_seconds: float = Field(description="busy CPU seconds, all CPUs (station-kept sum)")
+    cpu_percent: float | None = Field(description="busy share of all CPUs since the sample before")
+    net_rx_bytes: int
+    net_tx_bytes: int
+    net_rx_bytes_per_s: float | None
+    net_tx_bytes_per_s: float | None
+
+
+class VolumeSamplePublic(BaseModel):
+    """One of an exported volume's I/O samples: station-kept sums (bytes in LIO's 1 MiB grain)."""
+
+    t: int
+    read_bytes: int
+    write_bytes: int
+    commands: int
+    read_bytes_per_s: float | None
+    write_bytes_per_s: float | None
+    commands_per_s: float | None
+
+
+class VolumeStatsPublic(BaseModel):
+    device: str
+    volume_id: int | None
+    samples: list[VolumeSamplePublic]
+
+
+class UnitLatestPublic(BaseModel):
+    """A unit's newest figures."""
+
+    t: float
+    cpu_seconds: float
+    cpu_percent: float | None
+    net_rx_bytes: float
+    net_tx_bytes: float
+    cpus: int
+    mem_total: int
+    mem_available: int
+    nic: str = Field(description="the storage interface counted, or * for all but loopback")
+
+
+class UnitStatsPublic(BaseModel):
+    """A unit's recent monitoring samples, oldest first, and its exported volumes' I/O."""
+
+    unit: str
+    minutes: int
+    resolution_s: float = Field(description="at most one sample kept per this many seconds")
+    samples: list[UnitSamplePublic]
+    latest: UnitLatestPublic | None
+    volumes: list[VolumeStatsPublic]

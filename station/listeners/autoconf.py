@@ -17,6 +17,7 @@ from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
 from station.db.tables import UnitState
+from station.services.stats import StatsService
 from station.services.units import UnitService
 from station.services.wipes import WipeService
 
@@ -49,6 +50,7 @@ class AutoconfListener:
         self.endpoint: Endpoint | None = None
         self.units: UnitService | None = None
         self.wipes: WipeService | None = None
+        self.monitor: StatsService | None = None     # takes STATS (monitoring samples)
 
     async def start(self, units: UnitService, wipes: WipeService, host: str, port: int) -> None:
         self.units, self.wipes = units, wipes
@@ -95,6 +97,8 @@ class AutoconfListener:
             return {"state": await self.units.heartbeat(unit, health, detail[:255] if detail else None)}
         if msg.type == MsgType.WIPE_STATUS:
             return await self.wipes.status(unit, msg.body)
+        if msg.type == MsgType.STATS and self.monitor is not None:
+            return await self.monitor.report(unit, msg.body)
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.units.unit_down(unit, UnitState.OFFLINE)}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")

@@ -113,6 +113,9 @@ async def wipe_volume(volume_id: IdPath, db: DbDep, wipes: WipesDep, who: Caller
 def protocol_stats(listener: ListenerDep, request: Request, _: Reader) -> dict[str, int]:
     """Counters of the auto-configuration listener (received, dropped by reason, retransmits...)
     and, when it runs, of the SNMP notification receiver (snmp_*: received, accepted,
-    rejected and ignored by reason)."""
+    rejected and ignored by reason), and of the units' monitoring samples (stats_*: accepted,
+    refused by reason)."""
     snmp = getattr(request.app.state, "snmp", None)
-    return {**listener.stats, **(snmp.stats if snmp is not None else {"snmp_listening": 0})}
+    monitor = getattr(request.app.state, "monitor", None)
+    stats = {f"stats_{k}": v for k, v in monitor.store.counts.items()} if monitor is not None else {}
+    return {**listener.stats, **(snmp.stats if snmp is not None else {"snmp_listening": 0}), **stats}
