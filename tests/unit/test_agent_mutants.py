@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 from typing import Any
 
 import pytest
 
 from dvsan import __version__, secretbox
-from dvsan.errors import Conflict, InvalidInput, Unavailable
+from dvsan.errors import AdapterError, Conflict, InvalidInput, Unavailable
 from dvsan.identity import Signer, StationPin, generate
 from dvsan.model import Partition
+from dvsan.naming import target_iqn
 from dvsan.protocol import Message, MsgType
 from tests.unit.test_unit_exports import HOST1, PARTS, UNIT, body, export, held, make_agent, run
-from unit_agent.agent import UnitAgent
+from unit_agent.agent import Busy, UnitAgent
 
 ST1, ST2 = ("10.0.0.5", 4790), ("10.0.0.6", 4790)
 
@@ -406,7 +409,6 @@ def test_ep_exports_for_another_unit_name_both_units() -> None:
 
 def test_gp_an_export_with_a_sealed_chap_secret_is_unsealed_with_the_units_key() -> None:
     from dvsan.model import Export
-    from dvsan.naming import target_iqn
     agent, lio, _ = make_agent()
     e = Export(PARTS[0].device, target_iqn(UNIT, PARTS[0].device), (HOST1,), 0,
                wwn="6a1c5f0e-2b7d-4f7e-9d3a-8e0f5c1d2b41", extent=PARTS[0].extent,
@@ -438,3 +440,200 @@ def test_ep_an_export_with_live_sessions_is_kept_whatever_comes_before_it(case: 
         ack = run(agent, body(first, generation=2))
     assert live["target_iqn"] in held(lio), f"{case}: an export with a live session was removed"
     assert {k["target_iqn"] for k in ack["kept"]} >= {live["target_iqn"]}, ack
+
+
+# --- what a refused export does to the export already held under its name ---------------------
+T1, T2 = export(PARTS[0])["target_iqn"], export(PARTS[1])["target_iqn"]
+
+
+def _holding_t1(live: bool = True) -> tuple[UnitAgent, Any, list[Partition]]:
+    agent, lio, offered = make_agent()
+    assert run(agent, body(export(PARTS[0]), export(PARTS[1])))["refused"] == []
+    if live:
+        lio.logged_in[T1] = 1
+    return agent, lio, offered
+
+
+@pytest.mark.parametrize("case", ["wrong-name", "device-gone", "no-extent"])
+def test_ep_a_refusal_that_says_nothing_of_the_device_leaves_its_held_export_as_it_is(case: str) -> None:
+    """A refusal for a reason other than "the device is now another extent" leaves the export held
+    under that name exactly as it is (a host may be on it), and says so in the answer."""
+    agent, lio, offered = _holding_t1(live=False)
+    bad = export(PARTS[0])
+    if case == "wrong-name":
+        bad = export(PARTS[1], target_iqn=T1)              # T1 names vdb1, not vdb2
+    elif case == "device-gone":
+        offered.remove(PARTS[0])
+    else:
+        del bad["extent"]
+    ack = run(agent, body(bad, export(PARTS[1]), generation=2))
+    assert held(lio) == {T1: (HOST1,), T2: (HOST1,)}, f"{case}: the held export was touched"
+    assert ack["kept"] == [{"target_iqn": T1, "reason": "left as it is"}]
+    assert [r["target_iqn"] for r in ack["refused"]] == [T1]
+    assert (ack["exports"], ack["changes"]) == (2, 0)
+
+
+def test_ep_a_device_that_is_now_another_extent_loses_its_export_even_under_a_live_host() -> None:
+    agent, lio, offered = _holding_t1(live=True)
+    offered[0] = Partition("vdb1", "vdb", 1, 4096, 2048, 6143, 512, 2048 * 512, PARTS[0].extent.uid)
+    ack = run(agent, body(export(PARTS[0]), export(PARTS[1]), generation=2))
+    assert held(lio) == {T2: (HOST1,)}
+    assert ack["kept"] == [] and (ack["exports"], ack["changes"]) == (1, 1)
+
+
+def test_ep_each_refusal_says_why_in_so_many_words() -> None:
+    agent, _lio, offered = make_agent()
+    offered[1] = Partition("vdb2", "vdb", 2, 6144, 2048, 8191, 512, 2048 * 512,
+                           "99999999-0000-4000-8000-000000000002")
+    gone = export(PARTS[0], device="vdz9", target_iqn="iqn.2026-11.org.dvsan:unit-a:vdz9")
+    foreign = export(PARTS[0], target_iqn="iqn.2026-11.org.dvsan:unit-b:vdb1")
+    bare = export(PARTS[0])
+    del bare["extent"]
+    ack = run(agent, body(gone, foreign, bare, export(PARTS[1])))
+    assert ack["refused"] == [
+        {"target_iqn": T1, "reason": "the export carries no extent to check the device against"},
+        {"target_iqn": target_iqn(UNIT, "vdb2"),
+         "reason": "device vdb2: partition identity changed: expected 0c1d2e3f-0000-4000-8000-000000000002, "
+                   "the disk now has 99999999-0000-4000-8000-000000000002"},
+        {"target_iqn": "iqn.2026-11.org.dvsan:unit-a:vdz9",
+         "reason": "device vdz9 is not offered by this unit (in use, mounted or gone)"},
+        {"target_iqn": "iqn.2026-11.org.dvsan:unit-b:vdb1",
+         "reason": "target iqn.2026-11.org.dvsan:unit-b:vdb1 does not follow this unit's naming"}]
+    assert ack["exports"] == 0
+
+
+def test_ep_a_malformed_export_is_refused_under_its_target_name_or_its_position() -> None:
+    agent, lio, _ = make_agent()
+    named = export(PARTS[0], lun="zero")
+    ack = run(agent, body(named, {"target_iqn": 7, "device": "vdb2"}, ["not", "an", "object"], export(PARTS[1])))
+    refused = {r["target_iqn"]: r["reason"] for r in ack["refused"]}
+    assert sorted(refused) == ["#1", "#2", T1]
+    assert all(r.startswith("malformed export: ") and len(r) > len("malformed export: ") for r in refused.values())
+    assert held(lio) == {T2: (HOST1,)}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"exports": "all"}, "field 'exports' must be a list"),
+    ({"exports": None}, "field 'exports' must be a list"),
+    ({"drop": "x"}, "field 'drop' must be a list of target names"),
+    ({"drop": [1]}, "field 'drop' must be a list of target names"),
+])
+def test_ep_a_malformed_message_is_refused_whole_in_so_many_words(bad: dict[str, Any], words: str) -> None:
+    agent, lio, _ = make_agent()
+    with pytest.raises(InvalidInput) as e:
+        run(agent, {**body(export(PARTS[0])), **bad})
+    assert str(e.value) == words
+    assert lio.applied == [] and agent.exports_applied == 0
+
+
+def test_gp_a_message_without_drop_drops_nothing_under_a_live_host() -> None:
+    agent, lio, _ = _holding_t1(live=True)
+    b = body(export(PARTS[1]), generation=2)
+    assert "drop" not in b
+    run(agent, b)
+    assert T1 in held(lio)
+
+
+# --- a change stuck in the kernel --------------------------------------------------------------
+class StuckLio:
+    """Like FakeLio, but `apply` blocks until `gate` is set, then fails or returns."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.gate = threading.Event()
+        self.fail = fail
+        self.calls = 0
+
+    def actual_exports(self) -> list[Any]:
+        return []
+
+    def sessions(self, target: str) -> int:
+        return 0
+
+    def apply(self, actions: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.gate.wait(30)
+        if self.fail is not None:
+            raise self.fail
+
+
+async def _until(cond: Any, what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("fail", [None, OSError("EIO on /dev/vdb1")])
+def test_ep_a_hung_change_says_degraded_and_busy_in_so_many_words_then_clears(
+        fail: BaseException | None, caplog: pytest.LogCaptureFixture) -> None:
+    agent, _lio, _ = make_agent()
+    lio = agent.lio = StuckLio(fail)  # type: ignore[assignment]
+    agent.apply_timeout, agent.busy_wait = 0.2, 0.05
+    detail = "a change of 1 LIO operation(s) has run for over 0 s (a hung disk?)"
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(Busy) as e:
+                await asyncio.wait_for(agent.apply_exports(body(export(PARTS[0]))), 10)
+            assert str(e.value) == f"unit unit-a is busy: {detail}"
+            assert agent.health == ("degraded", detail)
+            assert agent._apply_lock.locked(), "the lock must stay held while the kernel write runs"
+            reply = await agent.handle(Message(MsgType.EXPORTS, 1, 0, body(export(PARTS[1])), True), ST1)
+            assert reply == {"status": "busy", "busy": True, "error": f"unit unit-a is busy: {detail}"}
+            assert lio.calls == 1
+        finally:
+            lio.gate.set()
+        await _until(lambda: agent.health == ("ok", None) and not agent._apply_lock.locked(), "recovery")
+
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        asyncio.run(scenario())
+    assert f"unit unit-a: {detail}" in caplog.messages
+    ended = "unit unit-a: the stuck LIO change ended" + (f" with an error: {fail}" if fail else "")
+    assert caplog.messages[-1] == ended
+
+
+def test_ep_lios_failures_are_joined_into_one_adapter_error_and_the_lock_is_released() -> None:
+    agent, _lio, _ = make_agent()
+    lio = agent.lio = StuckLio(ExceptionGroup("2 failed", [AdapterError("cannot create export A"),
+                                                         AdapterError("cannot delete backstore B")]))
+    lio.calls = 1                                            # do not hang
+    with pytest.raises(AdapterError) as e:
+        run(agent, body(export(PARTS[0])))
+    assert str(e.value) == "cannot create export A; cannot delete backstore B"
+    assert isinstance(e.value.__cause__, ExceptionGroup)
+    assert not agent._apply_lock.locked() and agent.exports_applied == 0
+
+
+def test_gp_an_applied_push_is_logged_with_its_counts_and_refusals(caplog: pytest.LogCaptureFixture) -> None:
+    agent, _lio, _ = _holding_t1(live=True)
+    gone = export(PARTS[0], device="vdz9", target_iqn="iqn.2026-11.org.dvsan:unit-a:vdz9")
+    with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
+        run(agent, body(gone, generation=2))
+    assert caplog.messages == [
+        f"keeping export {T1}: 1 initiator(s) logged in: not removed without an operator's release",
+        "applied 1 change(s); 1 export(s) now held",
+        ("refused export iqn.2026-11.org.dvsan:unit-a:vdz9: device vdz9 is not offered by this unit "
+         "(in use, mounted or gone)")]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
+        run(agent, body(generation=3))                      # nothing to change: no "applied" line
+    assert [m for m in caplog.messages if m.startswith("applied")] == []
+
+
+# --- the port the agent listens on -------------------------------------------------------------
+def test_gp_open_listens_on_the_port_it_is_given() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = UnitAgent(UNIT, b"k" * 32, ST1, "127.0.0.1", 3260, object(), list)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await agent.open("127.0.0.1", port)
+        try:
+            assert agent.endpoint is not None and agent.endpoint.address == ("127.0.0.1", port)
+        finally:
+            agent.endpoint.close()  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
