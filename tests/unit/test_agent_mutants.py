@@ -505,7 +505,8 @@ def test_ep_each_refusal_says_why_in_so_many_words() -> None:
 def test_ep_a_malformed_export_is_refused_under_its_target_name_or_its_position() -> None:
     agent, lio, _ = make_agent()
     named = export(PARTS[0], lun="zero")
-    ack = run(agent, body(named, {"target_iqn": 7, "device": "vdb2"}, ["not", "an", "object"], export(PARTS[1])))
+    ack = run(agent, body(named, {"target_iqn": 7, "device": "vdb2"}, ["not", "an", "object"],  # type: ignore[arg-type]
+                          export(PARTS[1])))
     refused = {r["target_iqn"]: r["reason"] for r in ack["refused"]}
     assert sorted(refused) == ["#1", "#2", T1]
     assert all(r.startswith("malformed export: ") and len(r) > len("malformed export: ") for r in refused.values())
