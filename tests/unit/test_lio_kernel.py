@@ -55,6 +55,11 @@ class Kernel:
         if key in self.fail:
             raise self.fail[key]
 
+    def mode(self, mode: Any) -> None:
+        """rtslib's CFSNode refuses any other mode (rtslib_fb/node.py _create_in_cfs_ine)."""
+        if mode not in ("any", "lookup", "create"):
+            raise lio.RTSLibError(f"Invalid mode: {mode}")
+
     def sync(self) -> None:
         """The kernel's own bookkeeping: a backstore is ACTIVATED while a LUN links it."""
         linked = {os.path.realpath(p) for p in self.iscsi.glob("*/tpgt_*/lun/lun_*/*") if p.is_symlink()}
@@ -92,6 +97,7 @@ class Fabric:
 class FTarget:
     def __init__(self, fabric: Any, wwn: str, mode: str = "any") -> None:
         K.check("Target", wwn, mode)
+        K.mode(mode)
         self.wwn, self.path = wwn, Path(fabric.path, wwn)
         if mode == "lookup" and not self.path.is_dir():
             raise lio.RTSLibNotInCFSError(f"no target {wwn}")
@@ -108,6 +114,7 @@ class FTarget:
 class FTPG:
     def __init__(self, target: FTarget, tag: int, mode: str = "any") -> None:
         K.check("TPG", target.wwn, tag, mode)
+        K.mode(mode)
         self.path = target.path / f"tpgt_{tag}"
         if mode == "lookup" and not self.path.is_dir():
             raise lio.RTSLibNotInCFSError("no TPG")
@@ -148,6 +155,7 @@ class FLUN:
 
 def FPortal(tpg: FTPG, ip: str, port: int, mode: str = "any") -> None:
     K.check("NetworkPortal", ip, port, mode)
+    K.mode(mode)
     (tpg.path / "np" / (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")).mkdir()
 
 
@@ -159,6 +167,7 @@ class FACL:
 
     def __init__(self, tpg: FTPG, name: str, mode: str = "any") -> None:
         K.check("NodeACL", name, mode)
+        K.mode(mode)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "path", str(tpg.path / "acls" / name))
         p = Path(self.path)
@@ -813,3 +822,93 @@ def test_gp_an_export_whose_target_went_behind_the_agents_back_is_forgotten_once
     del kernel.fail[("rmdir", "dvsan_vda2")]
     agent.apply([DeleteExport(export("vda2"))])
     assert set(agent._exports) == {IQN3} and kernel.backstores() == ["dvsan_vda3"]
+
+
+def test_gp_a_backstore_already_gone_or_in_use_again_is_no_longer_a_leftover(kernel: Kernel) -> None:
+    gone = kernel.backstore("dvsan_vda2", "/dev/vda2")
+    used = kernel.backstore("dvsan_vda3", "/dev/vda3")
+    agent = opened()
+    assert set(agent.leftovers()) == {"dvsan_vda2", "dvsan_vda3"}
+    shutil.rmtree(gone.parent)                            # removed by hand
+    lun = kernel.iscsi / "iqn.2026-11.org.example:by-hand" / "tpgt_1" / "lun" / "lun_0"
+    lun.mkdir(parents=True)
+    os.symlink(used, lun / "storage")                     # taken by an operator's own target
+    kernel.sync()
+    assert failures(agent, []) == ["backstore dvsan_vda3 is still used by a LUN: not deleting it"]
+    assert agent.leftovers() == {} and kernel.backstores() == ["dvsan_vda3"]
+    agent.apply([])
+
+
+def test_gp_a_half_made_target_already_gone_is_no_longer_a_leftover(kernel: Kernel) -> None:
+    half_made(kernel, IQN3)
+    agent = opened()
+    assert set(agent.leftovers()) == {IQN3}
+    shutil.rmtree(kernel.iscsi / IQN3)
+    agent.apply([])
+    assert agent.leftovers() == {}
+
+
+def test_gp_a_leftover_backstore_that_appeared_after_the_scan_is_replaced(kernel: Kernel) -> None:
+    agent = opened()
+    kernel.backstore("dvsan_vda2", "/dev/vda3")           # not of this device: remade
+    agent.apply([CreateExport(export())])
+    assert opened().actual_exports() == [export()] and agent.leftovers() == {}
+
+
+def test_gp_an_export_pruned_after_a_failed_delete_can_be_made_again(kernel: Kernel) -> None:
+    agent = made(export())
+    kernel.fail[("delete target", IQN)] = lio.RTSLibError("busy")
+    failures(agent, [DeleteExport(export())])
+    del kernel.fail[("delete target", IQN)]
+    agent.apply([])                                       # pruned: the target is gone
+    assert kernel.targets() == []
+    agent.apply([CreateExport(export())])                 # and it is made again, not taken as held
+    assert kernel.targets() == [IQN] and opened().actual_exports() == [export()]
+
+
+def test_gp_a_host_change_keeps_the_lun_and_every_credential(kernel: Kernel) -> None:
+    chap = {"chap_user": "host-user", "chap_secret": SECRET, "mutual_user": "unit-user",
+            "mutual_secret": "unit-s3cret-4567"}
+    agent = made(export("vda2", H1, lun=5, **chap))
+    agent.apply([SetInitiators(export("vda2", H1, H2, lun=5, **chap), add=(H2,), remove=())])
+    assert agent.actual_exports() == [export("vda2", H1, H2, lun=5, **chap)] == opened().actual_exports()
+    assert read(kernel.iscsi / IQN / "tpgt_1" / "acls" / H2 / "auth" / "password_mutual") == "unit-s3cret-4567"
+
+
+H3 = "iqn.2026-11.org.example:host-3"
+
+
+def test_ep_one_host_that_cannot_be_removed_does_not_keep_the_others(kernel: Kernel) -> None:
+    agent = made(export("vda2", H1, H2))
+    kernel.fail[("delete ACL", H1)] = lio.RTSLibError("busy")
+    errs = failures(agent, [SetInitiators(export("vda2", H3), add=(H2, H3), remove=(H1, H2))])
+    assert errs == [f"cannot remove initiator {H1} from {IQN}: busy",
+                    f"not adding {H2}, {H3} to {IQN}: removing {H1} failed"]
+    assert agent.actual_exports() == [export("vda2", H1)]
+
+
+def test_ep_every_failed_removal_is_named(kernel: Kernel) -> None:
+    agent = made(export("vda2", H1, H2))
+    kernel.fail[("delete ACL", H1)] = lio.RTSLibError("busy")
+    kernel.fail[("delete ACL", H2)] = lio.RTSLibError("busy")
+    errs = failures(agent, [SetInitiators(export("vda2", H3), add=(H3,), remove=(H1, H2))])
+    assert errs[-1] == f"not adding {H3} to {IQN}: removing {H1}, {H2} failed"
+
+
+def test_ep_one_host_that_cannot_be_added_does_not_keep_the_others_out(kernel: Kernel) -> None:
+    agent = made(export("vda2", H1))
+    kernel.fail[("NodeACL", H2, "any")] = lio.RTSLibError("ACL quota")
+    failures(agent, [SetInitiators(export("vda2", H1, H2, H3), add=(H2, H3), remove=())])
+    assert agent.actual_exports() == [export("vda2", H1, H3)]
+
+
+def test_gp_the_warning_about_targets_changed_counts_the_leftovers_too(
+        kernel: Kernel, caplog: pytest.LogCaptureFixture) -> None:
+    agent = made(export("vda2"))
+    half_made(kernel, IQN3)
+    agent.rescan()
+    shutil.rmtree(kernel.iscsi / IQN)
+    with caplog.at_level(logging.WARNING, logger="unit_agent.lio"):
+        agent.actual_exports()
+    assert caplog.messages == [("LIO: this unit's targets changed behind the agent (1 held, 2 expected): "
+                                "reading configfs again")]
