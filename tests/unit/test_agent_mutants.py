@@ -80,7 +80,7 @@ def test_gp_startup_carries_the_units_identity_and_waits_30_s_for_its_only_stati
     ep = FakeEndpoint({"status": "ok"})
     agent = agent_with(ep)
     agent.dns_name = "unit-a.san.example"
-    asyncio.run(agent.announce())
+    asyncio.run(asyncio.wait_for(agent.announce(), 5))
     assert ep.sent == [(ST1, MsgType.STARTUP, {"unit": UNIT, "portal_address": "127.0.0.1", "portal_port": 3260,
                                                "dns_name": "unit-a.san.example", "agent_version": __version__},
                         {"timeout": 30.0, "max_rto": 5.0})]
@@ -96,7 +96,7 @@ def test_gp_announce_fails_over_to_the_next_station_with_the_shorter_timeout(cap
 
     agent.find_stations = stations
     with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
-        asyncio.run(agent.announce())
+        asyncio.run(asyncio.wait_for(agent.announce(), 5))
     assert [(p, kw["timeout"]) for p, _, _, kw in ep.sent] == [(ST1, 10.0), (ST2, 10.0)]
     assert agent.station == ST2 and agent.announced.is_set()
     assert [r.getMessage() for r in caplog.records] == [
@@ -117,7 +117,7 @@ def test_ep_a_refused_startup_is_logged_and_tried_again_after_10_s(
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
-        asyncio.run(agent.announce())
+        asyncio.run(asyncio.wait_for(agent.announce(), 5))
     assert slept == [10]                              # only after the refusal, not after no answer
     assert [p for p, _, _, _ in ep.sent] == [ST1, ST1, ST1]
     assert [r.getMessage() for r in caplog.records] == [
@@ -184,14 +184,18 @@ def test_gp_a_heartbeat_says_the_units_health_and_waits_at_least_a_second() -> N
     ({"status": "ok"}, True),
     ({"status": "error", "state": "unknown"}, False),
 ])
-def test_gp_a_station_that_forgot_the_unit_gets_a_new_announcement(answer: dict[str, Any], again: bool) -> None:
+def test_gp_a_station_that_forgot_the_unit_gets_a_new_announcement(
+        answer: dict[str, Any], again: bool, caplog: pytest.LogCaptureFixture) -> None:
     ep = FakeEndpoint(answer, {"status": "ok", "state": "online"})
     agent = agent_with(ep)
     agent.announced.set()
     reannounced: list[int] = []
     agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
-    _beats(agent, ep, 2)
+    with caplog.at_level(logging.INFO, logger="unit_agent.agent"):
+        _beats(agent, ep, 2)
     assert reannounced == ([1] if again else [])
+    said = [f"the station holds this unit as {answer.get('state')}: announcing again"] if again else []
+    assert caplog.messages == said
 
 
 def test_ep_unanswered_heartbeats_are_warned_about_once_until_one_is_answered(caplog: pytest.LogCaptureFixture) -> None:
@@ -204,17 +208,23 @@ def test_ep_unanswered_heartbeats_are_warned_about_once_until_one_is_answered(ca
     assert [r.getMessage() for r in caplog.records] == ["heartbeat not acknowledged: timeout"] * 2
 
 
-def test_gp_no_heartbeat_before_the_unit_is_announced() -> None:
+def test_gp_no_heartbeat_before_the_unit_is_announced_and_heartbeats_once_it_is() -> None:
     ep = FakeEndpoint()
     agent = agent_with(ep)
 
     async def scenario() -> None:
         task = asyncio.ensure_future(agent.heartbeat(0.001))
         await asyncio.sleep(0.05)
+        assert ep.sent == [] and not task.done()
+        agent.announced.set()
+        for _ in range(500):
+            if ep.sent:
+                break
+            await asyncio.sleep(0.005)
         task.cancel()
+        assert [m for _, m, _, _ in ep.sent][:1] == [MsgType.HEARTBEAT]
 
     asyncio.run(scenario())
-    assert ep.sent == []
 
 
 # --- storage info, shutdown, what the unit takes -----------------------------------------------
@@ -272,6 +282,15 @@ def test_gp_shutdown_tells_the_station_and_closes_the_endpoint(answer: Any, take
     assert ep.closed and stopped == [1]
 
 
+def test_ep_a_shutdown_not_acknowledged_is_logged_and_waits_5_s_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    ep = FakeEndpoint(Unavailable("no answer"))
+    agent = agent_with(ep)
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        assert asyncio.run(agent.shutdown()) is False
+    assert ep.sent[0][3] == {"timeout": 5.0}
+    assert caplog.messages == ["station did not acknowledge our shutdown: no answer"]
+
+
 # --- link changes ------------------------------------------------------------------------------
 class Notifier:
     def __init__(self, fail: bool = False, asynchronous: bool = False) -> None:
@@ -303,6 +322,36 @@ def test_gp_a_link_change_sends_its_trap_and_a_link_up_announces_again(asynchron
     assert (agent.notifier.sent, reannounced) == (["down"], [])
     asyncio.run(agent._link_changed("eth0", "up"))
     assert (agent.notifier.sent, reannounced) == (["down", "up"], [1])
+
+
+def test_gp_an_async_trap_is_awaited_and_a_notifier_without_a_trap_is_skipped() -> None:
+    sent: list[str] = []
+
+    class UpOnly:
+        async def send_link_up(self) -> None:
+            await asyncio.sleep(0)
+            sent.append("up")              # only once awaited
+
+    agent = agent_with(FakeEndpoint())
+    agent.notifier = UpOnly()
+    reannounced: list[int] = []
+    agent.reannounce = lambda: reannounced.append(1)  # type: ignore[method-assign]
+    asyncio.run(agent._link_changed("eth0", "down"))  # no send_link_down: nothing sent, no error
+    asyncio.run(agent._link_changed("eth0", "up"))
+    assert (sent, reannounced) == (["up"], [1])
+
+
+def test_gp_finished_background_tasks_are_let_go() -> None:
+    agent = agent_with(FakeEndpoint())
+
+    async def scenario() -> None:
+        task = agent._spawn(asyncio.sleep(0))
+        assert task in agent._tasks
+        await task
+        await asyncio.sleep(0)
+        assert agent._tasks == set()
+
+    asyncio.run(scenario())
 
 
 def test_ep_a_failed_trap_is_logged_and_the_unit_still_announces(caplog: pytest.LogCaptureFixture) -> None:
@@ -393,7 +442,8 @@ def test_ep_a_push_while_another_runs_is_answered_busy_in_so_many_words() -> Non
 
     async def scenario() -> dict[str, Any] | None:
         await agent._apply_lock.acquire()
-        return await agent.handle(Message(MsgType.EXPORTS, 1, 0, body(export(PARTS[0])), True), ST1)
+        msg = Message(MsgType.EXPORTS, 1, 0, body(export(PARTS[0])), True)
+        return await asyncio.wait_for(agent.handle(msg, ST1), 5)   # bounded: busy_wait, not forever
 
     assert asyncio.run(scenario()) == {"status": "busy", "busy": True,
                                        "error": "unit unit-a is busy: an earlier change is still running"}
