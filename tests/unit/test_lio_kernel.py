@@ -912,3 +912,39 @@ def test_gp_the_warning_about_targets_changed_counts_the_leftovers_too(
         agent.actual_exports()
     assert caplog.messages == [("LIO: this unit's targets changed behind the agent (1 held, 2 expected): "
                                 "reading configfs again")]
+
+
+@pytest.mark.parametrize("hosts", [(H1, H2), ()])
+def test_gp_an_export_asked_again_with_a_host_more_or_fewer_gets_just_that(kernel: Kernel, hosts: tuple[str, ...]) -> None:
+    agent = made(export("vda2", H1))
+    want = export("vda2", *hosts) if hosts else export("vda2", initiators=())
+    agent.apply([CreateExport(want)])
+    assert agent.actual_exports() == [want] == opened().actual_exports()
+    assert ("delete target", IQN) not in kernel.calls
+
+
+def test_ep_a_host_that_cannot_be_added_to_a_held_export_is_an_error(kernel: Kernel) -> None:
+    agent = made(export("vda2", H1))
+    kernel.fail[("NodeACL", H2, "any")] = lio.RTSLibError("ACL quota")
+    assert failures(agent, [CreateExport(export("vda2", H1, H2))]) == [
+        f"cannot add initiator {H2} to {IQN}: ACL quota"]
+    assert agent.actual_exports() == [export("vda2", H1)]
+
+
+def test_gp_a_half_made_target_removed_by_hand_before_the_create_does_not_take_the_new_one_with_it(
+        kernel: Kernel) -> None:
+    half_made(kernel, IQN)
+    agent = opened()
+    assert set(agent.leftovers()) == {IQN}
+    shutil.rmtree(kernel.iscsi / IQN)
+    agent.apply([CreateExport(export())])
+    assert kernel.targets() == [IQN] and agent.leftovers() == {}
+    assert opened().actual_exports() == [export()]
+
+
+def test_gp_a_fitting_backstore_that_appeared_after_the_scan_is_reused(kernel: Kernel) -> None:
+    agent = opened()
+    kernel.backstore("dvsan_vda2", "/dev/vda2")
+    agent.apply([CreateExport(export())])
+    assert not [c for c in kernel.calls if c[0] == "BlockStorageObject" and len(c) == 4]
+    assert opened().actual_exports() == [export()]
