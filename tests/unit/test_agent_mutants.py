@@ -688,3 +688,20 @@ def test_gp_open_listens_on_the_port_it_is_given() -> None:
             agent.endpoint.close()  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_gp_a_stuck_change_cancelled_at_shutdown_still_frees_the_lock_and_the_health(
+        caplog: pytest.LogCaptureFixture) -> None:
+    agent, _lio, _ = make_agent()
+
+    async def scenario() -> None:
+        await agent._apply_lock.acquire()
+        agent.health = ("degraded", "a change of 1 LIO operation(s) has run for over 60 s (a hung disk?)")
+        task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task.cancel()
+        agent._stuck_apply_ended(task)
+        assert not agent._apply_lock.locked() and agent.health == ("ok", None)
+
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        asyncio.run(scenario())
+    assert caplog.messages == ["unit unit-a: the stuck LIO change ended"]
