@@ -948,3 +948,17 @@ def test_gp_a_fitting_backstore_that_appeared_after_the_scan_is_reused(kernel: K
     agent.apply([CreateExport(export())])
     assert not [c for c in kernel.calls if c[0] == "BlockStorageObject" and len(c) == 4]
     assert opened().actual_exports() == [export()]
+
+
+@pytest.mark.parametrize("undo, why, left", [
+    (("delete target", IQN), f"cannot delete target {IQN}: busy", {IQN: "delete failed: busy"}),
+    (("rmdir", "dvsan_vda2"), "cannot delete backstore dvsan_vda2: busy", {"dvsan_vda2": "delete failed: busy"}),
+])
+def test_ep_a_failed_create_whose_undo_fails_too_says_both_and_keeps_the_leftover(
+        kernel: Kernel, undo: tuple[str, ...], why: str, left: dict[str, str]) -> None:
+    agent = opened()
+    kernel.fail[("enable", True)] = lio.RTSLibError("boom")
+    kernel.fail[undo] = lio.RTSLibError("busy")
+    errs = failures(agent, [CreateExport(export())])
+    assert errs[:2] == [f"cannot create export {IQN} of /dev/vda2: boom", why]
+    assert agent.leftovers() == left and agent.actual_exports() == []
