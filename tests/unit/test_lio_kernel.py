@@ -155,6 +155,7 @@ class FLUN:
 
 def FPortal(tpg: FTPG, ip: str, port: int, mode: str = "any") -> None:
     K.check("NetworkPortal", ip, port, mode)
+    K.check("portal of", tpg.path.parent.name)
     K.mode(mode)
     (tpg.path / "np" / (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")).mkdir()
 
@@ -962,3 +963,27 @@ def test_ep_a_failed_create_whose_undo_fails_too_says_both_and_keeps_the_leftove
     errs = failures(agent, [CreateExport(export())])
     assert errs[:2] == [f"cannot create export {IQN} of /dev/vda2: boom", why]
     assert agent.leftovers() == left and agent.actual_exports() == []
+
+
+def test_gp_every_export_missing_the_portal_gets_it_whatever_comes_before(kernel: Kernel) -> None:
+    made(export("vda3"))                                  # made while the unit was on 10.0.0.1
+    agent = opened("10.0.0.2")
+    agent.apply([CreateExport(export("vda2"))])           # vda2 has 10.0.0.2 from its creation
+    assert sorted(p.name for p in (kernel.iscsi / IQN3 / "tpgt_1" / "np").iterdir()) == \
+        ["10.0.0.1:3260", "10.0.0.2:3260"]
+
+
+def test_ep_a_portal_that_fails_on_one_export_is_still_added_to_the_next(kernel: Kernel) -> None:
+    made(export("vda2"), export("vda3"))
+    agent = opened("10.0.0.2")
+    kernel.fail[("portal of", IQN)] = lio.RTSLibError("address in use")
+    assert failures(agent, []) == [f"cannot add portal 10.0.0.2:3260 to {IQN}: address in use"]
+    assert (kernel.iscsi / IQN3 / "tpgt_1" / "np" / "10.0.0.2:3260").is_dir()
+
+
+def test_ep_a_portal_is_never_added_to_a_target_gone_behind_the_agents_back(kernel: Kernel) -> None:
+    made(export())
+    agent = opened("10.0.0.2")
+    shutil.rmtree(kernel.iscsi / IQN)
+    assert failures(agent, []) == [f"cannot add portal 10.0.0.2:3260 to {IQN}: no target {IQN}"]
+    assert kernel.targets() == []
