@@ -705,3 +705,97 @@ def test_gp_a_stuck_change_cancelled_at_shutdown_still_frees_the_lock_and_the_he
     with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
         asyncio.run(scenario())
     assert caplog.messages == ["unit unit-a: the stuck LIO change ended"]
+
+
+# --- monitoring samples (STATS) ----------------------------------------------------------------
+def _reports(agent: UnitAgent, ep: FakeEndpoint, sample: Any, n: int, interval: float,
+             monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sleep = asyncio.sleep
+
+    async def fast_sleep(s: float) -> None:        # the interval is only a number to the agent
+        await real_sleep(0.001)
+
+    monkeypatch.setattr(asyncio, "sleep", fast_sleep)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(agent.report_stats(interval, sample))
+        for _ in range(2000):
+            if len(ep.sent) >= n:
+                break
+            await real_sleep(0.001)
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("interval, timeout", [(0.2, 1.0), (5.0, 5.0), (60.0, 10.0)])
+def test_gp_each_part_of_a_sample_goes_to_the_station_with_a_bounded_wait(
+        interval: float, timeout: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = FakeEndpoint()
+    agent = agent_with(ep)
+    agent.announced.set()
+    parts = [{"unit": UNIT, "part": 1}, {"unit": UNIT, "part": 2}]
+    _reports(agent, ep, lambda: parts, 2, interval, monkeypatch)
+    assert [(p, m, b, kw) for p, m, b, kw in ep.sent[:2]] == [
+        (ST1, MsgType.STATS, parts[0], {"timeout": timeout}), (ST1, MsgType.STATS, parts[1], {"timeout": timeout})]
+
+
+def test_gp_no_sample_is_taken_before_the_unit_is_announced(monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = FakeEndpoint()
+    agent = agent_with(ep)
+    taken: list[int] = []
+
+    def sample() -> list[dict[str, Any]]:
+        taken.append(1)
+        return [{"unit": UNIT}]
+
+    real_sleep = asyncio.sleep
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(agent.report_stats(0.001, sample))
+        await real_sleep(0.05)
+        assert (taken, ep.sent, task.done()) == ([], [], False)
+        agent.announced.set()
+        for _ in range(500):
+            if ep.sent:
+                break
+            await real_sleep(0.005)
+        task.cancel()
+        assert taken and ep.sent
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("answer, said", [
+    ({"status": "error", "error": "unknown unit"}, "unknown unit"),
+    ({"status": "ok", "refused": [{"device": "vdz9", "reason": "no such volume"}]},
+     "[{'device': 'vdz9', 'reason': 'no such volume'}]"),
+])
+def test_ep_a_refused_sample_is_warned_about(answer: dict[str, Any], said: str, caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = FakeEndpoint(answer)
+    agent = agent_with(ep)
+    agent.announced.set()
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        _reports(agent, ep, lambda: [{"unit": UNIT}], 2, 1.0, monkeypatch)
+    assert caplog.messages == [f"stats: the station refused (part of) our sample: {said}"]
+
+
+def test_ep_undelivered_samples_are_warned_about_once_until_one_goes_through(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = FakeEndpoint(Unavailable("timeout"), Unavailable("timeout"), {"status": "ok"}, {"status": "ok"},
+                      Unavailable("timeout"), {"status": "ok"})
+    agent = agent_with(ep)
+    agent.announced.set()
+    calls: list[int] = []
+
+    def sample() -> list[dict[str, Any]]:
+        calls.append(1)
+        if len(calls) == 4:
+            raise AdapterError("cannot read LIO's configfs")
+        return [{"unit": UNIT}]
+
+    with caplog.at_level(logging.WARNING, logger="unit_agent.agent"):
+        _reports(agent, ep, sample, 6, 1.0, monkeypatch)
+    assert caplog.messages == ["stats not delivered: timeout", "stats not delivered: cannot read LIO's configfs",
+                               "stats not delivered: timeout"]

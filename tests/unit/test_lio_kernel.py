@@ -987,3 +987,50 @@ def test_ep_a_portal_is_never_added_to_a_target_gone_behind_the_agents_back(kern
     shutil.rmtree(kernel.iscsi / IQN)
     assert failures(agent, []) == [f"cannot add portal 10.0.0.2:3260 to {IQN}: no target {IQN}"]
     assert kernel.targets() == []
+
+
+# --- monitoring: I/O totals and logged-in initiators of each held export ----------------------
+def _stats(kernel: Kernel, device: str, read_mib: str, write_mib: str, cmds: str) -> None:
+    lu = next(kernel.core.glob(f"iblock_*/dvsan_{device}")) / "statistics" / "scsi_lu"
+    for name, value in (("read_mbytes", read_mib), ("write_mbytes", write_mib), ("num_cmds", cmds)):
+        write(lu / name, value)
+
+
+def test_gp_io_counters_are_each_held_exports_totals_in_bytes(kernel: Kernel) -> None:
+    agent = made(export("vda2"), export("vda3"))
+    _stats(kernel, "vda2", "3", "5", "42")
+    _stats(kernel, "vda3", "0", "1", "7")
+    assert agent.io_counters() == {"vda2": (3 << 20, 5 << 20, 42), "vda3": (0, 1 << 20, 7)}
+
+
+@pytest.mark.parametrize("how", ["no statistics", "garbled", "backstore gone"])
+def test_ep_an_export_whose_counters_cannot_be_read_is_left_out(kernel: Kernel, how: str) -> None:
+    agent = made(export("vda2"), export("vda3"))
+    _stats(kernel, "vda2", "3", "5", "42")
+    if how == "garbled":
+        _stats(kernel, "vda3", "1", "x", "7")
+    elif how == "backstore gone":
+        _stats(kernel, "vda3", "1", "1", "7")
+        kernel.fail[("BlockStorageObject", "dvsan_vda3", "lookup")] = lio.RTSLibNotInCFSError("gone")
+    assert agent.io_counters() == {"vda2": (3 << 20, 5 << 20, 42)}
+
+
+def test_gp_session_counts_are_each_held_exports_logged_in_initiators(kernel: Kernel) -> None:
+    agent = made(export("vda2", H1, H2), export("vda3", H1))
+    write(kernel.iscsi / IQN / "tpgt_1" / "acls" / H2 / "info", "LIO Session ID: 3  TARGET_SESSION_STATE_LOGGED_IN")
+    write(kernel.iscsi / IQN3 / "tpgt_1" / "acls" / H1 / "info", "LIO Session ID: 4  TARGET_SESSION_STATE_LOGGED_IN")
+    (kernel.iscsi / IQN / "tpgt_1" / "acls" / H1 / "info").unlink()
+    assert agent.session_counts() == {"vda2": 1, "vda3": 1}
+    shutil.rmtree(kernel.iscsi / IQN3)                    # gone meanwhile: left out
+    assert agent.session_counts() == {"vda2": 1}
+
+
+def test_ep_monitoring_gives_up_while_a_configfs_change_holds_the_lock(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = made(export("vda2"))
+    _stats(kernel, "vda2", "1", "2", "3")
+    monkeypatch.setattr(lio, "STATS_LOCK_WAIT", 0.01)
+    with agent._lock:
+        assert agent.io_counters() == {} and agent.session_counts() == {}
+    assert agent.io_counters() == {"vda2": (1 << 20, 2 << 20, 3)} and agent.session_counts() == {"vda2": 0}
+    assert not agent._lock.locked()
