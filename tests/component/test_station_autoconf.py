@@ -138,6 +138,10 @@ def test_gp_startup_builds_pool_with_exact_lbas(station):
         assert got == {p.device: (p.start_lba, p.length_blocks, p.end_lba, p.size_bytes) for p in PARTS}
         units = station.get("/api/v1/units").json()
         assert [(x["name"], x["state"]) for x in units] == [("unit-z", "online")]
+        # one volume by its id, as the listing shows it; an unknown id: 404
+        assert station.get(f"/api/v1/volumes/{vols[0]['id']}").json() == vols[0]
+        r = station.get("/api/v1/volumes/99999")
+        assert r.status_code == 404 and r.json()["detail"] == "no volume with id 99999"
         # the station pushed the (empty) desired state after storage info
         wait_for(lambda: u.agent.exports_applied >= 1)
     finally:

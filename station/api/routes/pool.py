@@ -89,6 +89,12 @@ def load_volume(db: Database, volume_id: int) -> VolumePublic:
         return volume_public(v)
 
 
+@router.get("/volumes/{volume_id}", response_model=VolumePublic)
+def get_volume(volume_id: IdPath, db: DbDep, _: Reader) -> VolumePublic:
+    """One volume of the pool, as the listing shows it."""
+    return load_volume(db, volume_id)
+
+
 @router.post("/volumes/{volume_id}/wipe", response_model=TaskPublic, status_code=status.HTTP_202_ACCEPTED)
 async def wipe_volume(volume_id: IdPath, db: DbDep, wipes: WipesDep, who: Caller, request: Request) -> TaskPublic:
     """Order again the wipe of a released volume (one that failed, or was never ordered): a `wipe`
