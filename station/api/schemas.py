@@ -259,6 +259,8 @@ class UnitSamplePublic(BaseModel):
     net_tx_bytes: int
     net_rx_bytes_per_s: float | None
     net_tx_bytes_per_s: float | None
+    mem_total: int = Field(description="the unit's memory, bytes")
+    mem_available: int = Field(description="memory available to programs, bytes")
 
 
 class VolumeSamplePublic(BaseModel):
