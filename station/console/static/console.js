@@ -265,6 +265,7 @@ function volumeRow(v) {
     el("td", { class: "num" }, v.end_lba), el("td", { class: "num" }, bytes(v.size_bytes)),
     el("td", null, stateTag(v.state), v.detail ? ` ${v.detail}` : ""), el("td", null, v.assigned_to || ""),
     el("td", { title: v.wipe_detail || "" }, wipe),
+    el("td", { class: "num io", "data-io": `${v.unit_name}/${v.device}` }, v.assigned_to ? "…" : ""),
     el("td", null, canWipe ? actionButton("Wipe", async () => {
       const r = await api("POST", `/api/v1/volumes/${v.id}/wipe`);
       notice(`Wipe of volume ${v.id} started: task #${r.data.id}`, "ok");
@@ -272,8 +273,10 @@ function volumeRow(v) {
 }
 
 pages.units = async () => {
+  const units = { data: [] };
   const load = async () => {
-    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes"), dv.meReady]);
+    const [u, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes"), dv.meReady]);
+    units.data = u.data;
     const byUnit = new Map(units.data.map((u) => [u.name, []]));
     for (const v of vols.data) if (byUnit.has(v.unit_name)) byUnit.get(v.unit_name).push(v);
     const out = units.data.map((u) => {
@@ -285,11 +288,14 @@ pages.units = async () => {
           `last seen ${when(u.last_seen)} · ${byUnit.get(u.name).length} volumes`,
           u.health_detail ? ` · ${u.health_detail}` : ""),
         el("table", null, el("thead", null, el("tr", null, ...["#", "Device", "Start LBA", "End LBA", "Size",
-          "State", "Assigned to", "Wipe", ""].map((h) => el("th", null, h)))), body));
+          "State", "Assigned to", "Wipe", "I/O (read · write)", ""].map((h) => el("th", null, h)))), body));
     });
     $("#units").replaceChildren(...(out.length ? out : [el("p", { class: "muted" }, "No unit has announced itself yet.")]));
+    // the volumes' I/O rates after the page is on screen: they never hold up its first paint
+    volumeRates(units.data).catch((e) => notice(e.message));
   };
   await load();
+  every(10_000, () => volumeRates(units.data));
   await liveTasks(el("div"), debounced(load));
 };
 
@@ -431,6 +437,130 @@ pages.users = async () => {
   });
   await load();
 };
+
+// --- monitoring: charts drawn as inline SVG (attributes set from here: no style attribute) ------------
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const HOUR = 3_600_000;
+const CHART = { w: 600, h: 120, top: 6 };
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+const rate = (n) => `${bytes(n)}/s`;
+const percent = (n) => `${n.toFixed(1)} %`;
+
+// Run `fn` every `ms` after the previous run ended (never two at once); a failure is shown.
+function every(ms, fn) {
+  const run = async () => {
+    try { await fn(); } catch (e) { notice(e.message); }
+    setTimeout(run, ms);
+  };
+  setTimeout(run, ms);
+}
+
+// The newest sample's value of `key` that is not null (a rate is null for the first sample).
+function newest(samples, key) {
+  for (let i = samples.length - 1; i >= 0; i--) if (samples[i][key] !== null && samples[i][key] !== undefined) return samples[i][key];
+  return null;
+}
+
+// A line chart of the last hour: `lines` are [{ name, cls, values: [[t, v|null], ...] }], `fmt`
+// writes a value, `max` is the top of the scale (else the largest value). Each line's newest value
+// is in the legend (text, and the API's own number in data-value).
+function lineChart(key, title, lines, fmt, max, now) {
+  const top = max || Math.max(0, ...lines.flatMap((l) => l.values.map(([, v]) => v ?? 0))) || 1;
+  const x = (t) => Math.min(CHART.w, Math.max(0, (CHART.w * (t - (now - HOUR))) / HOUR)).toFixed(1);
+  const y = (v) => (CHART.h - ((CHART.h - CHART.top) * Math.min(v, top)) / top).toFixed(1);
+  const plot = svg("svg", { viewBox: `0 0 ${CHART.w} ${CHART.h}`, preserveAspectRatio: "none", class: "plot",
+                            role: "img", "aria-label": title },
+    svg("line", { x1: 0, y1: CHART.h, x2: CHART.w, y2: CHART.h, class: "axis" }),
+    svg("line", { x1: 0, y1: CHART.top, x2: CHART.w, y2: CHART.top, class: "grid" }));
+  for (const l of lines) {
+    let d = "";
+    let pen = "M";
+    for (const [t, v] of l.values) {
+      if (v === null || v === undefined) { pen = "M"; continue; }      // a gap: the next point starts anew
+      d += `${pen}${x(t)} ${y(v)} `;
+      pen = "L";
+    }
+    plot.append(svg("path", { d: d.trim(), class: `line ${l.cls}`, "data-series": l.name }));
+    // the newest point as a dot: a few minutes of samples are a sliver of an hour
+    const tail = d.trim().split(/[ML]/).pop();
+    if (tail) plot.append(svg("path", { d: `M${tail.trim()} l0 0`, class: `dot ${l.cls}` }));
+  }
+  const legend = lines.map((l) => {
+    const last = [...l.values].reverse().find(([, v]) => v !== null && v !== undefined);
+    return el("span", { class: "legend", "data-series": l.name, "data-value": last ? last[1] : "" },
+      el("span", { class: `sw ${l.cls}` }), `${l.name} `, el("strong", null, last ? fmt(last[1]) : "—"));
+  });
+  return el("figure", { class: "chart", "data-chart": key },
+    el("figcaption", null, el("span", null, title), ...legend),
+    plot,
+    el("div", { class: "scale muted" }, el("span", null, "−60 min"), el("span", null, `top ${fmt(top)}`), el("span", null, "now")));
+}
+
+function unitCharts(u, st, now) {
+  const s = st.samples;
+  const head = el("h2", null, u.name, stateTag(u.state));
+  if (!s.length) {
+    return el("section", { class: "card unit-stats", "data-unit": u.name }, head,
+      el("p", { class: "muted empty" }, "No samples yet: this unit has sent no monitoring sample in the last hour."));
+  }
+  const series = (key) => s.map((p) => [p.t, p[key]]);
+  const l = st.latest;
+  const charts = [
+    lineChart("cpu", "CPU busy", [{ name: "cpu", cls: "s1", values: series("cpu_percent") }], percent, 100, now),
+    lineChart("memory", "Memory in use", [{ name: "used", cls: "s1", values: s.map((p) => [p.t, p.mem_total - p.mem_available]) }],
+      bytes, newest(s, "mem_total"), now),
+    lineChart("network", `Storage network${l ? ` (${l.nic})` : ""}`, [
+      { name: "rx", cls: "s1", values: series("net_rx_bytes_per_s") },
+      { name: "tx", cls: "s2", values: series("net_tx_bytes_per_s") }], rate, null, now),
+    ...st.volumes.map((v) => {
+      const c = lineChart("volume", `${v.device}${v.volume_id !== null ? ` (volume #${v.volume_id})` : ""} I/O`, [
+        { name: "read", cls: "s1", values: v.samples.map((p) => [p.t, p.read_bytes_per_s]) },
+        { name: "write", cls: "s2", values: v.samples.map((p) => [p.t, p.write_bytes_per_s]) }], rate, null, now);
+      c.dataset.device = v.device;
+      return c;
+    })];
+  return el("section", { class: "card unit-stats", "data-unit": u.name }, head,
+    el("p", { class: "muted" }, `newest sample ${when(s[s.length - 1].t)}`,
+      l ? ` · ${l.cpus} CPUs · ${bytes(l.mem_total)} memory` : "",
+      ` · ${st.volumes.length} exported volumes reporting · one point per ${st.resolution_s} s`),
+    el("div", { class: "charts" }, ...charts));
+}
+
+pages.monitoring = async () => {
+  const load = async () => {
+    const units = await api("GET", "/api/v1/units");
+    const stats = await Promise.all(units.data.map((u) => api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/stats?minutes=60`)));
+    const now = Date.now();
+    $("#monitoring").replaceChildren(...(units.data.length ? units.data.map((u, i) => unitCharts(u, stats[i].data, now))
+      : [el("p", { class: "muted" }, "No unit has announced itself yet.")]));
+    $("#refreshed").textContent = `refreshed ${new Date(now).toLocaleTimeString()}`;
+    dv.refreshes = (dv.refreshes || 0) + 1;
+  };
+  await load();
+  every(10_000, load);
+};
+
+// The units page's I/O column: each exported volume's newest read and write rates.
+async function volumeRates(units) {
+  const got = await Promise.all(units.filter((u) => u.state === "online").map((u) =>
+    api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/stats?minutes=2`).then((r) => r.data)));
+  const io = new Map();
+  for (const st of got) {
+    for (const v of st.volumes) io.set(`${st.unit}/${v.device}`, [newest(v.samples, "read_bytes_per_s"), newest(v.samples, "write_bytes_per_s")]);
+  }
+  for (const td of document.querySelectorAll("td[data-io]")) {
+    const r = io.get(td.dataset.io);
+    td.textContent = r && r[0] !== null ? `${rate(r[0])} · ${rate(r[1])}` : (td.textContent ? "—" : "");
+  }
+}
 
 // --- start ------------------------------------------------------------------------------------------
 
