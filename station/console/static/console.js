@@ -299,6 +299,13 @@ pages.units = async () => {
   await liveTasks(el("div"), debounced(load));
 };
 
+// Who may use a host's storage: its users and groups (each holds operator on /hosts/NAME).
+function mayUse(h) {
+  const out = [...h.users.map((u) => el("div", { "data-user": u }, `user ${u}`)),
+               ...h.groups.map((g) => el("div", { "data-group": g }, `group ${g}`))];
+  return out.length ? out : [el("span", { class: "muted" }, "admins and operators only")];
+}
+
 pages.hosts = async () => {
   const load = async () => {
     const [hosts, assigns] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/assignments"), dv.meReady]);
@@ -306,6 +313,7 @@ pages.hosts = async () => {
       const held = assigns.data.filter((a) => a.host === h.name);
       return el("tr", { "data-host": h.name },
         el("td", null, h.name), el("td", { class: "mono" }, h.initiator_iqns.join("\n")), el("td", null, when(h.created_at)),
+        el("td", { class: "users" }, ...mayUse(h)),
         el("td", null, held.length ? held.map((a) => el("div", null, `${a.unit}/${a.device} (${bytes(a.size_bytes)}) `,
           stateTag(a.export_state))) : el("span", { class: "muted" }, "none")),
         el("td", null, may("hosts.write") ? actionButton("Forget", async () => {
@@ -316,7 +324,9 @@ pages.hosts = async () => {
     }));
   };
   onSubmit($("#enrol-form"), async (f) => {
-    const r = await api("POST", "/api/v1/hosts", { name: f.name, initiator_iqns: f.iqns.split(/\s+/).filter(Boolean) });
+    const words = (v) => (v || "").split(/[\s,]+/).filter(Boolean);
+    const r = await api("POST", "/api/v1/hosts", { name: f.name, initiator_iqns: words(f.iqns), users: words(f.users),
+                                                   groups: words(f.groups) });
     const out = $("#enrolled-token");
     out.replaceChildren(`Host ${r.data.name} enrolled. Its token, shown this once: `,
       el("code", null, r.data.token.token), " (put it on the host, `dvsan-host-agent --token-file`).");
