@@ -6,7 +6,7 @@ What the station checks is in the schema too (names, IQNs, addresses, sizes, ids
 
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -246,3 +246,77 @@ class TaskPublic(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+MiB = 1 << 20
+
+
+class PartitionCreate(BaseModel):
+    """A partition to create: its size (rounded up to whole MiB) and an optional GPT name."""
+
+    model_config = ConfigDict(extra="forbid")
+    size_bytes: int = Field(strict=True, ge=MiB, le=MAX_SIZE, description="at least 1 MiB")
+    name: str = Field(default="", pattern=r"^[0-9A-Za-z._-]{0,36}$",
+                      description="the GPT partition name (e.g. dvsan-1 for offer policy 'marked')")
+
+
+class DiskLayout(BaseModel):
+    """A change to a disk's partition table: a new empty label first, then deletions, then creations."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: Literal["gpt"] | None = Field(default=None, description="write a new, empty GPT label first "
+                                         "(every existing partition must be listed in `delete`)")
+    create: list[PartitionCreate] = Field(default_factory=list, max_length=128)
+    delete: list[Annotated[int, Field(strict=True, ge=1, le=128)]] = Field(
+        default_factory=list, max_length=128, description="partition numbers to delete")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "DiskLayout":
+        if self.label is None and not self.create and not self.delete:
+            raise ValueError("the layout changes nothing: give label, create or delete")
+        if len(set(self.delete)) != len(self.delete):
+            raise ValueError("delete names a partition twice")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"create": [c.model_dump(exclude_defaults=True) for c in self.create],
+                               "delete": list(self.delete)}
+        if self.label:
+            out["label"] = self.label
+        return out
+
+
+class DiskPartitionPublic(BaseModel):
+    number: int
+    device: str
+    start_lba: int
+    end_lba: int
+    size_bytes: int
+    type: str
+    uuid: str
+    name: str
+    in_use: list[str] = Field(description="what is in the way of deleting it (empty: nothing)")
+    volume_id: int | None = Field(description="its volume in the pool, if offered")
+    assigned_to: str | None
+
+
+class FreeRegionPublic(BaseModel):
+    start_lba: int
+    end_lba: int
+    size_bytes: int
+
+
+class DiskPublic(BaseModel):
+    """A unit's disk as it last reported it (`GET /api/v1/units/{name}/disks`)."""
+
+    name: str
+    id: str = Field(description="a stable identity (WWID or serial), '' if the disk has none")
+    size_bytes: int
+    sector_size: int
+    label: str | None = Field(description="gpt, dos, or null for a disk without a partition table")
+    label_id: str | None
+    system: bool = Field(description="the unit's system disk: never changed")
+    system_detail: str | None
+    in_use: list[str]
+    partitions: list[DiskPartitionPublic]
+    free: list[FreeRegionPublic]

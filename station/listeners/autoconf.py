@@ -17,6 +17,7 @@ from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
 from station.db.tables import UnitState
+from station.services.disks import PartitionService, parse_reports
 from station.services.units import UnitService
 from station.services.wipes import WipeService
 
@@ -49,6 +50,7 @@ class AutoconfListener:
         self.endpoint: Endpoint | None = None
         self.units: UnitService | None = None
         self.wipes: WipeService | None = None
+        self.partitions: PartitionService | None = None   # set by the app: PARTITION_STATUS
 
     async def start(self, units: UnitService, wipes: WipeService, host: str, port: int) -> None:
         self.units, self.wipes = units, wipes
@@ -82,7 +84,8 @@ class AutoconfListener:
                 _str(msg.body, "dns_name", required=False), str(msg.body.get("agent_version", ""))[:32])
             return {"station_version": __version__}
         if msg.type == MsgType.STORAGE_INFO:
-            change = await self.units.storage_info(unit, _partitions(msg.body))
+            disks = parse_reports(msg.body["disks"]) if "disks" in msg.body else None
+            change = await self.units.storage_info(unit, _partitions(msg.body), disks)
             return {"online": change.online, "added": change.added, "missing": change.missing,
                     "changed": change.changed}
         if msg.type == MsgType.HEARTBEAT:
@@ -95,6 +98,8 @@ class AutoconfListener:
             return {"state": await self.units.heartbeat(unit, health, detail[:255] if detail else None)}
         if msg.type == MsgType.WIPE_STATUS:
             return await self.wipes.status(unit, msg.body)
+        if msg.type == MsgType.PARTITION_STATUS and self.partitions is not None:
+            return await self.partitions.status(unit, msg.body)
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.units.unit_down(unit, UnitState.OFFLINE)}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")
