@@ -100,7 +100,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         task_service = tasks.TaskService(db, bus)
         wipes = WipeService(db, listener, settings.export_timeout, task_service)
         units = UnitService(db, listener, pusher, wipes)
-        listener.partitions = PartitionService(db, listener, task_service)
+        listener.partitions = PartitionService(db, listener, task_service, settings.export_timeout)
         await listener.start(units, wipes, settings.udp_host, settings.udp_port)
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))

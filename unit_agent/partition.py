@@ -540,6 +540,8 @@ class Partitioner:
                 final = await self._change(job)
             except _Refused as e:
                 final = self._status(job, "refused", f"refused: {e}", reason=str(e))
+                # the station's view of the disk was stale: refresh it before it hears the refusal
+                await self.devices.report_storage()
             except DvsanError as e:
                 final = self._status(job, "failed", f"failed: {e}", error=str(e))
             except Exception as e:  # a bug must end the change as failed, never leave it running
