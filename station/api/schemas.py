@@ -9,7 +9,15 @@ from ipaddress import ip_address
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from dvsan.errors import InvalidInput
@@ -249,26 +257,48 @@ class TaskPublic(BaseModel):
 
 
 MiB = 1 << 20
+PARTITION_NAME = r"^[0-9A-Za-z._-]{0,36}$"
+
+
+def _json_integer(v: Any) -> Any:
+    """A JSON integer (41 or 41.0, as JSON Schema's `integer`), never true/false or "41"."""
+    if isinstance(v, (bool, str)):
+        raise ValueError("must be an integer")   # noqa: TRY004 - pydantic wants ValueError
+    return v
 
 
 class PartitionCreate(BaseModel):
     """A partition to create: its size (rounded up to whole MiB) and an optional GPT name."""
 
     model_config = ConfigDict(extra="forbid")
-    size_bytes: int = Field(strict=True, ge=MiB, le=MAX_SIZE, description="at least 1 MiB")
-    name: str = Field(default="", pattern=r"^[0-9A-Za-z._-]{0,36}$",
+    size_bytes: Annotated[int, BeforeValidator(_json_integer)] = Field(ge=MiB, le=MAX_SIZE,
+                                                                     description="at least 1 MiB")
+    name: str = Field(default="", pattern=PARTITION_NAME,
                       description="the GPT partition name (e.g. dvsan-1 for offer policy 'marked')")
 
 
 class DiskLayout(BaseModel):
     """A change to a disk's partition table: a new empty label first, then deletions, then creations."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NOTE: the schema says what the validator checks (something to change, no number twice),
+    # so a body the schema allows is never refused for a reason it does not state.
+    # Each branch repeats its field's whole schema: generators (schemathesis) take a branch alone.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["label"], "properties": {"label": {"type": "string", "const": "gpt"}}},
+        {"required": ["create"], "properties": {"create": {
+            "type": "array", "minItems": 1, "maxItems": 128, "items": {
+                "type": "object", "additionalProperties": False, "required": ["size_bytes"], "properties": {
+                    "size_bytes": {"type": "integer", "minimum": MiB, "maximum": MAX_SIZE},
+                    "name": {"type": "string", "pattern": PARTITION_NAME}}}}}},
+        {"required": ["delete"], "properties": {"delete": {
+            "type": "array", "minItems": 1, "maxItems": 128, "uniqueItems": True,
+            "items": {"type": "integer", "minimum": 1, "maximum": 128}}}}]})
     label: Literal["gpt"] | None = Field(default=None, description="write a new, empty GPT label first "
                                          "(every existing partition must be listed in `delete`)")
     create: list[PartitionCreate] = Field(default_factory=list, max_length=128)
-    delete: list[Annotated[int, Field(strict=True, ge=1, le=128)]] = Field(
-        default_factory=list, max_length=128, description="partition numbers to delete")
+    delete: list[Annotated[int, Field(ge=1, le=128), BeforeValidator(_json_integer)]] = Field(
+        default_factory=list, max_length=128, description="partition numbers to delete",
+        json_schema_extra={"uniqueItems": True})
 
     @model_validator(mode="after")
     def _changes_something(self) -> "DiskLayout":

@@ -26,7 +26,7 @@ BLANK = "wipefs --all --force /dev/vdb >/dev/null && blockdev --rereadpt /dev/vd
 @pytest.fixture(scope="module")
 def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     reset_host(lab, HOST)
-    lab.exec(UNIT, "umount /mnt/dvsan-p /boot 2>/dev/null; " + BLANK, check=True)
+    lab.exec(UNIT, "umount /tmp/dvsan-p /boot 2>/dev/null; " + BLANK, check=True)
     station = Station(Path.cwd(), Path(tmp_path_factory.mktemp("partition-station")), lab.host_ip)
     station.start()
     f = Flow(lab, station)
@@ -39,7 +39,7 @@ def flow(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
         if UNIT in f.unit_pids:
             f.stop_unit(UNIT)
         station.stop()
-        lab.exec(UNIT, "umount /mnt/dvsan-p /boot 2>/dev/null; " + BLANK)
+        lab.exec(UNIT, "umount /tmp/dvsan-p /boot 2>/dev/null; " + BLANK)
 
 
 def layout(flow: Flow, body: dict[str, Any], disk: str = "vdb") -> httpx.Response:
@@ -101,13 +101,13 @@ def test_gp_a_blank_disk_gets_four_partitions_the_pool_lists_and_a_host_writes_t
     assert flow.read_sha(UNIT, f"/dev/{a['device']}", 8) == sha
 
     # refused: a mounted partition
-    flow.lab.exec(UNIT, "mkfs.ext4 -q -F /dev/vdb3 && mkdir -p /mnt/dvsan-p && mount /dev/vdb3 /mnt/dvsan-p",
+    flow.lab.exec(UNIT, "mkfs.ext4 -q -F /dev/vdb3 && mkdir -p /tmp/dvsan-p && mount /dev/vdb3 /tmp/dvsan-p",
                   check=True)
     try:
         why = refused(flow, {"delete": [3]})
-        assert "vdb3 is mounted on /mnt/dvsan-p" in why, why
+        assert "vdb3 is mounted on /tmp/dvsan-p" in why, why
     finally:
-        flow.lab.exec(UNIT, "umount /mnt/dvsan-p", check=True)
+        flow.lab.exec(UNIT, "umount /tmp/dvsan-p", check=True)
 
     # refused: the system disk (here the disk that holds /boot), whatever the change
     flow.lab.exec(UNIT, "mkfs.ext4 -q -F /dev/vdb4 && mount /dev/vdb4 /boot", check=True)
