@@ -372,6 +372,10 @@ class Sfdisk:
         """Undo a new label on a disk that had none (only partition-table signatures go)."""
         self._ok(["wipefs", "--quiet", "--all", "--force", "--types", "gpt,PMBR", path])
 
+    def forget(self, path: str, number: int) -> None:
+        """Make the kernel drop partition `number` (it refuses, EBUSY, one in use)."""
+        self._ok(["partx", "--delete", "--nr", str(number), path])
+
     def reread(self, path: str) -> None:
         """Make the kernel's partitions follow the disk's table (block devices only)."""
         if not is_block(path):
@@ -583,14 +587,14 @@ class Partitioner:
             await self._progress(job, 3)
             await asyncio.to_thread(tools.write, path, script(wanted, path))
             await self._progress(job, 4)
-            await asyncio.to_thread(tools.reread, path)
+            await asyncio.to_thread(self._sync_kernel, o.device, path, wanted)
             await self._progress(job, 5)
             if is_block(path):
                 await asyncio.to_thread(tools.settle)
             await self._progress(job, 6)
             await asyncio.to_thread(self._verify, o.device, path, wanted)
         except DvsanError as e:
-            await asyncio.to_thread(self._restore, path, backup, e)
+            await asyncio.to_thread(self._restore, o.device, path, backup, e)
             raise
         await self._progress(job, 7)
         await self.devices.report_storage()
@@ -615,7 +619,24 @@ class Partitioner:
             raise AdapterError(f"the kernel's partitions of {disk} do not follow the new table (a partition "
                                f"in use?): kernel {sorted(kernel)}, table {sorted(wanted.extents())}")
 
-    def _restore(self, path: str, backup: str | None, cause: DvsanError) -> None:
+    def _sync_kernel(self, disk: str, path: str, table: Table | None) -> None:
+        """Make the kernel's partitions those of `table` (None: none).
+
+        NOTE: `partx --update` alone walks partition numbers in order: a partition that grows into
+        the space of a higher-numbered one still in the kernel fails to be resized or added (seen
+        in the lab: delete 3 and 4, create a larger 3). So every kernel partition that is not in
+        the new table as it is goes first (partx --delete, which refuses one in use), then
+        `partx --update` adds the new ones.
+        """
+        if is_block(path):
+            per = (table.sector_size if table else SYSFS_SECTOR) // SYSFS_SECTOR
+            want = table.extents() if table else set()
+            for n, start, size in sorted(self.use_of(disk).kernel_parts.values()):
+                if (n, start // per, size // per) not in want:
+                    self.tools.forget(path, n)
+        self.tools.reread(path)
+
+    def _restore(self, disk: str, path: str, backup: str | None, cause: DvsanError) -> None:
         """Put the old table back after a failed change; a failed restore is added to the error."""
         log.error("partitioning %s failed (%s): restoring the old table", path, cause)
         try:
@@ -623,7 +644,7 @@ class Partitioner:
                 self.tools.erase_label(path)
             else:
                 self.tools.write(path, backup)
-            self.tools.reread(path)
+            self._sync_kernel(disk, path, self.tools.read(path))
         except DvsanError as e:
             raise AdapterError(f"{cause}; and restoring the old table failed too: {e}") from cause
 
