@@ -23,6 +23,7 @@ image file: sfdisk works on files, the kernel steps (partx, udevadm) are then sk
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -372,6 +373,29 @@ class Sfdisk:
         """Undo a new label on a disk that had none (only partition-table signatures go)."""
         self._ok(["wipefs", "--quiet", "--all", "--force", "--types", "gpt,PMBR", path])
 
+    def lock(self, path: str) -> int:
+        """Take an exclusive BSD lock on the whole disk while its table and the kernel change;
+        returns the descriptor to give to `unlock`.
+
+        NOTE: udev probes a disk's partitions again (blkid opens each) when a writer closes the
+        disk, as sfdisk does; the kernel refuses (EBUSY) to drop a partition held open that moment.
+        systemd-udevd leaves a disk alone while someone holds this lock ("Locking Block Device
+        Access"), and sfdisk does not take one unless told (--lock), so ours does not block it.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise AdapterError(f"cannot open {path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            raise AdapterError(f"cannot lock {path}: {e}") from e
+        return fd
+
+    def unlock(self, fd: int) -> None:
+        os.close(fd)
+
     def forget(self, path: str, number: int) -> None:
         """Make the kernel drop partition `number` (it refuses, EBUSY, one in use)."""
         self._ok(["partx", "--delete", "--nr", str(number), path])
@@ -583,11 +607,17 @@ class Partitioner:
             wanted = replace(wanted, id=_new_uuid())
         await self._progress(job, 2)
         backup = await asyncio.to_thread(tools.dump, path) if current is not None else None
+        if is_block(path):
+            await asyncio.to_thread(tools.settle)      # udev done with earlier events of this disk
         try:
-            await self._progress(job, 3)
-            await asyncio.to_thread(tools.write, path, script(wanted, path))
-            await self._progress(job, 4)
-            await asyncio.to_thread(self._sync_kernel, o.device, path, wanted)
+            fd = await asyncio.to_thread(tools.lock, path)
+            try:
+                await self._progress(job, 3)
+                await asyncio.to_thread(tools.write, path, script(wanted, path))
+                await self._progress(job, 4)
+                await asyncio.to_thread(self._sync_kernel, o.device, path, wanted)
+            finally:
+                tools.unlock(fd)
             await self._progress(job, 5)
             if is_block(path):
                 await asyncio.to_thread(tools.settle)
@@ -640,11 +670,15 @@ class Partitioner:
         """Put the old table back after a failed change; a failed restore is added to the error."""
         log.error("partitioning %s failed (%s): restoring the old table", path, cause)
         try:
-            if backup is None:
-                self.tools.erase_label(path)
-            else:
-                self.tools.write(path, backup)
-            self._sync_kernel(disk, path, self.tools.read(path))
+            fd = self.tools.lock(path)
+            try:
+                if backup is None:
+                    self.tools.erase_label(path)
+                else:
+                    self.tools.write(path, backup)
+                self._sync_kernel(disk, path, self.tools.read(path))
+            finally:
+                self.tools.unlock(fd)
         except DvsanError as e:
             raise AdapterError(f"{cause}; and restoring the old table failed too: {e}") from cause
 

@@ -119,7 +119,10 @@ def test_gp_a_blank_disk_gets_four_partitions_the_pool_lists_and_a_host_writes_t
 
     # with nothing in the way any more, the same kind of change goes through on the live kernel
     r = layout(flow, {"delete": [3, 4], "create": [{"size_bytes": 600 * MiB}, {"size_bytes": 600 * MiB}]})
-    assert r.status_code == 200, r.text
+    if r.status_code != 200:
+        why = flow.lab.exec(UNIT, "pgrep -a udev; fuser -v /dev/vdb3 /dev/vdb4; ls /sys/block/vdb/vdb3/holders; "
+                                  "grep vdb /proc/self/mountinfo; tail -20 /tmp/dvsan-unit-agent-unit-a.log")
+        pytest.fail(f"{r.text}\n{why.out}\n{why.err}")
     after = guest_table(flow)
     assert after[a["device"]] == want[a["device"]], "a change moved a partition a host writes to"
     assert (after["vdb3"][2], after["vdb4"][2]) == (600 * MiB, 600 * MiB)
