@@ -360,3 +360,57 @@ def test_gp_script_round_trips_through_sfdisk(tmp_path: Path) -> None:
     assert t is not None
     Sfdisk().write(str(img), script(t, str(img)))
     assert Sfdisk().read(str(img)) == t
+
+
+class Recording(Sfdisk):
+    """sfdisk for real on the image; the kernel steps recorded (the image stands for a block device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def lock(self, path: str) -> int:
+        self.calls.append("lock")
+        return -1
+
+    def unlock(self, fd: int) -> None:
+        self.calls.append("unlock")
+
+    def write(self, path: str, text: str) -> None:
+        self.calls.append("write")
+        super().write(path, text)
+
+    def forget(self, path: str, number: int) -> None:
+        self.calls.append(f"forget {number}")
+
+    def reread(self, path: str) -> None:
+        self.calls.append("reread")
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+
+def test_gp_the_kernel_drops_what_changes_before_it_adds_all_under_the_disk_lock(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    img = image(tmp_path, "label: gpt\nsize=8MiB\nsize=8MiB\nsize=8MiB\nsize=8MiB\n")
+    old = Sfdisk().read(str(img))
+    assert old is not None
+    # what the kernel holds: the old table, then (for the check) whatever is on the image now
+    state = {"kernel": {f"vdz{p.number}": (p.number, p.start, p.size) for p in old.parts}}
+
+    def use(disk: str) -> DiskUse:
+        return DiskUse(disk, 64 * MiB, 512, "", None, [], {}, dict(state["kernel"]))
+    tools = Recording()
+    p, _ = partitioner(tmp_path, tools=tools, use=use)
+    monkeypatch.setattr("unit_agent.partition.is_block", lambda path: True)
+
+    def reread(path: str) -> None:
+        tools.calls.append("reread")
+        t = Sfdisk().read(path)
+        assert t is not None
+        state["kernel"] = {f"vdz{e.number}": (e.number, e.start, e.size) for e in t.parts}
+    tools.reread = reread  # type: ignore[method-assign]
+    _, final = run_order(p, {"delete": [3, 4], "create": [{"size_bytes": 20 * MiB}]})
+    assert final is not None and final["state"] == "succeeded", final
+    # 3 grows into 4's space: both leave the kernel first, 1 and 2 are never touched
+    assert tools.calls == ["settle", "lock", "write", "forget 3", "forget 4", "reread", "unlock", "settle"]
