@@ -128,6 +128,7 @@ class PartitionOrder:
     layout: Layout
     partition_id: str
     assigned: frozenset[str] = frozenset()     # partitions the station has given to hosts
+    pool_id: str = ""
 
     @classmethod
     def from_wire(cls, body: Any) -> PartitionOrder:
@@ -142,8 +143,11 @@ class PartitionOrder:
         assigned = body.get("assigned", [])
         if not isinstance(assigned, list):
             raise InvalidInput("field 'assigned' must be a list of device names")
+        pool_id = body.get("pool_id", "")
+        if not isinstance(pool_id, str) or len(pool_id) > 64:
+            raise InvalidInput("field 'pool_id' must be a string of at most 64 characters")
         return cls(str(body["unit"]), check_device(body["device"]), Layout.from_wire(body["layout"]), pid,
-                   frozenset(check_device(a) for a in assigned))
+                   frozenset(check_device(a) for a in assigned), pool_id)
 
 
 # ---- the table -----------------------------------------------------------------------------------
@@ -461,11 +465,12 @@ class Partitioner:
     def __init__(self, unit: str, devices: DevicePort, *, sink: StatusSink | None = None,
                  disks: Callable[[], list[str]] = list, sysfs_root: str = "/",
                  path_of: Callable[[str], str] = lambda disk: f"/dev/{disk}",
-                 use_of: Callable[[str], DiskUse] | None = None, tools: Sfdisk | None = None):
+                 use_of: Callable[[str], DiskUse] | None = None, tools: Sfdisk | None = None,
+                 pool: Callable[[], str | None] = lambda: None):
         """`disks`: the disks this unit manages; `use_of(disk)`: what holds it now (by default
         read from sysfs under `sysfs_root`); `path_of`: where a disk is (tests: image files)."""
         self.unit, self.devices, self.sink = unit, devices, sink
-        self.disks, self.path_of = disks, path_of
+        self.disks, self.path_of, self.pool = disks, path_of, pool
         self.use_of = use_of or (lambda disk: disk_use(sysfs_root, disk))
         self.tools = tools or Sfdisk()
         self.final_retry_first = 1.0
@@ -478,7 +483,7 @@ class Partitioner:
     @classmethod
     def of_agent(cls, agent: UnitAgent, include: list[str] | None = None, sysfs_root: str = "/") -> Partitioner:
         return cls(agent.name, _AgentDevices(agent), sink=_AgentSink(agent), sysfs_root=sysfs_root,
-                   disks=lambda: managed_disks(sysfs_root, include))
+                   disks=lambda: managed_disks(sysfs_root, include), pool=lambda: agent.pin.pool_id)
 
     # ---- the report -------------------------------------------------------------------------
 
@@ -525,6 +530,10 @@ class Partitioner:
             return {"status": "ended", "partition_id": o.partition_id, "state": last["state"]}
         if self._stopping:
             return {"status": "refused", "partition_id": o.partition_id, "reason": "this unit is shutting down"}
+        pinned = self.pool()
+        if pinned is not None and o.pool_id != pinned:
+            return {"status": "refused", "partition_id": o.partition_id,
+                    "reason": f"this unit belongs to pool {pinned}, not {o.pool_id or 'none'} (a second station?)"}
         job = _Job(o)
         self._jobs[o.device] = job
         self._spawn(self._run(job))

@@ -46,7 +46,8 @@ def unit_with_disk(station: Any, root: Path) -> tuple[UnitHarness, Path]:
     agent.inventory = lambda: image_parts(img)   # type: ignore[method-assign]
     agent.partitioner = Partitioner(agent.name, _AgentDevices(agent), sink=_AgentSink(agent),
                                     disks=lambda: ["vdz"], path_of=lambda d: str(root / d),
-                                    use_of=lambda d: DiskUse(d, DISK_BYTES, 512, "img-serial-1", None, [], {}))
+                                    use_of=lambda d: DiskUse(d, DISK_BYTES, 512, "img-serial-1", None, [], {}),
+                                    pool=lambda: agent.pin.pool_id)
     return u, img
 
 

@@ -414,3 +414,13 @@ def test_gp_the_kernel_drops_what_changes_before_it_adds_all_under_the_disk_lock
     assert final is not None and final["state"] == "succeeded", final
     # 3 grows into 4's space: both leave the kernel first, 1 and 2 are never touched
     assert tools.calls == ["settle", "lock", "write", "forget 3", "forget 4", "reread", "unlock", "settle"]
+
+
+def test_ep_an_order_from_another_pool_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    img = image(tmp_path)
+    p, _ = partitioner(tmp_path)
+    p.pool = lambda: "pool-a"
+    ack = asyncio.run(p.handle(MsgType.PARTITION, {"unit": "unit-z", "pool_id": "pool-b", "device": "vdz",
+                                                   "layout": {"label": "gpt"}, "partition_id": "p1"}))
+    assert ack["status"] == "refused" and "belongs to pool pool-a, not pool-b" in ack["reason"]
+    assert Sfdisk().read(str(img)) is None
