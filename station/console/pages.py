@@ -37,7 +37,7 @@ class Page:
 
 
 PAGES = {p.name: p for p in (
-    Page("overview", "Overview"), Page("units", "Units"), Page("hosts", "Hosts"),
+    Page("overview", "Overview"), Page("units", "Units"), Page("disks", "Disks"), Page("hosts", "Hosts"),
     Page("assignments", "Assignments"), Page("tasks", "Tasks"), Page("monitoring", "Monitoring"),
     Page("audit", "Audit", "users.admin"),
     Page("users", "Users and grants", "users.admin"))}

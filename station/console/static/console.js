@@ -448,6 +448,108 @@ pages.users = async () => {
   await load();
 };
 
+// --- disks: a unit's partition table and a new layout (a `partition` task) ------------------------------
+
+const SIZE_UNITS = { "": 1, k: 1 << 10, m: 1 << 20, g: 1 << 30, t: 2 ** 40 };
+
+// "8MiB", "1 GiB", "512M", "1048576": bytes (binary units); anything else is refused here.
+function parseSize(text) {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a size (e.g. 8MiB, 1GiB)`);
+  return Math.ceil(Number(m[1]) * SIZE_UNITS[m[2].toLowerCase()]);
+}
+
+function diskView(unit, d, onApply) {
+  const mine = may("disks.write") && !d.system;
+  const free = (p) => !p.in_use.length;
+  const rows = d.partitions.map((p) => el("tr", { "data-partition": p.number, "data-device": p.device },
+    el("td", { class: "num" }, p.number), el("td", { class: "mono" }, p.device), el("td", { class: "num" }, p.start_lba),
+    el("td", { class: "num" }, p.end_lba), el("td", { class: "num" }, bytes(p.size_bytes)), el("td", null, p.name),
+    el("td", null, p.volume_id !== null ? `#${p.volume_id}` : ""), el("td", null, p.assigned_to || ""),
+    el("td", { class: p.in_use.length ? "in-use" : "muted" }, p.in_use.length ? p.in_use.join("; ") : "nothing"),
+    el("td", null, mine && free(p) ? el("label", { class: "check" },
+      el("input", { type: "checkbox", name: "delete", value: p.number }), "delete") : "")));
+  const form = mine ? el("form", { class: "row layout", "data-disk": `${unit}/${d.name}` },
+    d.partitions.every(free) ? el("label", { class: "check" }, el("input", { type: "checkbox", name: "label", value: "gpt" }),
+      d.label ? "new empty GPT label (deletes every partition)" : "initialise with GPT") : "",
+    el("label", { class: "grow" }, "Partitions to add, by size (in order)",
+      el("input", { name: "create", placeholder: "8MiB 8MiB 1GiB" })),
+    el("button", { type: "submit", class: "action" }, "Apply layout")) : null;
+  if (form) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      try {
+        const body = {};
+        const deleted = [...document.querySelectorAll("#disk input[name=delete]:checked")].map((c) => Number(c.value));
+        if (form.label && form.label.checked) {
+          body.label = "gpt";
+          deleted.splice(0, deleted.length, ...d.partitions.map((p) => p.number));
+        }
+        if (deleted.length) body.delete = deleted;
+        const sizes = form.create.value.split(/[\s,]+/).filter(Boolean);
+        if (sizes.length) body.create = sizes.map((s) => ({ size_bytes: parseSize(s) }));
+        if (!Object.keys(body).length) throw new Error("Nothing to change: add partitions, tick some to delete, or a new label.");
+        const r = await api("POST", `/api/v1/units/${encodeURIComponent(unit)}/disks/${encodeURIComponent(d.name)}/layout`, body);
+        notice(`Partitioning of ${unit}/${d.name} is under way: task #${r.data.id}`, "ok");
+        onApply(r.data);
+      } catch (e) { notice(e.message); } finally { button.disabled = false; }
+    });
+  }
+  const facts = [`${bytes(d.size_bytes)}`, `${d.sector_size}-byte sectors`,
+                 d.label ? `${d.label} label` : "no partition table", d.id ? `id ${d.id}` : "no stable id"];
+  return el("section", { class: "card disk", "data-unit": unit, "data-disk": d.name },
+    el("h2", null, `${unit} / ${d.name}`, d.system ? stateTag("system") : ""),
+    el("p", { class: "muted" }, facts.join(" · ")),
+    d.system ? el("p", { class: "in-use" }, `The unit's system disk (${d.system_detail || "in use"}): never changed.`) : "",
+    d.in_use.length ? el("p", { class: "in-use" }, `In the way: ${d.in_use.join("; ")}`) : "",
+    el("table", { class: "partitions" }, el("thead", null, el("tr", null, ...["#", "Device", "Start LBA", "End LBA", "Size",
+      "Name", "Volume", "Assigned to", "In the way", ""].map((h) => el("th", null, h)))),
+    el("tbody", null, rows.length ? rows : el("tr", null, el("td", { colspan: 10, class: "muted empty" }, "No partition.")))),
+    el("p", { class: "muted free-regions" }, d.free.length ? `Free: ${d.free.map((f) => `LBA ${f.start_lba}–${f.end_lba} (${bytes(f.size_bytes)})`).join(", ")}`
+      : "No free region."),
+    form || "");
+}
+
+pages.disks = async () => {
+  const pick = $("#disk-pick").disk;
+  const state = { disks: new Map(), mine: new Set(), ended: new Map() };
+  // a partitioning this page started: its end in the page's notice, in the unit's own words
+  const told = (t) => {
+    if (t.state === "succeeded") notice(`Task #${t.id}: ${t.message}`, "ok");
+    else notice(`Task #${t.id} ${t.state}: ${t.error_kind ? `${t.error_kind}: ` : ""}${t.error || t.message}`);
+  };
+  const started = (t) => {            // its end may have come before the station's answer did
+    if (state.ended.has(t.id)) told(state.ended.get(t.id)); else state.mine.add(t.id);
+  };
+  const show = () => {
+    const [unit, name] = (pick.value || "/").split("/");
+    const d = (state.disks.get(unit) || []).find((x) => x.name === name);
+    $("#disk").replaceChildren(d ? diskView(unit, d, started)
+      : el("p", { class: "muted" }, "No unit has reported a disk yet."));
+  };
+  const load = async () => {
+    const [units] = await Promise.all([api("GET", "/api/v1/units"), dv.meReady]);
+    const got = await Promise.all(units.data.map((u) =>
+      api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/disks`).then((r) => r.data, () => [])));
+    state.disks = new Map(units.data.map((u, i) => [u.name, got[i]]));
+    const chosen = pick.value;
+    pick.replaceChildren(...units.data.flatMap((u, i) => got[i].map((d) =>
+      el("option", { value: `${u.name}/${d.name}` }, `${u.name} / ${d.name} (${bytes(d.size_bytes)}${d.system ? ", system" : ""})`))));
+    if (chosen && [...pick.options].some((o) => o.value === chosen)) pick.value = chosen;
+    show();
+  };
+  pick.addEventListener("change", show);
+  await load();
+  const reload = debounced(load);
+  await liveTasks($("#live-tasks"), (t) => {
+    if (state.mine.delete(t.id)) told(t);
+    else if (t.kind === "partition") state.ended.set(t.id, t);
+    reload();
+  });
+};
+
 // --- monitoring: charts drawn as inline SVG (attributes set from here: no style attribute) ------------
 
 const SVGNS = "http://www.w3.org/2000/svg";
