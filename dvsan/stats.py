@@ -11,7 +11,10 @@ The body of one STATS message:
      "system": {"cpu_busy_s": 812.5, "cpu_total_s": 40210.0, "cpus": 2,
                 "mem_total": 2147483648, "mem_available": 1610612736,
                 "nic": "eth1", "net_rx_bytes": 123456, "net_tx_bytes": 654321},
-     "volumes": [{"device": "vdb1", "read_bytes": 1048576, "write_bytes": 0, "commands": 17}]}
+     "volumes": [{"device": "vdb1", "read_bytes": 1048576, "write_bytes": 0, "commands": 17,
+                  "sessions": 1}]}
+
+`sessions` (optional) is how many initiators are logged in to the volume's target now.
 
 `system` is in the first part only (`part` 0); a unit with more than MAX_VOLUMES exports sends
 several parts of one sample, each with its own share of `volumes`.
@@ -27,6 +30,7 @@ from dvsan.naming import check_device
 MAX_VOLUMES = 256            # volume entries in one STATS message (~25 KiB of JSON, ~20 fragments)
 MAX_PARTS = 64               # parts of one sample: 16,384 exports a unit, far above any real one
 MAX_COUNTER = 2**63 - 1      # what a kernel's u64 counter can show and SQLite/Prometheus keep exactly
+MAX_SESSIONS = 65_536      # initiators logged in to one target: far above LIO's own limits
 MAX_CLOCK_SKEW_MS = 300_000  # a sample's time may be this far from the station's clock
 
 
@@ -65,10 +69,14 @@ class VolumeIo:
     read_bytes: int
     write_bytes: int
     commands: int
+    sessions: int | None = None      # initiators logged in to its target now (None: not said)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"device": self.device, "read_bytes": self.read_bytes, "write_bytes": self.write_bytes,
-                "commands": self.commands}
+        out: dict[str, Any] = {"device": self.device, "read_bytes": self.read_bytes,
+                               "write_bytes": self.write_bytes, "commands": self.commands}
+        if self.sessions is not None:
+            out["sessions"] = self.sessions
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +158,9 @@ def _volume(raw: Any) -> VolumeIo:
         device = check_device(dev if isinstance(dev, str) else "")
     except InvalidInput as e:
         raise StatsRefused("bad-field", f"device: {e}") from e
+    sessions = _int(raw, "sessions", f"{device}.", MAX_SESSIONS) if "sessions" in raw else None
     return VolumeIo(device, _int(raw, "read_bytes", f"{device}."), _int(raw, "write_bytes", f"{device}."),
-                    _int(raw, "commands", f"{device}."))
+                    _int(raw, "commands", f"{device}."), sessions)
 
 
 def parse_report(body: dict[str, Any], now_ms: int) -> Report:

@@ -164,6 +164,25 @@ class Lio:
             self._lock.release()
         return out
 
+    def session_counts(self) -> dict[str, int]:
+        """Each held export's logged-in initiators (device -> count), read like `sessions`; empty
+        while a configfs change holds the lock for more than STATS_LOCK_WAIT."""
+        if not self._lock.acquire(timeout=STATS_LOCK_WAIT):
+            return {}
+        out: dict[str, int] = {}
+        try:
+            for e in self._exports.values():
+                acls = Path(self._fabric.path, e.target_iqn, f"tpgt_{TPG_TAG}", "acls")
+                try:
+                    names = os.listdir(acls)
+                except OSError:
+                    continue
+                out[e.device] = out.get(e.device, 0) + sum(
+                    1 for n in names if (info := _read(acls / n / "info")) and not info.startswith("No active"))
+        finally:
+            self._lock.release()
+        return out
+
     def leftovers(self) -> dict[str, str]:
         """Half-made targets and unused dvsan backstores (name -> reason); `apply` removes them."""
         with self._lock:

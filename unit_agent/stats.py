@@ -45,6 +45,9 @@ def sampler(unit: str, io: IoCounters | None, nic: str | None,
     boot = int(psutil.boot_time())
 
     def sample() -> list[dict[str, Any]]:
-        vols = [VolumeIo(d, r, w, c) for d, (r, w, c) in sorted((io.io_counters() if io else {}).items())]
+        counts = getattr(io, "session_counts", None)
+        sessions: dict[str, int] = counts() if counts is not None else {}
+        vols = [VolumeIo(d, r, w, c, sessions.get(d))
+                for d, (r, w, c) in sorted((io.io_counters() if io else {}).items())]
         return build_reports(unit, int(time.time() * 1000), boot, figures(nic), vols)
     return sample

@@ -19,6 +19,7 @@ from station.listeners.autoconf import AutoconfListener
 from station.services import auth
 from station.services.events import EventBus
 from station.services.exports import ExportPusher
+from station.services.stats import StatsService
 from station.services.tasks import TaskService
 from station.services.units import UnitService
 from station.services.wipes import WipeService
@@ -50,6 +51,10 @@ def get_units(request: Request) -> UnitService:
     return request.app.state.units  # type: ignore[no-any-return]
 
 
+def get_monitor(request: Request) -> StatsService:
+    return request.app.state.monitor  # type: ignore[no-any-return]
+
+
 def get_bus(request: Request) -> EventBus:
     return request.app.state.bus  # type: ignore[no-any-return]
 
@@ -61,6 +66,7 @@ PusherDep = Annotated[ExportPusher, Depends(get_pusher)]
 WipesDep = Annotated[WipeService, Depends(get_wipes)]
 ListenerDep = Annotated[AutoconfListener, Depends(get_listener)]
 UnitsDep = Annotated[UnitService, Depends(get_units)]
+MonitorDep = Annotated[StatsService, Depends(get_monitor)]
 
 
 _session = APIKeyCookie(name=auth.SESSION_COOKIE, auto_error=False,

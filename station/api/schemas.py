@@ -217,6 +217,9 @@ class AssignmentPublic(BaseModel):
     created_at: UtcDatetime
     wwn: str = ""                      # the LUN's unit serial: the host checks it before use
     export_state: str = "pending"      # pending | exported | refused | withheld
+    sessions: int | None = Field(default=None, description=(
+        "initiators logged in to its target, as its unit reported in the last minute (its "
+        "monitoring samples); null when the unit did not say"))
     export_detail: str | None = None   # why refused or withheld
     volume_detail: str | None = None
     # one-way CHAP the host logs in with; the secret only to the host itself and to operators

@@ -61,6 +61,7 @@ class _Series:
     points: deque[tuple[float, ...]] = field(default_factory=deque)
     volume_id: int | None = None
     gauges: dict[str, Any] = field(default_factory=dict)
+    sessions: tuple[int, int | None] | None = None      # (t_ms, initiators logged in) of the newest
 
     def add(self, t_ms: int, sums: list[float], resolution_ms: float, window_ms: float) -> None:
         p = (float(t_ms), *sums)
@@ -134,6 +135,7 @@ class StatsStore:
                     continue
                 vs = self.volumes[key] = _Series(_Sums([0.0] * 3, [0.0] * 3, report.boot))
             vs.volume_id = vid
+            vs.sessions = (report.t_ms, v.sessions)
             sums = vs.sums.add([float(v.read_bytes), float(v.write_bytes), float(v.commands)], report.boot)
             vs.add(report.t_ms, sums, self.resolution_ms, self.window_ms)
             taken += 1
@@ -205,6 +207,15 @@ class StatsStore:
             out[unit] = {"t": p[0], "cpu_seconds": p[1], "net_rx_bytes": p[3], "net_tx_bytes": p[4],
                          "cpu_percent": cpu, **s.gauges}
         return out
+
+    def sessions_of(self, unit: str, device: str, now_ms: float, fresh_ms: float = 60_000) -> int | None:
+        """Initiators logged in to a volume's target, as its unit said less than `fresh_ms` ago;
+        None when it did not say (an older agent, stats off) or said it too long ago."""
+        vs = self.volumes.get((unit, device))
+        if vs is None or vs.sessions is None:
+            return None
+        t, n = vs.sessions
+        return n if now_ms - t <= fresh_ms else None
 
     def latest_volumes(self) -> list[tuple[str, str, int | None, tuple[float, ...]]]:
         """(unit, device, volume id, (t, read, write, commands)) of every volume series' newest point."""

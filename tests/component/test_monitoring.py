@@ -272,3 +272,40 @@ def test_gp_metrics_registries_are_per_app():
     assert REGISTRY.get_sample_value("dvsan_http_request_duration_seconds_count",
                                      {"method": "GET", "route": "/x", "status": "200"}) is None
     assert httpx is not None
+
+
+class SessionLio(IoLio):
+    """Also says how many initiators are logged in to each export (the test sets it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged_in: dict[str, int] = {}
+
+    def session_counts(self) -> dict[str, int]:
+        with self.io_lock:
+            return dict(self.logged_in)
+
+
+def test_gp_an_assignment_shows_its_hosts_sessions_as_the_unit_reports_them(station):
+    u = UnitHarness(station)
+    lio = SessionLio()
+    u.lio = lio
+    u.agent.lio = lio
+    try:
+        u.start()
+        online(station, 3)
+        a = request(station, "1GiB").json()
+        path = f"/api/v1/assignments/{a['id']}"
+        assert station.get(path).json()["sessions"] is None        # no sample yet: unknown
+        with lio.io_lock:
+            lio.io[a["device"]] = (0, 0, 0)
+            lio.logged_in[a["device"]] = 1
+        asyncio.run_coroutine_threadsafe(u.agent.report_stats(0.2, sampler(u.agent.name, lio, None, Figures())), u.loop)
+        wait_for(lambda: station.get(path).json()["sessions"] == 1)
+        # the listing shows it too; and a logout shows as 0
+        assert [x["sessions"] for x in station.get("/api/v1/assignments").json()] == [1]
+        with lio.io_lock:
+            lio.logged_in[a["device"]] = 0
+        wait_for(lambda: station.get(path).json()["sessions"] == 0)
+    finally:
+        u.close()

@@ -77,3 +77,21 @@ def test_gp_volume_io_counters_grow_while_a_host_writes_over_iscsi(flow: Flow) -
     assert all(0 <= s["cpu_percent"] <= 100 for s in stats["samples"][1:])
     print(f"\nmonitoring lab: 16 MiB write seen in /metrics {seen_in:.1f} s after it began "
           f"(1 s stats interval); nic {unit['nic']}")
+
+
+def test_gp_an_assignment_says_whether_its_host_is_logged_in(flow: Flow) -> None:
+    """The unit reports each export's logged-in initiators with its samples (read from LIO's ACL
+    in configfs): the assignment shows 1 while the host is logged in, 0 once it logged out."""
+    a = flow.request(HOST, "100MiB")
+    st = flow.station
+
+    def sessions() -> int | None:
+        return st.get(f"/api/v1/assignments/{a['id']}")["sessions"]
+
+    wait_for(lambda: sessions() == 1, 30, "the host's session reported")
+    assert flow.iscsiadm(HOST, f"-m node -T {a['target_iqn']} --logout").rc == 0
+    wait_for(lambda: sessions() == 0, 30, "the host's logout reported")
+    assert flow.iscsiadm(HOST, f"-m node -T {a['target_iqn']} --login").rc == 0
+    wait_for(lambda: sessions() == 1, 30, "the host's session reported again")
+    assert flow.release(HOST, a["id"]).rc == 0
+

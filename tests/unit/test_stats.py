@@ -209,3 +209,46 @@ def test_gp_and_ep_the_stats_interval_setting(capsys):
     assert "stats_interval" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--name", "unit-a", "--stats-interval", "often"])
+
+
+@pytest.mark.parametrize(("extra", "want"), [
+    ({}, None), ({"sessions": 0}, 0), ({"sessions": 2}, 2),
+])
+def test_gp_a_volume_entry_may_say_its_logged_in_initiators(extra, want):
+    vol = {"device": "vdb1", "read_bytes": 1, "write_bytes": 2, "commands": 3, **extra}
+    r = parse_report(body(volumes=[vol]), NOW)
+    assert r.volumes == (VolumeIo("vdb1", 1, 2, 3, want),) and r.refused == ()
+    assert VolumeIo("vdb1", 1, 2, 3, want).to_wire() == vol
+
+
+@pytest.mark.parametrize(("sessions", "reason"), [(-1, "negative"), (65_537, "bad-field"), ("1", "bad-field"),
+                                                  (True, "bad-field"), (None, "bad-field")])
+def test_ep_a_bad_session_count_refuses_its_entry_alone(sessions, reason):
+    bad = {"device": "vdb2", "read_bytes": 0, "write_bytes": 0, "commands": 0, "sessions": sessions}
+    r = parse_report(body(volumes=[*body()["volumes"], bad]), NOW)
+    assert r.volumes == (VolumeIo("vdb1", 1, 2, 3),) and [x[1] for x in r.refused] == [reason]
+
+
+def test_gp_the_session_count_is_the_newest_and_only_while_fresh():
+    store = StatsStore()
+    vol = {"device": "vdb1", "read_bytes": 1, "write_bytes": 2, "commands": 3}
+    assert store.sessions_of("unit-a", "vdb1", NOW) is None                  # never reported
+    store.take(parse_report(body(volumes=[vol]), NOW), {"vdb1": 1})
+    assert store.sessions_of("unit-a", "vdb1", NOW) is None                  # an agent that does not say
+    store.take(parse_report(body(t=NOW + 1000, volumes=[{**vol, "sessions": 1}]), NOW), {"vdb1": 1})
+    store.take(parse_report(body(t=NOW + 2000, volumes=[{**vol, "sessions": 0}]), NOW), {"vdb1": 1})
+    assert store.sessions_of("unit-a", "vdb1", NOW + 2000) == 0
+    assert store.sessions_of("unit-a", "vdb1", NOW + 62_000) == 0
+    assert store.sessions_of("unit-a", "vdb1", NOW + 62_001) is None          # too old to tell
+    assert store.sessions_of("unit-a", "vdb9", NOW) is None
+
+
+def test_gp_the_unit_sample_carries_each_exports_sessions():
+    class Io:
+        def io_counters(self) -> dict[str, tuple[int, int, int]]:
+            return {"vdb1": (0, 0, 0), "vdb2": (0, 0, 0)}
+
+        def session_counts(self) -> dict[str, int]:
+            return {"vdb1": 1}
+    (b,) = sampler("unit-a", Io(), None)()
+    assert [v.get("sessions") for v in b["volumes"]] == [1, None]

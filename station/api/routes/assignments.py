@@ -1,6 +1,7 @@
 """REST routes of assignments: who holds which volume. Hosts see and change only their own."""
 
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, status
@@ -9,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from dvsan.errors import NotFound
 from dvsan.model import mutual_aad
-from station.api.deps import Caller, DbDep, PusherDep, TasksDep, WipesDep
+from station.api.deps import Caller, DbDep, MonitorDep, PusherDep, TasksDep, WipesDep
 from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
 from station.api.schemas import AssignmentCreate, AssignmentPublic, IdPath, ReleasePublic
 from station.db import Database
 from station.db.tables import AssignmentRow
 from station.services import assignments, auth
 from station.services.chap import ChapVault
+from station.services.stats import StatsService
 from station.services.tasks import TaskContext
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,27 @@ def load_assignment(db: Database, who: auth.Principal, assignment_id: int,
         return assignment_public(_visible(s, who, assignment_id), who, vault)
 
 
+def with_sessions(out: AssignmentPublic, monitor: StatsService) -> AssignmentPublic:
+    out.sessions = monitor.store.sessions_of(out.unit, out.device, time.time() * 1000)
+    return out
+
+
 @router.get("/assignments", response_model=list[AssignmentPublic])
-def list_assignments(db: DbDep, who: Caller, pusher: PusherDep, host: str | None = None) -> list[AssignmentPublic]:
-    """Every assignment (a host token: its own only)."""
+def list_assignments(db: DbDep, who: Caller, pusher: PusherDep, monitor: MonitorDep,
+                     host: str | None = None) -> list[AssignmentPublic]:
+    """Every assignment (a host token: its own only), with whether its host is logged in."""
     if not who.may("pool.read"):
         who.require("host.storage")
         host = who.name
     with db.session() as s:
-        return [assignment_public(a, who, pusher.vault) for a in assignments.list_all(s, host)]
+        return [with_sessions(assignment_public(a, who, pusher.vault), monitor)
+                for a in assignments.list_all(s, host)]
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentPublic)
-def get_assignment(assignment_id: IdPath, db: DbDep, who: Caller, pusher: PusherDep) -> AssignmentPublic:
-    return load_assignment(db, who, assignment_id, pusher.vault)
+def get_assignment(assignment_id: IdPath, db: DbDep, who: Caller, pusher: PusherDep,
+                   monitor: MonitorDep) -> AssignmentPublic:
+    return with_sessions(load_assignment(db, who, assignment_id, pusher.vault), monitor)
 
 
 @router.post("/assignments", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED,
