@@ -53,6 +53,8 @@ class MsgType(enum.IntEnum):
     WIPE = 8                 # station -> unit: zero this released volume (device, extent, wipe_id)
     WIPE_STATUS = 9          # unit -> station: a wipe's progress (~1 s while running) and its end
     WIPE_CANCEL = 10         # station -> unit: stop this wipe (device, wipe_id)
+    PARTITION = 11           # station -> unit: change this disk's partition table (device, layout, partition_id)
+    PARTITION_STATUS = 12    # unit -> station: a partitioning's steps and its end (ok, refused, failed)
     STATS = 13               # unit -> station: monitoring totals (CPU, memory, NIC, per-volume I/O)
 
 

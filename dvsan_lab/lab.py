@@ -14,7 +14,7 @@ from pathlib import Path
 from dvsan_lab import netns, preflight, procs
 from dvsan_lab.channel import ExecChannel, Result
 from dvsan_lab.errors import ExecChannelError, LabError
-from dvsan_lab.topology import DEFAULT_TOPOLOGY, GuestSpec, Topology
+from dvsan_lab.topology import DEFAULT_TOPOLOGY, DiskSpec, GuestSpec, Topology
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 DEFAULT_BOOT_TIMEOUT = 300.0  # three TCG guests on 2 cores answer in about 50 s; CI may be slower
@@ -145,6 +145,10 @@ class Lab:
         spec = self._spec(guest)
         return self.state_dir / "disks" / f"{spec.name}.img" if spec.disk else None
 
+    def extra_disk_path(self, guest: str, index: int) -> Path:
+        """The image of a guest's extra disk `index` (0: vdb)."""
+        return self.state_dir / "disks" / f"{self._spec(guest).name}-{chr(ord('b') + index)}.img"
+
     def _pid_file(self, guest: str) -> Path:
         return self.state_dir / "run" / f"{guest}.pid"
 
@@ -249,18 +253,21 @@ class Lab:
         for spec in self.topology.guests:
             self._pid_file(spec.name).unlink(missing_ok=True)
             if spec.disk:
-                self._make_disk(self.state_dir / "disks" / f"{spec.name}.img", spec)
+                self._make_disk(self.state_dir / "disks" / f"{spec.name}.img", spec.disk)
+            for i, extra in enumerate(spec.extra_disks):
+                self._make_disk(self.extra_disk_path(spec.name, i), extra)
 
     @staticmethod
-    def _make_disk(path: Path, spec: GuestSpec) -> None:
+    def _make_disk(path: Path, disk: DiskSpec) -> None:
         # NOTE: a fresh sparse image every `up`, so each lab starts from the same known layout.
-        assert spec.disk is not None
         path.unlink(missing_ok=True)
         with open(path, "wb") as f:
-            f.truncate(spec.disk.size)
+            f.truncate(disk.size)
+        if not disk.partitions:
+            return      # blank: no label at all
         proc = subprocess.run(
             ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
-            input=spec.disk.sfdisk_script(), capture_output=True, text=True, check=False,
+            input=disk.sfdisk_script(), capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
             raise LabError(f"sfdisk could not partition {path}: {proc.stderr.strip()}")
@@ -276,6 +283,12 @@ class Lab:
                 f"-drive file={self.disk_path(spec.name)},if=none,id=d1,format=raw,cache=unsafe",
                 # NOTE: the serial gives a stable /dev/disk/by-id/virtio-<serial> in the guest.
                 f"-device virtio-blk-pci,drive=d1,serial={topo.vm_name(spec)}",
+            ]
+        for i, _extra in enumerate(spec.extra_disks):
+            letter = chr(ord("b") + i)
+            qemu += [
+                f"-drive file={self.extra_disk_path(spec.name, i)},if=none,id=d{i + 2},format=raw,cache=unsafe",
+                f"-device virtio-blk-pci,drive=d{i + 2},serial={topo.vm_name(spec)}-{letter}",
             ]
         init = shlex.join([
             "/bin/bash", str(GUEST_DIR / "init.sh"), spec.name, topo.ip(spec), str(topo.prefixlen),

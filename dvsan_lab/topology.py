@@ -11,7 +11,7 @@ class DiskSpec:
     """A raw sparse disk image, GPT-partitioned on the machine before the guest boots."""
 
     size: int
-    partitions: tuple[int, ...]  # sizes in bytes, in order
+    partitions: tuple[int, ...]  # sizes in bytes, in order; () leaves the disk blank (no label)
 
     def sfdisk_script(self) -> str:
         """The sfdisk input that lays out the partitions (sfdisk aligns them to 1 MiB)."""
@@ -28,6 +28,8 @@ class GuestSpec:
     octet: int
     memory: str = "1G"
     disk: DiskSpec | None = None
+    # more disks after `disk` (vdb, vdc...), each with its own stable serial (<vm name>-<letter>)
+    extra_disks: tuple[DiskSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,12 @@ class Topology:
 
 
 UNIT_DISK = DiskSpec(size=4 * GiB, partitions=(512 * MiB, 1280 * MiB, 2 * GiB))
+# unit-a's second disk (vdb): blank, for partitioning from the console (tests/lab/test_partition_lab.py)
+BLANK_DISK = DiskSpec(size=2 * GiB, partitions=())
 
 DEFAULT_TOPOLOGY = Topology(
     guests=(
-        GuestSpec("unit-a", 11, disk=UNIT_DISK),
+        GuestSpec("unit-a", 11, disk=UNIT_DISK, extra_disks=(BLANK_DISK,)),
         GuestSpec("host-b", 12),
         GuestSpec("host-c", 13),
     )

@@ -25,6 +25,7 @@ from dvsan.errors import (
 from station.api.deps import authenticate_first
 from station.api.routes import assignments as assignment_routes
 from station.api.routes import auth as auth_routes
+from station.api.routes import disks as disk_routes
 from station.api.routes import enrolment as enrolment_routes
 from station.api.routes import monitoring as monitoring_routes
 from station.api.routes import pool as pool_routes
@@ -36,6 +37,7 @@ from station.listeners import liveness
 from station.listeners.autoconf import AutoconfListener
 from station.services import audit, auth, tasks
 from station.services.chap import ChapVault
+from station.services.disks import PartitionService
 from station.services.enrolment import EnrolmentGate
 from station.services.events import EventBus
 from station.services.exports import ExportPusher
@@ -102,12 +104,14 @@ def create_app(settings: StationSettings) -> FastAPI:
         wipes = WipeService(db, listener, settings.export_timeout, task_service)
         units = UnitService(db, listener, pusher, wipes)
         app.state.monitor = listener.monitor = StatsService(db)
+        listener.partitions = PartitionService(db, listener, task_service, settings.export_timeout)
         await listener.start(units, wipes, settings.udp_host, settings.udp_port)
         if settings.liveness_timeout > 0:
             units.background(liveness.watch(units, settings.liveness_timeout))
         app.state.db, app.state.listener, app.state.pusher, app.state.units = db, listener, pusher, units
         units.background(_sweep_audit(db, settings.audit_retention_days))
         app.state.wipes, app.state.tasks, app.state.bus = wipes, task_service, bus
+        app.state.partitions = listener.partitions
         app.state.snmp = None
         try:
             if settings.snmp_enabled:
@@ -131,7 +135,7 @@ def create_app(settings: StationSettings) -> FastAPI:
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
                   description="Control management station of the dvsan virtual SAN.")
     for r in (pool_routes.router, assignment_routes.router, task_routes.router, auth_routes.router,
-              enrolment_routes.router):
+              enrolment_routes.router, disk_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
     app.include_router(task_routes.events_router)
     monitoring_routes.install(app)

@@ -8,12 +8,13 @@ from typing import Any, Protocol
 
 from dvsan import __version__, secretbox
 from dvsan.endpoint import Endpoint, Peer
-from dvsan.errors import AdapterError, Conflict, InvalidInput, Unavailable
+from dvsan.errors import AdapterError, Conflict, DvsanError, InvalidInput, Unavailable
 from dvsan.identity import STATION, Signer, StationPin
 from dvsan.model import Export, Partition
 from dvsan.naming import target_iqn
 from dvsan.protocol import Message, MsgType
 from dvsan.reconcile import Action, plan
+from unit_agent.partition import Partitioner
 from unit_agent.poolpin import PoolPin, check_pool_fields
 from unit_agent.wipe import Wiper
 
@@ -76,6 +77,9 @@ class UnitAgent:
         self.health: tuple[str, str | None] = ("ok", None)
         # Zeroes released volumes on the station's order (WIPE, WIPE_CANCEL; unit_agent/wipe.py).
         self.wiper = Wiper.of_agent(self)
+        # Changes the partition tables of its disks on the station's order (PARTITION;
+        # unit_agent/partition.py) and reports them in STORAGE_INFO `disks`; None: neither.
+        self.partitioner: Partitioner | None = None
 
     async def open(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
@@ -214,6 +218,8 @@ class UnitAgent:
             return False
         finally:
             self.wiper.stop()
+            if self.partitioner is not None:
+                self.partitioner.stop()
             for t in list(self._tasks):
                 t.cancel()
             if self._announcing is not None:
@@ -232,12 +238,19 @@ class UnitAgent:
                 return {"status": "busy", "busy": True, "error": str(e)}
         if msg.type in (MsgType.WIPE, MsgType.WIPE_CANCEL):
             return await self.wiper.handle(msg.type, msg.body)
+        if msg.type == MsgType.PARTITION and self.partitioner is not None:
+            return await self.partitioner.handle(msg.type, msg.body)
         raise InvalidInput(f"a unit does not take {msg.type.name} messages")
 
     async def send_storage_info(self, peer: Peer) -> None:
         assert self.endpoint is not None
         parts = await asyncio.to_thread(self.inventory)
-        body = {"unit": self.name, "partitions": [p.to_wire() for p in parts]}
+        body: dict[str, Any] = {"unit": self.name, "partitions": [p.to_wire() for p in parts]}
+        if self.partitioner is not None:
+            try:
+                body["disks"] = await asyncio.to_thread(self.partitioner.report)
+            except DvsanError as e:
+                log.warning("storage info goes without its disks: %s", e)
         try:
             ack = await self.endpoint.send(peer, MsgType.STORAGE_INFO, body, timeout=30)
             log.info("storage info (%d partitions) taken by the station: %s", len(parts), ack)

@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     agent = UnitAgent(settings.name, key, station, portal, settings.portal_port, lio, inventory,
                       settings.dns_name, signer=signer, station_pin=station_pin)
     agent.wiper.use_zeroout = settings.wipe_zeroout
+    from unit_agent.partition import Partitioner
+    # the disks it reports and may partition on the station's order: those of --disk, else all
+    agent.partitioner = Partitioner.of_agent(agent, settings.disks or None, settings.sysfs_root)
     agent.pin = pin
     log.info("unit %s: key %s%s", settings.name, fingerprint(signer.key),
              " (rotating: the old key signs for it until the station takes it)" if signer.previous else "")

@@ -411,3 +411,107 @@ def _list(p: Path) -> list[str]:
         return sorted(os.listdir(p))
     except OSError:
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUse:
+    """What holds a disk and each of its partitions now, in words, as the kernel shows it.
+
+    `system` names what makes it the system disk (None if it is not); `whole` what holds the disk
+    itself (mounted, swap, holders); `parts` each partition's blockers, by kernel name. A
+    partition missing from `parts` holds nothing the kernel knows of.
+    """
+
+    disk: str
+    size_bytes: int
+    sector_size: int
+    serial: str
+    system: str | None
+    whole: list[str]
+    parts: dict[str, list[str]]
+    # partition kernel name -> (number, start, size) in 512-byte sysfs sectors
+    kernel_parts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+
+def disk_use(root: str, disk: str) -> DiskUse:
+    """What is in the way of a change to `disk`'s partition table (sysfs and /proc under `root`).
+
+    Fails closed: unreadable mount or swap tables raise AdapterError (nothing reads as unused).
+    """
+    base = Path(root)
+    sys_block = base / "sys" / "block"
+    ddir = sys_block / disk
+    if not ddir.is_dir():
+        raise AdapterError(f"disk {disk} is not in {sys_block}")
+    devdirs: dict[str, Path] = {}
+    parent: dict[str, str] = {}
+    for d in _list(sys_block):
+        devdirs[d] = sys_block / d
+        for child in _list(sys_block / d):
+            if (sys_block / d / child / "partition").is_file():
+                devdirs[child] = sys_block / d / child
+                parent[child] = d
+    by_devnum = {num: name for name, d in devdirs.items() if (num := _read(d / "dev"))}
+    mounts = _mounted_devices(base, by_devnum, devdirs)
+    swaps = _swap_devices(base, devdirs)
+    roles: set[str] = set()
+    for dev, mountpoints in mounts.items():
+        for mp in mountpoints & SYSTEM_MOUNTPOINTS:
+            if any(parent.get(u, u) == disk for u in _underlying(dev, devdirs)):
+                roles.add(mp)
+    for dev in swaps:
+        if any(parent.get(u, u) == disk for u in _underlying(dev, devdirs)):
+            roles.add("swap")
+
+    def blockers(dev: str) -> list[str]:
+        out = []
+        if dev in mounts:
+            out.append(f"mounted on {', '.join(sorted(mounts[dev]))}")
+        if dev in swaps:
+            out.append("in use as swap")
+        for h in _list(devdirs[dev] / "holders"):
+            out.append(f"held by {h} ({_holder_kind(sys_block / h)})")
+        return out
+
+    parts: dict[str, list[str]] = {}
+    kernel: dict[str, tuple[int, int, int]] = {}
+    for name, p in devdirs.items():
+        if parent.get(name) != disk:
+            continue
+        b = blockers(name)
+        if b:
+            parts[name] = b
+        number, start, size = (_read_int(p / k) for k in ("partition", "start", "size"))
+        if number is not None and start is not None and size is not None:
+            kernel[name] = (number, start, size)
+    serial = (_read(ddir / "wwid") or _read(ddir / "device" / "wwid") or _read(ddir / "serial")
+              or _read(ddir / "device" / "serial") or "")
+    return DiskUse(disk=disk, size_bytes=(_read_int(ddir / "size") or 0) * SYSFS_SECTOR,
+                   sector_size=_read_int(ddir / "queue" / "logical_block_size") or SYSFS_SECTOR,
+                   serial=serial, system=("holds " + ", ".join(sorted(roles))) if roles else None,
+                   whole=blockers(disk), parts=parts, kernel_parts=kernel)
+
+
+def _holder_kind(hdir: Path) -> str:
+    """What a holder is, for the operator: `dm` (with its name: an LVM volume, crypt...) or md."""
+    dm_name = _read(hdir / "dm" / "name")
+    if dm_name is not None:
+        return f"device-mapper {dm_name}: LVM, crypt or multipath"
+    if hdir.name.startswith("md"):
+        return "md RAID"
+    return "a stacked device"
+
+
+def managed_disks(root: str = "/", include: list[str] | None = None) -> list[str]:
+    """The disks a unit reports and may partition: `include`, or every disk that is not virtual,
+    optical, stacked, removable or read-only."""
+    names = _list(Path(root) / "sys" / "block")
+    if include:
+        return [d for d in names if d in include]
+    out = []
+    for d in names:
+        ddir = Path(root) / "sys" / "block" / d
+        if d.startswith(SKIP_PREFIXES) or _read(ddir / "removable") == "1" or _read(ddir / "ro") == "1":
+            continue
+        out.append(d)
+    return out

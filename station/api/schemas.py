@@ -6,10 +6,18 @@ What the station checks is in the schema too (names, IQNs, addresses, sizes, ids
 
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from dvsan.errors import InvalidInput
@@ -262,6 +270,8 @@ class UnitSamplePublic(BaseModel):
     net_tx_bytes: int
     net_rx_bytes_per_s: float | None
     net_tx_bytes_per_s: float | None
+    mem_total: int = Field(description="the unit's memory, bytes")
+    mem_available: int = Field(description="memory available to programs, bytes")
 
 
 class VolumeSamplePublic(BaseModel):
@@ -305,3 +315,97 @@ class UnitStatsPublic(BaseModel):
     samples: list[UnitSamplePublic]
     latest: UnitLatestPublic | None
     volumes: list[VolumeStatsPublic]
+MiB = 1 << 20
+PARTITION_NAME = r"^[0-9A-Za-z._-]{0,36}$"
+
+
+def _json_integer(v: Any) -> Any:
+    """A JSON integer (41 or 41.0, as JSON Schema's `integer`), never true/false or "41"."""
+    if isinstance(v, (bool, str)):
+        raise ValueError("must be an integer")   # noqa: TRY004 - pydantic wants ValueError
+    return v
+
+
+class PartitionCreate(BaseModel):
+    """A partition to create: its size (rounded up to whole MiB) and an optional GPT name."""
+
+    model_config = ConfigDict(extra="forbid")
+    size_bytes: Annotated[int, BeforeValidator(_json_integer)] = Field(ge=MiB, le=MAX_SIZE,
+                                                                     description="at least 1 MiB")
+    name: str = Field(default="", pattern=PARTITION_NAME,
+                      description="the GPT partition name (e.g. dvsan-1 for offer policy 'marked')")
+
+
+class DiskLayout(BaseModel):
+    """A change to a disk's partition table: a new empty label first, then deletions, then creations."""
+
+    # NOTE: the schema says what the validator checks (something to change, no number twice),
+    # so a body the schema allows is never refused for a reason it does not state.
+    # Each branch repeats its field's whole schema: generators (schemathesis) take a branch alone.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["label"], "properties": {"label": {"type": "string", "const": "gpt"}}},
+        {"required": ["create"], "properties": {"create": {
+            "type": "array", "minItems": 1, "maxItems": 128, "items": {
+                "type": "object", "additionalProperties": False, "required": ["size_bytes"], "properties": {
+                    "size_bytes": {"type": "integer", "minimum": MiB, "maximum": MAX_SIZE},
+                    "name": {"type": "string", "pattern": PARTITION_NAME}}}}}},
+        {"required": ["delete"], "properties": {"delete": {
+            "type": "array", "minItems": 1, "maxItems": 128, "uniqueItems": True,
+            "items": {"type": "integer", "minimum": 1, "maximum": 128}}}}]})
+    label: Literal["gpt"] | None = Field(default=None, description="write a new, empty GPT label first "
+                                         "(every existing partition must be listed in `delete`)")
+    create: list[PartitionCreate] = Field(default_factory=list, max_length=128)
+    delete: list[Annotated[int, Field(ge=1, le=128), BeforeValidator(_json_integer)]] = Field(
+        default_factory=list, max_length=128, description="partition numbers to delete",
+        json_schema_extra={"uniqueItems": True})
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "DiskLayout":
+        if self.label is None and not self.create and not self.delete:
+            raise ValueError("the layout changes nothing: give label, create or delete")
+        if len(set(self.delete)) != len(self.delete):
+            raise ValueError("delete names a partition twice")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"create": [c.model_dump(exclude_defaults=True) for c in self.create],
+                               "delete": list(self.delete)}
+        if self.label:
+            out["label"] = self.label
+        return out
+
+
+class DiskPartitionPublic(BaseModel):
+    number: int
+    device: str
+    start_lba: int
+    end_lba: int
+    size_bytes: int
+    type: str
+    uuid: str
+    name: str
+    in_use: list[str] = Field(description="what is in the way of deleting it (empty: nothing)")
+    volume_id: int | None = Field(description="its volume in the pool, if offered")
+    assigned_to: str | None
+
+
+class FreeRegionPublic(BaseModel):
+    start_lba: int
+    end_lba: int
+    size_bytes: int
+
+
+class DiskPublic(BaseModel):
+    """A unit's disk as it last reported it (`GET /api/v1/units/{name}/disks`)."""
+
+    name: str
+    id: str = Field(description="a stable identity (WWID or serial), '' if the disk has none")
+    size_bytes: int
+    sector_size: int
+    label: str | None = Field(description="gpt, dos, or null for a disk without a partition table")
+    label_id: str | None
+    system: bool = Field(description="the unit's system disk: never changed")
+    system_detail: str | None
+    in_use: list[str]
+    partitions: list[DiskPartitionPublic]
+    free: list[FreeRegionPublic]

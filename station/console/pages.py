@@ -37,8 +37,9 @@ class Page:
 
 
 PAGES = {p.name: p for p in (
-    Page("overview", "Overview"), Page("units", "Units"), Page("hosts", "Hosts"),
-    Page("assignments", "Assignments"), Page("tasks", "Tasks"), Page("audit", "Audit", "users.admin"),
+    Page("overview", "Overview"), Page("units", "Units"), Page("disks", "Disks"), Page("hosts", "Hosts"),
+    Page("assignments", "Assignments"), Page("tasks", "Tasks"), Page("monitoring", "Monitoring"),
+    Page("audit", "Audit", "users.admin"),
     Page("users", "Users and grants", "users.admin"))}
 
 router = APIRouter(include_in_schema=False)

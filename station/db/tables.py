@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -104,6 +105,9 @@ class UnitRow(Base):
     # Bumped in the transaction of every change to what this unit must export; sent with every
     # EXPORTS, persisted by the unit, which refuses an older one (a stale backup of this database).
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The unit's last report of its disks (STORAGE_INFO `disks`, JSON; station/services/disks.py);
+    # None for a unit that never sent one.
+    disks: Mapped[str | None] = mapped_column(Text, nullable=True)
     volumes: Mapped[list["VolumeRow"]] = relationship(back_populates="unit")
 
 

@@ -17,6 +17,7 @@ from dvsan.model import Partition
 from dvsan.naming import check_unit_name
 from dvsan.protocol import Message, MsgType
 from station.db.tables import UnitState
+from station.services.disks import PartitionService, parse_reports
 from station.services.stats import StatsService
 from station.services.units import UnitService
 from station.services.wipes import WipeService
@@ -51,6 +52,7 @@ class AutoconfListener:
         self.units: UnitService | None = None
         self.wipes: WipeService | None = None
         self.monitor: StatsService | None = None     # takes STATS (monitoring samples)
+        self.partitions: PartitionService | None = None   # set by the app: PARTITION_STATUS
 
     async def start(self, units: UnitService, wipes: WipeService, host: str, port: int) -> None:
         self.units, self.wipes = units, wipes
@@ -84,7 +86,8 @@ class AutoconfListener:
                 _str(msg.body, "dns_name", required=False), str(msg.body.get("agent_version", ""))[:32])
             return {"station_version": __version__}
         if msg.type == MsgType.STORAGE_INFO:
-            change = await self.units.storage_info(unit, _partitions(msg.body))
+            disks = parse_reports(msg.body["disks"]) if "disks" in msg.body else None
+            change = await self.units.storage_info(unit, _partitions(msg.body), disks)
             return {"online": change.online, "added": change.added, "missing": change.missing,
                     "changed": change.changed}
         if msg.type == MsgType.HEARTBEAT:
@@ -99,6 +102,8 @@ class AutoconfListener:
             return await self.wipes.status(unit, msg.body)
         if msg.type == MsgType.STATS and self.monitor is not None:
             return await self.monitor.report(unit, msg.body)
+        if msg.type == MsgType.PARTITION_STATUS and self.partitions is not None:
+            return await self.partitions.status(unit, msg.body)
         if msg.type == MsgType.SHUTDOWN:
             return {"offline": await self.units.unit_down(unit, UnitState.OFFLINE)}
         raise InvalidInput(f"the station does not take {msg.type.name} messages")

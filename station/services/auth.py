@@ -53,9 +53,9 @@ CSRF_HEADER = "X-CSRF-Token"
 # What each role may do. `host.storage` is a host's own storage only (the routes check whose).
 PERMISSIONS: dict[str, frozenset[str]] = {
     Role.ADMIN: frozenset({"pool.read", "assignments.write", "volumes.wipe", "hosts.read", "hosts.write",
-                           "units.write", "enrolment.write", "users.admin", "tokens.own"}),
+                           "units.write", "enrolment.write", "users.admin", "tokens.own", "disks.write"}),
     Role.OPERATOR: frozenset({"pool.read", "assignments.write", "volumes.wipe", "hosts.read",
-                              "hosts.write", "units.write", "tokens.own"}),
+                              "hosts.write", "units.write", "tokens.own", "disks.write"}),
     Role.VIEWER: frozenset({"pool.read", "hosts.read", "tokens.own"}),
     Role.HOST: frozenset({"host.storage"}),
 }

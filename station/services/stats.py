@@ -110,7 +110,9 @@ class StatsStore:
                 series = self.units[report.unit] = _Series(_Sums([0.0] * 4, [0.0] * 4, report.boot))
             sums = series.sums.add([s.cpu_busy_s, s.cpu_total_s, float(s.net_rx_bytes),
                                     float(s.net_tx_bytes)], report.boot)
-            series.add(report.t_ms, sums, self.resolution_ms, self.window_ms)
+            # NOTE: memory is a gauge, kept beside the sums in each point (not summed across resets)
+            series.add(report.t_ms, [*sums, float(s.mem_total), float(s.mem_available)], self.resolution_ms,
+                       self.window_ms)
             series.gauges = {"cpus": s.cpus, "mem_total": s.mem_total, "mem_available": s.mem_available,
                              "nic": s.nic}
         taken = 0
@@ -160,6 +162,7 @@ class StatsStore:
             if p[0] >= since_ms:
                 row: dict[str, Any] = {"t": int(p[0]), "cpu_seconds": round(p[1], 3),
                                        "net_rx_bytes": int(p[3]), "net_tx_bytes": int(p[4]),
+                                       "mem_total": int(p[5]), "mem_available": int(p[6]),
                                        "cpu_percent": None, "net_rx_bytes_per_s": None,
                                        "net_tx_bytes_per_s": None}
                 if prev is not None:

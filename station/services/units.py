@@ -19,7 +19,9 @@ from dvsan.naming import check_unit_name
 from dvsan.protocol import MsgType
 from station.db import Database
 from station.db.tables import UnitState
+from station.services import disks as disk_reports
 from station.services import pool
+from station.services.disks import DiskReport
 from station.services.exports import ExportPusher
 from station.services.messenger import Messenger
 from station.services.wipes import WipeService
@@ -96,12 +98,16 @@ class UnitService:
         """A unit is alive: returns the state the station holds it in (it re-announces if not online)."""
         return await self._tx(pool.record_heartbeat, unit, health, detail)
 
-    async def storage_info(self, unit: str, parts: list[Partition]) -> pool.PoolChange:
-        """A unit's storage report: the pool follows it, then the unit is sent its exports."""
+    async def storage_info(self, unit: str, parts: list[Partition],
+                           disks: list[DiskReport] | None = None) -> pool.PoolChange:
+        """A unit's storage report: the pool follows it, then the unit is sent its exports.
+        `disks`: its disks and their tables, kept for the console (None: an older unit)."""
         # NOTE: a report asked for before the unit went down (a linkDown trap or SHUTDOWN that
         # overtook it) must not bring the unit back online: only a newer request can.
         fresh = self._asked.get(unit, -1.0) >= self._downed.get(unit, -1.0)
         change = await self._tx(pool.record_storage_info, unit, parts, fresh)
+        if disks is not None:
+            await self._tx(disk_reports.record, unit, disks)
         log.info("pool updated from unit %s: %d online (%d new), %d missing, %d changed under an "
                  "assignment", unit, change.online, change.added, change.missing, change.changed)
         self.background(self._reconcile(unit))

@@ -133,6 +133,7 @@ def test_gp_metrics_show_the_pool_units_tasks_and_growing_volume_io(station):
         assert st["samples"][-1]["cpu_percent"] == 50.0     # (60-10) busy of (200-100) seconds
         assert st["samples"][-1]["net_rx_bytes_per_s"] > 0
         assert st["latest"]["mem_available"] == 2 << 30
+        assert (st["samples"][-1]["mem_total"], st["samples"][-1]["mem_available"]) == (4 << 30, 2 << 30)
     finally:
         u.close()
 

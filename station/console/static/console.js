@@ -265,6 +265,7 @@ function volumeRow(v) {
     el("td", { class: "num" }, v.end_lba), el("td", { class: "num" }, bytes(v.size_bytes)),
     el("td", null, stateTag(v.state), v.detail ? ` ${v.detail}` : ""), el("td", null, v.assigned_to || ""),
     el("td", { title: v.wipe_detail || "" }, wipe),
+    el("td", { class: "num io", "data-io": `${v.unit_name}/${v.device}` }, v.assigned_to ? "…" : ""),
     el("td", null, canWipe ? actionButton("Wipe", async () => {
       const r = await api("POST", `/api/v1/volumes/${v.id}/wipe`);
       notice(`Wipe of volume ${v.id} started: task #${r.data.id}`, "ok");
@@ -272,8 +273,10 @@ function volumeRow(v) {
 }
 
 pages.units = async () => {
+  const units = { data: [] };
   const load = async () => {
-    const [units, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes"), dv.meReady]);
+    const [u, vols] = await Promise.all([api("GET", "/api/v1/units"), api("GET", "/api/v1/volumes"), dv.meReady]);
+    units.data = u.data;
     const byUnit = new Map(units.data.map((u) => [u.name, []]));
     for (const v of vols.data) if (byUnit.has(v.unit_name)) byUnit.get(v.unit_name).push(v);
     const out = units.data.map((u) => {
@@ -285,13 +288,23 @@ pages.units = async () => {
           `last seen ${when(u.last_seen)} · ${byUnit.get(u.name).length} volumes`,
           u.health_detail ? ` · ${u.health_detail}` : ""),
         el("table", null, el("thead", null, el("tr", null, ...["#", "Device", "Start LBA", "End LBA", "Size",
-          "State", "Assigned to", "Wipe", ""].map((h) => el("th", null, h)))), body));
+          "State", "Assigned to", "Wipe", "I/O (read · write)", ""].map((h) => el("th", null, h)))), body));
     });
     $("#units").replaceChildren(...(out.length ? out : [el("p", { class: "muted" }, "No unit has announced itself yet.")]));
+    // the volumes' I/O rates after the page is on screen: they never hold up its first paint
+    volumeRates(units.data).catch((e) => notice(e.message));
   };
   await load();
+  every(10_000, () => volumeRates(units.data));
   await liveTasks(el("div"), debounced(load));
 };
+
+// Who may use a host's storage: its users and groups (each holds operator on /hosts/NAME).
+function mayUse(h) {
+  const out = [...h.users.map((u) => el("div", { "data-user": u }, `user ${u}`)),
+               ...h.groups.map((g) => el("div", { "data-group": g }, `group ${g}`))];
+  return out.length ? out : [el("span", { class: "muted" }, "admins and operators only")];
+}
 
 pages.hosts = async () => {
   const load = async () => {
@@ -300,6 +313,7 @@ pages.hosts = async () => {
       const held = assigns.data.filter((a) => a.host === h.name);
       return el("tr", { "data-host": h.name },
         el("td", null, h.name), el("td", { class: "mono" }, h.initiator_iqns.join("\n")), el("td", null, when(h.created_at)),
+        el("td", { class: "users" }, ...mayUse(h)),
         el("td", null, held.length ? held.map((a) => el("div", null, `${a.unit}/${a.device} (${bytes(a.size_bytes)}) `,
           stateTag(a.export_state))) : el("span", { class: "muted" }, "none")),
         el("td", null, may("hosts.write") ? actionButton("Forget", async () => {
@@ -310,7 +324,9 @@ pages.hosts = async () => {
     }));
   };
   onSubmit($("#enrol-form"), async (f) => {
-    const r = await api("POST", "/api/v1/hosts", { name: f.name, initiator_iqns: f.iqns.split(/\s+/).filter(Boolean) });
+    const words = (v) => (v || "").split(/[\s,]+/).filter(Boolean);
+    const r = await api("POST", "/api/v1/hosts", { name: f.name, initiator_iqns: words(f.iqns), users: words(f.users),
+                                                   groups: words(f.groups) });
     const out = $("#enrolled-token");
     out.replaceChildren(`Host ${r.data.name} enrolled. Its token, shown this once: `,
       el("code", null, r.data.token.token), " (put it on the host, `dvsan-host-agent --token-file`).");
@@ -431,6 +447,232 @@ pages.users = async () => {
   });
   await load();
 };
+
+// --- disks: a unit's partition table and a new layout (a `partition` task) ------------------------------
+
+const SIZE_UNITS = { "": 1, k: 1 << 10, m: 1 << 20, g: 1 << 30, t: 2 ** 40 };
+
+// "8MiB", "1 GiB", "512M", "1048576": bytes (binary units); anything else is refused here.
+function parseSize(text) {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a size (e.g. 8MiB, 1GiB)`);
+  return Math.ceil(Number(m[1]) * SIZE_UNITS[m[2].toLowerCase()]);
+}
+
+function diskView(unit, d, onApply) {
+  const mine = may("disks.write") && !d.system;
+  const free = (p) => !p.in_use.length;
+  const rows = d.partitions.map((p) => el("tr", { "data-partition": p.number, "data-device": p.device },
+    el("td", { class: "num" }, p.number), el("td", { class: "mono" }, p.device), el("td", { class: "num" }, p.start_lba),
+    el("td", { class: "num" }, p.end_lba), el("td", { class: "num" }, bytes(p.size_bytes)), el("td", null, p.name),
+    el("td", null, p.volume_id !== null ? `#${p.volume_id}` : ""), el("td", null, p.assigned_to || ""),
+    el("td", { class: p.in_use.length ? "in-use" : "muted" }, p.in_use.length ? p.in_use.join("; ") : "nothing"),
+    el("td", null, mine && free(p) ? el("label", { class: "check" },
+      el("input", { type: "checkbox", name: "delete", value: p.number }), "delete") : "")));
+  const form = mine ? el("form", { class: "row layout", "data-disk": `${unit}/${d.name}` },
+    d.partitions.every(free) ? el("label", { class: "check" }, el("input", { type: "checkbox", name: "label", value: "gpt" }),
+      d.label ? "new empty GPT label (deletes every partition)" : "initialise with GPT") : "",
+    el("label", { class: "grow" }, "Partitions to add, by size (in order)",
+      el("input", { name: "create", placeholder: "8MiB 8MiB 1GiB" })),
+    el("button", { type: "submit", class: "action" }, "Apply layout")) : null;
+  if (form) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      try {
+        const body = {};
+        const deleted = [...document.querySelectorAll("#disk input[name=delete]:checked")].map((c) => Number(c.value));
+        if (form.label && form.label.checked) {
+          body.label = "gpt";
+          deleted.splice(0, deleted.length, ...d.partitions.map((p) => p.number));
+        }
+        if (deleted.length) body.delete = deleted;
+        const sizes = form.create.value.split(/[\s,]+/).filter(Boolean);
+        if (sizes.length) body.create = sizes.map((s) => ({ size_bytes: parseSize(s) }));
+        if (!Object.keys(body).length) throw new Error("Nothing to change: add partitions, tick some to delete, or a new label.");
+        const r = await api("POST", `/api/v1/units/${encodeURIComponent(unit)}/disks/${encodeURIComponent(d.name)}/layout`, body);
+        notice(`Partitioning of ${unit}/${d.name} is under way: task #${r.data.id}`, "ok");
+        onApply(r.data);
+      } catch (e) { notice(e.message); } finally { button.disabled = false; }
+    });
+  }
+  const facts = [`${bytes(d.size_bytes)}`, `${d.sector_size}-byte sectors`,
+                 d.label ? `${d.label} label` : "no partition table", d.id ? `id ${d.id}` : "no stable id"];
+  return el("section", { class: "card disk", "data-unit": unit, "data-disk": d.name },
+    el("h2", null, `${unit} / ${d.name}`, d.system ? stateTag("system") : ""),
+    el("p", { class: "muted" }, facts.join(" · ")),
+    d.system ? el("p", { class: "in-use" }, `The unit's system disk (${d.system_detail || "in use"}): never changed.`) : "",
+    d.in_use.length ? el("p", { class: "in-use" }, `In the way: ${d.in_use.join("; ")}`) : "",
+    el("table", { class: "partitions" }, el("thead", null, el("tr", null, ...["#", "Device", "Start LBA", "End LBA", "Size",
+      "Name", "Volume", "Assigned to", "In the way", ""].map((h) => el("th", null, h)))),
+    el("tbody", null, rows.length ? rows : el("tr", null, el("td", { colspan: 10, class: "muted empty" }, "No partition.")))),
+    el("p", { class: "muted free-regions" }, d.free.length ? `Free: ${d.free.map((f) => `LBA ${f.start_lba}–${f.end_lba} (${bytes(f.size_bytes)})`).join(", ")}`
+      : "No free region."),
+    form || "");
+}
+
+pages.disks = async () => {
+  const pick = $("#disk-pick").disk;
+  const state = { disks: new Map(), mine: new Set(), ended: new Map() };
+  // a partitioning this page started: its end in the page's notice, in the unit's own words
+  const told = (t) => {
+    if (t.state === "succeeded") notice(`Task #${t.id}: ${t.message}`, "ok");
+    else notice(`Task #${t.id} ${t.state}: ${t.error_kind ? `${t.error_kind}: ` : ""}${t.error || t.message}`);
+  };
+  const started = (t) => {            // its end may have come before the station's answer did
+    if (state.ended.has(t.id)) told(state.ended.get(t.id)); else state.mine.add(t.id);
+  };
+  const show = () => {
+    const [unit, name] = (pick.value || "/").split("/");
+    const d = (state.disks.get(unit) || []).find((x) => x.name === name);
+    $("#disk").replaceChildren(d ? diskView(unit, d, started)
+      : el("p", { class: "muted" }, "No unit has reported a disk yet."));
+  };
+  const load = async () => {
+    const [units] = await Promise.all([api("GET", "/api/v1/units"), dv.meReady]);
+    const got = await Promise.all(units.data.map((u) =>
+      api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/disks`).then((r) => r.data, () => [])));
+    state.disks = new Map(units.data.map((u, i) => [u.name, got[i]]));
+    const chosen = pick.value;
+    pick.replaceChildren(...units.data.flatMap((u, i) => got[i].map((d) =>
+      el("option", { value: `${u.name}/${d.name}` }, `${u.name} / ${d.name} (${bytes(d.size_bytes)}${d.system ? ", system" : ""})`))));
+    if (chosen && [...pick.options].some((o) => o.value === chosen)) pick.value = chosen;
+    show();
+  };
+  pick.addEventListener("change", show);
+  await load();
+  const reload = debounced(load);
+  await liveTasks($("#live-tasks"), (t) => {
+    if (state.mine.delete(t.id)) told(t);
+    else if (t.kind === "partition") state.ended.set(t.id, t);
+    reload();
+  });
+};
+
+// --- monitoring: charts drawn as inline SVG (attributes set from here: no style attribute) ------------
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const HOUR = 3_600_000;
+const CHART = { w: 600, h: 120, top: 6 };
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+const rate = (n) => `${bytes(n)}/s`;
+const percent = (n) => `${n.toFixed(1)} %`;
+
+// Run `fn` every `ms` after the previous run ended (never two at once); a failure is shown.
+function every(ms, fn) {
+  const run = async () => {
+    try { await fn(); } catch (e) { notice(e.message); }
+    setTimeout(run, ms);
+  };
+  setTimeout(run, ms);
+}
+
+// The newest sample's value of `key` that is not null (a rate is null for the first sample).
+function newest(samples, key) {
+  for (let i = samples.length - 1; i >= 0; i--) if (samples[i][key] !== null && samples[i][key] !== undefined) return samples[i][key];
+  return null;
+}
+
+// A line chart of the last hour: `lines` are [{ name, cls, values: [[t, v|null], ...] }], `fmt`
+// writes a value, `max` is the top of the scale (else the largest value). Each line's newest value
+// is in the legend (text, and the API's own number in data-value).
+function lineChart(key, title, lines, fmt, max, now) {
+  const top = max || Math.max(0, ...lines.flatMap((l) => l.values.map(([, v]) => v ?? 0))) || 1;
+  const x = (t) => Math.min(CHART.w, Math.max(0, (CHART.w * (t - (now - HOUR))) / HOUR)).toFixed(1);
+  const y = (v) => (CHART.h - ((CHART.h - CHART.top) * Math.min(v, top)) / top).toFixed(1);
+  const plot = svg("svg", { viewBox: `0 0 ${CHART.w} ${CHART.h}`, preserveAspectRatio: "none", class: "plot",
+                            role: "img", "aria-label": title },
+    svg("line", { x1: 0, y1: CHART.h, x2: CHART.w, y2: CHART.h, class: "axis" }),
+    svg("line", { x1: 0, y1: CHART.top, x2: CHART.w, y2: CHART.top, class: "grid" }));
+  for (const l of lines) {
+    let d = "";
+    let pen = "M";
+    for (const [t, v] of l.values) {
+      if (v === null || v === undefined) { pen = "M"; continue; }      // a gap: the next point starts anew
+      d += `${pen}${x(t)} ${y(v)} `;
+      pen = "L";
+    }
+    plot.append(svg("path", { d: d.trim(), class: `line ${l.cls}`, "data-series": l.name }));
+    // the newest point as a dot: a few minutes of samples are a sliver of an hour
+    const tail = d.trim().split(/[ML]/).pop();
+    if (tail) plot.append(svg("path", { d: `M${tail.trim()} l0 0`, class: `dot ${l.cls}` }));
+  }
+  const legend = lines.map((l) => {
+    const last = [...l.values].reverse().find(([, v]) => v !== null && v !== undefined);
+    return el("span", { class: "legend", "data-series": l.name, "data-value": last ? last[1] : "" },
+      el("span", { class: `sw ${l.cls}` }), `${l.name} `, el("strong", null, last ? fmt(last[1]) : "—"));
+  });
+  return el("figure", { class: "chart", "data-chart": key },
+    el("figcaption", null, el("span", null, title), ...legend),
+    plot,
+    el("div", { class: "scale muted" }, el("span", null, "−60 min"), el("span", null, `top ${fmt(top)}`), el("span", null, "now")));
+}
+
+function unitCharts(u, st, now) {
+  const s = st.samples;
+  const head = el("h2", null, u.name, stateTag(u.state));
+  if (!s.length) {
+    return el("section", { class: "card unit-stats", "data-unit": u.name }, head,
+      el("p", { class: "muted empty" }, "No samples yet: this unit has sent no monitoring sample in the last hour."));
+  }
+  const series = (key) => s.map((p) => [p.t, p[key]]);
+  const l = st.latest;
+  const charts = [
+    lineChart("cpu", "CPU busy", [{ name: "cpu", cls: "s1", values: series("cpu_percent") }], percent, 100, now),
+    lineChart("memory", "Memory in use", [{ name: "used", cls: "s1", values: s.map((p) => [p.t, p.mem_total - p.mem_available]) }],
+      bytes, newest(s, "mem_total"), now),
+    lineChart("network", `Storage network${l ? ` (${l.nic})` : ""}`, [
+      { name: "rx", cls: "s1", values: series("net_rx_bytes_per_s") },
+      { name: "tx", cls: "s2", values: series("net_tx_bytes_per_s") }], rate, null, now),
+    ...st.volumes.map((v) => {
+      const c = lineChart("volume", `${v.device}${v.volume_id !== null ? ` (volume #${v.volume_id})` : ""} I/O`, [
+        { name: "read", cls: "s1", values: v.samples.map((p) => [p.t, p.read_bytes_per_s]) },
+        { name: "write", cls: "s2", values: v.samples.map((p) => [p.t, p.write_bytes_per_s]) }], rate, null, now);
+      c.dataset.device = v.device;
+      return c;
+    })];
+  return el("section", { class: "card unit-stats", "data-unit": u.name }, head,
+    el("p", { class: "muted" }, `newest sample ${when(s[s.length - 1].t)}`,
+      l ? ` · ${l.cpus} CPUs · ${bytes(l.mem_total)} memory` : "",
+      ` · ${st.volumes.length} exported volumes reporting · one point per ${st.resolution_s} s`),
+    el("div", { class: "charts" }, ...charts));
+}
+
+pages.monitoring = async () => {
+  const load = async () => {
+    const units = await api("GET", "/api/v1/units");
+    const stats = await Promise.all(units.data.map((u) => api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/stats?minutes=60`)));
+    const now = Date.now();
+    $("#monitoring").replaceChildren(...(units.data.length ? units.data.map((u, i) => unitCharts(u, stats[i].data, now))
+      : [el("p", { class: "muted" }, "No unit has announced itself yet.")]));
+    $("#refreshed").textContent = `refreshed ${new Date(now).toLocaleTimeString()}`;
+    dv.refreshes = (dv.refreshes || 0) + 1;
+  };
+  await load();
+  every(10_000, load);
+};
+
+// The units page's I/O column: each exported volume's newest read and write rates.
+async function volumeRates(units) {
+  const got = await Promise.all(units.filter((u) => u.state === "online").map((u) =>
+    api("GET", `/api/v1/units/${encodeURIComponent(u.name)}/stats?minutes=2`).then((r) => r.data)));
+  const io = new Map();
+  for (const st of got) {
+    for (const v of st.volumes) io.set(`${st.unit}/${v.device}`, [newest(v.samples, "read_bytes_per_s"), newest(v.samples, "write_bytes_per_s")]);
+  }
+  for (const td of document.querySelectorAll("td[data-io]")) {
+    const r = io.get(td.dataset.io);
+    td.textContent = r && r[0] !== null ? `${rate(r[0])} · ${rate(r[1])}` : (td.textContent ? "—" : "");
+  }
+}
 
 // --- start ------------------------------------------------------------------------------------------
 
