@@ -9,12 +9,13 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import Browser, Page, expect
 
 from dvsan.stats import SystemFigures
 from tests.component.test_console import SHOTS, actions, sign_in, visit
 from tests.component.test_console_pages import PASSWORD, make_user
-from tests.component.test_monitoring import Figures, IoLio
+from tests.component.test_monitoring import Figures, IoLio, SessionLio
 from tests.component.test_station_autoconf import UnitHarness, online, request, wait_for
 from unit_agent.stats import sampler
 
@@ -139,4 +140,34 @@ def test_gp_monitoring_charts_show_the_apis_numbers_to_admin_and_viewer_and_ep_n
             f"{js_bytes(vlast['read_bytes_per_s'])}/s · {js_bytes(vlast['write_bytes_per_s'])}/s")
     finally:
         quiet.close()
+        u.close()
+
+
+def test_gp_the_hosts_page_says_whether_each_host_is_logged_in(station, browser: Browser):
+    r = httpx.post(station.url + "/api/v1/hosts", headers=station.auth, timeout=10,
+                   json={"name": "host-b", "initiator_iqns": ["iqn.2026-11.org.dvsan.lab:host-b"]})
+    assert r.status_code == 201, r.text
+    u = UnitHarness(station)
+    lio = SessionLio()
+    u.lio = u.agent.lio = lio
+    try:
+        u.start()
+        online(station, 3)
+        a = request(station, "1GiB").json()
+        p = sign_in(browser.new_context(), station, page="hosts")
+        tag = p.locator("tr[data-host='host-b'] [data-sessions]")
+        expect(tag).to_have_text("session unknown")          # no sample from the unit yet
+        with lio.io_lock:
+            lio.io[a["device"]] = (0, 0, 0)
+            lio.logged_in[a["device"]] = 1
+        report(u, lio, Figures())
+        wait_for(lambda: station.get(f"/api/v1/assignments/{a['id']}").json()["sessions"] == 1)
+        visit(p, station, "hosts")
+        expect(tag).to_have_text("logged in")
+        with lio.io_lock:
+            lio.logged_in[a["device"]] = 0
+        wait_for(lambda: station.get(f"/api/v1/assignments/{a['id']}").json()["sessions"] == 0)
+        visit(p, station, "hosts")
+        expect(tag).to_have_text("not logged in")
+    finally:
         u.close()

@@ -66,6 +66,11 @@ function el(tag, attrs, ...children) {
 const $ = (sel) => document.querySelector(sel);
 const may = (perm) => !!dv.me && dv.me.permissions.includes(perm);
 const stateTag = (s) => el("span", { class: `state ${s}` }, s);
+// whether the host is logged in to the volume's target, as the unit said in the last minute
+const sessionTag = (n) => n === null || n === undefined
+  ? el("span", { class: "state unknown", "data-sessions": "unknown" }, "session unknown")
+  : el("span", { class: `state ${n > 0 ? "online" : "offline"}`, "data-sessions": String(n) },
+    n > 0 ? "logged in" : "not logged in");
 
 function bytes(n) {
   const u = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -315,7 +320,7 @@ pages.hosts = async () => {
         el("td", null, h.name), el("td", { class: "mono" }, h.initiator_iqns.join("\n")), el("td", null, when(h.created_at)),
         el("td", { class: "users" }, ...mayUse(h)),
         el("td", null, held.length ? held.map((a) => el("div", null, `${a.unit}/${a.device} (${bytes(a.size_bytes)}) `,
-          stateTag(a.export_state))) : el("span", { class: "muted" }, "none")),
+          stateTag(a.export_state), " ", sessionTag(a.sessions))) : el("span", { class: "muted" }, "none")),
         el("td", null, may("hosts.write") ? actionButton("Forget", async () => {
           await api("DELETE", `/api/v1/hosts/${encodeURIComponent(h.name)}`);
           notice(`Host ${h.name} forgotten; its tokens are revoked.`, "ok");
