@@ -40,7 +40,7 @@ from dvsan.errors import AdapterError, Conflict, DvsanError, InvalidInput, Unava
 from dvsan.model import Export
 from dvsan.naming import check_device
 from dvsan.protocol import MsgType
-from unit_agent.inventory import SYSFS_SECTOR, DiskUse, disk_use, managed_disks
+from unit_agent.inventory import SYSFS_SECTOR, DiskUse, disk_use, managed_disks, parse_blkid_export
 
 if TYPE_CHECKING:
     from unit_agent.agent import UnitAgent
@@ -400,6 +400,17 @@ class Sfdisk:
     def unlock(self, fd: int) -> None:
         os.close(fd)
 
+    def signature(self, path: str) -> str | None:
+        """The TYPE blkid's low-level probe finds on a disk without a partition table (ext4,
+        LVM2_member, linux_raid_member...), or None (exit 2: nothing)."""
+        r = self._run(["blkid", "-p", "-o", "export", path])
+        if r.returncode == 2:
+            return None
+        if r.returncode != 0:
+            raise AdapterError(f"blkid -p {path} failed (exit {r.returncode}): {r.stderr.strip()[:300]}")
+        info = parse_blkid_export(r.stdout)
+        return info.get("TYPE") or info.get("PTTYPE") or None
+
     def forget(self, path: str, number: int) -> None:
         """Make the kernel drop partition `number` (it refuses, EBUSY, one in use)."""
         self._ok(["partx", "--delete", "--nr", str(number), path])
@@ -603,6 +614,13 @@ class Partitioner:
         wiping = {partition_name(o.device, p.number) for p in (current.parts if current else ())
                   if self.devices.wiping(partition_name(o.device, p.number))}
         blocked = blockers(o, current, use, exported, wiping)
+        if current is None and not blocked:
+            # NOTE: a disk without a table may still hold data on the whole disk (a filesystem,
+            # an LVM PV): a new label would overwrite it. Cockpit asks; a unit refuses.
+            found = await asyncio.to_thread(tools.signature, path)
+            if found:
+                blocked = [(f"{o.device} has no partition table but the whole disk holds a signature "
+                            f"({found}): wipefs it first if it is unused")]
         if blocked:
             raise _Refused("; ".join(blocked))
         sector = current.sector_size if current else use.sector_size

@@ -424,3 +424,15 @@ def test_ep_an_order_from_another_pool_is_refused_and_changes_nothing(tmp_path: 
                                                    "layout": {"label": "gpt"}, "partition_id": "p1"}))
     assert ack["status"] == "refused" and "belongs to pool pool-a, not pool-b" in ack["reason"]
     assert Sfdisk().read(str(img)) is None
+
+
+def test_ep_a_blank_disk_holding_a_filesystem_is_not_labelled_over_it(tmp_path: Path) -> None:
+    img = image(tmp_path)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    before = hashlib.sha256(img.read_bytes()).hexdigest()
+    p, _ = partitioner(tmp_path)
+    _, final = run_order(p, {"label": "gpt", "create": [{"size_bytes": 8 * MiB}]})
+    assert final is not None and final["state"] == "refused"
+    assert final["reason"] == ("vdz has no partition table but the whole disk holds a signature (ext4): "
+                               "wipefs it first if it is unused")
+    assert hashlib.sha256(img.read_bytes()).hexdigest() == before
