@@ -35,13 +35,13 @@ def image_parts(img: Path) -> list[Partition]:
                       size_bytes=p.size * t.sector_size, uid=p.uuid.lower()) for p in t.parts]
 
 
-def unit_with_disk(station: Any, root: Path) -> tuple[UnitHarness, Path]:
+def unit_with_disk(station: Any, root: Path, name: str = "unit-z") -> tuple[UnitHarness, Path]:
     """A unit whose one disk `vdz` is an empty image file; what holds it comes from its LIO only."""
     root.mkdir(exist_ok=True)
     img = root / "vdz"
     with open(img, "wb") as f:
         f.truncate(DISK_BYTES)
-    u = UnitHarness(station, parts=[])
+    u = UnitHarness(station, name, parts=[])
     agent = u.agent
     agent.inventory = lambda: image_parts(img)   # type: ignore[method-assign]
     agent.partitioner = Partitioner(agent.name, _AgentDevices(agent), sink=_AgentSink(agent),
