@@ -92,6 +92,7 @@ def test_ep_volumes_reported_after_a_moved_assigned_one_are_still_taken(db, capl
     caplog.set_level("WARNING", logger="station.services.pool")
     caplog.clear()
     assert _report(db, ps) == pool.PoolChange(added=1, updated=3, missing=0, online=3, changed=1)
+    assert len(caplog.records) == 1                     # said when it happens
     assert _report(db, ps) == pool.PoolChange(added=0, updated=4, missing=0, online=3, changed=1)
     got = vols(db)
     assert got.pop(dev) == ("changed", 64 * MiB)
@@ -117,3 +118,13 @@ def test_gp_a_free_volume_takes_its_new_identity(db):
     _report(db, [dataclasses.replace(p, uid="uid-new")])
     with db.session() as s:
         assert pool.list_volumes(s)[0].uid == "uid-new"
+
+
+def test_gp_a_volume_no_longer_reported_is_missing_from_now(db):
+    start(db, "unit-a", parts("unit-a", 64, 32))
+    aged(db)
+    _report(db, parts("unit-a", 64))
+    with db.session() as s:
+        gone = next(v for v in pool.list_volumes(s) if v.device == "vdq2")
+        assert (gone.state, gone.detail) == ("missing", "no longer reported by its unit")
+        assert utc(gone.updated_at) > OLD + timedelta(minutes=59)
