@@ -3,13 +3,14 @@ brings a down unit back, what each report does to the volumes after an assigned 
 log line of a moved volume, identities that change (mutation survivors of docs/testing.md, 2026-12-07)."""
 
 import dataclasses
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
 from dvsan.errors import InvalidInput
-from station.db.tables import UnitRow, VolumeRow
+from station.db.tables import PoolRow, UnitRow, VolumeRow
 from station.services import assignments, pool
 from tests.unit.test_pool_guard import MiB, db, give, parts, start, vols
 
@@ -128,3 +129,28 @@ def test_gp_a_volume_no_longer_reported_is_missing_from_now(db):
         gone = next(v for v in pool.list_volumes(s) if v.device == "vdq2")
         assert (gone.state, gone.detail) == ("missing", "no longer reported by its unit")
         assert utc(gone.updated_at) > OLD + timedelta(minutes=59)
+
+
+def test_ep_two_assigned_volumes_moved_in_one_report_are_both_counted(db):
+    start(db, "unit-a", parts("unit-a", 64, 64, 64))
+    give(db, "host-1", 10)
+    give(db, "host-2", 10)
+    with db.session() as s:
+        held = {a.volume.device for a in assignments.list_all(s)}
+    ps = [dataclasses.replace(p, start_lba=p.start_lba + 8, end_lba=p.end_lba + 8) if p.device in held else p
+          for p in parts("unit-a", 64, 64, 64)]
+    assert _report(db, ps) == pool.PoolChange(added=0, updated=3, missing=0, online=1, changed=2)
+    assert sorted(st for st, _ in vols(db).values()) == ["changed", "changed", "online"]
+
+
+def test_gp_a_pool_without_its_identity_row_makes_one_and_keeps_it(db):
+    """The migration makes the row; should it be gone, the fallback makes exactly one, kept."""
+    with db.session() as s:
+        first = pool.pool_id(s)
+        s.execute(delete(PoolRow))
+    with db.session() as s:
+        made = pool.pool_id(s)
+    with db.session() as s:
+        assert pool.pool_id(s) == made != first
+        assert str(uuid.UUID(made)) == made
+        assert [(r.id, r.pool_id) for r in s.scalars(select(PoolRow))] == [(1, made)]
