@@ -154,3 +154,11 @@ def test_gp_a_pool_without_its_identity_row_makes_one_and_keeps_it(db):
         assert pool.pool_id(s) == made != first
         assert str(uuid.UUID(made)) == made
         assert [(r.id, r.pool_id) for r in s.scalars(select(PoolRow))] == [(1, made)]
+
+
+def test_gp_volumes_are_listed_by_unit_then_device_whatever_the_report_order(db):
+    start(db, "unit-b", parts("unit-b", 16))
+    start(db, "unit-a", parts("unit-a", 64, 32, 16)[::-1])
+    with db.session() as s:
+        assert [(v.unit_name, v.device) for v in pool.list_volumes(s)] == \
+            [("unit-a", "vdq1"), ("unit-a", "vdq2"), ("unit-a", "vdq3"), ("unit-b", "vdq1")]
