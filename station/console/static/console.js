@@ -498,6 +498,8 @@ function diskView(unit, d, onApply) {
         if (!Object.keys(body).length) throw new Error("Nothing to change: add partitions, tick some to delete, or a new label.");
         const r = await api("POST", `/api/v1/units/${encodeURIComponent(unit)}/disks/${encodeURIComponent(d.name)}/layout`, body);
         notice(`Partitioning of ${unit}/${d.name} is under way: task #${r.data.id}`, "ok");
+        form.reset();
+        for (const c of document.querySelectorAll("#disk input[name=delete]:checked")) c.checked = false;
         onApply(r.data);
       } catch (e) { notice(e.message); } finally { button.disabled = false; }
     });
@@ -531,8 +533,19 @@ pages.disks = async () => {
   const show = () => {
     const [unit, name] = (pick.value || "/").split("/");
     const d = (state.disks.get(unit) || []).find((x) => x.name === name);
+    // a refresh (a task ended, the unit reported) keeps what the user was typing on the same disk
+    const old = $("#disk form.layout");
+    const kept = old && old.dataset.disk === `${unit}/${name}` ? {
+      create: old.create.value, label: !!(old.label && old.label.checked),
+      del: new Set([...document.querySelectorAll("#disk input[name=delete]:checked")].map((c) => c.value)) } : null;
     $("#disk").replaceChildren(d ? diskView(unit, d, started)
       : el("p", { class: "muted" }, "No unit has reported a disk yet."));
+    const form = $("#disk form.layout");
+    if (kept && form) {
+      form.create.value = kept.create;
+      if (form.label) form.label.checked = kept.label;
+      for (const c of document.querySelectorAll("#disk input[name=delete]")) c.checked = kept.del.has(c.value);
+    }
   };
   const load = async () => {
     const [units] = await Promise.all([api("GET", "/api/v1/units"), dv.meReady]);
