@@ -79,6 +79,15 @@ WRITE = """async ([method, path, body, csrf]) => {
 }"""
 
 
+def assign_from_page(p: Page, host: str, iqn: str, address: str, volume_id: int) -> None:
+    """Fill the assignments page's form for one chosen volume and send it."""
+    p.fill("#assign-form input[name=host]", host)
+    p.fill("#assign-form input[name=initiator_iqn]", iqn)
+    p.fill("#assign-form input[name=host_address]", address)
+    p.select_option("#assign-form select[name=volume_id]", str(volume_id))
+    p.click("#assign-form button[type=submit]")
+
+
 def width(loc: Any) -> float:
     box = loc.bounding_box()
     assert box is not None, loc
@@ -173,11 +182,7 @@ def test_gp_two_admins_start_tasks_at_once_and_each_page_follows_all_of_them_liv
         # at once: admin releases host-b's volume, ada host-c's, admin assigns the free one to host-d
         act_a.locator(f"tr[data-assignment='{a['id']}'] button.action").click()
         act_b.locator(f"tr[data-assignment='{b['id']}'] button.action").click()
-        act_a.fill("#assign-form input[name=host]", "host-d")
-        act_a.fill("#assign-form input[name=initiator_iqn]", IQN_D)
-        act_a.fill("#assign-form input[name=host_address]", "127.0.0.4")
-        act_a.select_option("#assign-form select[name=volume_id]", str(free["id"]))
-        act_a.click("#assign-form button[type=submit]")
+        assign_from_page(act_a, "host-d", IQN_D, "127.0.0.4", free["id"])
         for w in watch:
             # both wipes run, shown without a number while the unit has reported none
             expect(w.locator(".task[data-kind=wipe][data-state=running] progress:not([value])")).to_have_count(2)

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Browser, expect
 
-from tests.component.test_console import IQN_D, WATCH, sign_in, visit
+from tests.component.test_console import IQN_D, WATCH, assign_from_page, sign_in, visit
 from tests.component.test_console_pages import PASSWORD, make_user
 from tests.component.test_partition import unit_with_disk
 from tests.component.test_station_autoconf import MiB, online, request, wait_for
@@ -49,11 +49,7 @@ def test_gp_a_wipe_a_partitioning_and_an_assignment_at_once_each_followed_live_b
         form.locator("input[name=label]").check()
         form.locator("input[name=create]").fill("8MiB 8MiB")
         form.locator("button[type=submit]").click()
-        act_a.fill("#assign-form input[name=host]", "host-d")
-        act_a.fill("#assign-form input[name=initiator_iqn]", IQN_D)
-        act_a.fill("#assign-form input[name=host_address]", "127.0.0.4")
-        act_a.select_option("#assign-form select[name=volume_id]", str(free["id"]))
-        act_a.click("#assign-form button[type=submit]")
+        assign_from_page(act_a, "host-d", IQN_D, "127.0.0.4", free["id"])
         for w in watch:
             expect(w.locator(".task[data-kind=wipe][data-state=running] progress:not([value])")).to_have_count(1)
         u.agent.wiper.gate.set()
