@@ -19,6 +19,7 @@ PACKAGES=(
   kmod iproute2 procps util-linux udev bc
   iputils-ping                   # reachability checks between guests when debugging
   fio                            # benchmarks over iSCSI
+  mdadm                          # host guests mirror a volume pair across two units (RAID1)
   snmp snmptrapd                 # net-snmp tools as the other side of dvsan's SNMP
   dnsmasq-base                   # a real DNS server (SRV records) for the DNS discovery tests
   libiscsi-bin                   # iscsi-inq/iscsi-ls: poke targets without the kernel initiator
