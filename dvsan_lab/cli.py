@@ -75,11 +75,32 @@ def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
     return rc if isinstance(rc, int) else EXIT_OK
 
 
+def cmd_guest(lab: Lab, args: argparse.Namespace) -> int:
+    """boot / power-off / reboot / freeze / thaw of guests in a running lab."""
+    for guest in args.guests:
+        if args.command == "boot":
+            took = lab.boot(guest)
+            print(f"{guest}: " + (f"answering after {took[guest]:.1f}s" if took else "already running"))
+        elif args.command == "power-off":
+            lab.power_off(guest)
+            print(f"{guest}: powered off (plug pulled; disks kept)")
+        elif args.command == "reboot":
+            print(f"{guest}: answering again after {lab.reboot(guest):.1f}s")
+        elif args.command == "freeze":
+            lab.freeze(guest)
+            print(f"{guest}: frozen (`dvsan-lab thaw {guest}` lets it run on)")
+        else:
+            lab.thaw(guest)
+            print(f"{guest}: running again")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dvsan-lab",
         description="Guests on a stock Debian kernel (TCG) with real LIO and open-iscsi: "
-        "unit-a (partitioned disk), host-b, host-c on 10.213.77.0/24.",
+        "unit-a (partitioned disk), host-b, host-c on 10.213.77.0/24; on demand unit-d, "
+        "unit-spare and host-spare (the failure lab).",
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--console", action="store_true", help="log each guest's kernel console")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the guests and remove the lab network").set_defaults(func=cmd_down)
+    for name, text in (("boot", ("boot guests into the running lab (on-demand ones: unit-d, "
+                                 "unit-spare, host-spare; or ones powered off)")),
+                       ("power-off", "pull a guest's plug (its emulator is killed; disks kept)"),
+                       ("reboot", "hard-reset a guest: power off, boot again"),
+                       ("freeze", "stop a guest's emulator (SIGSTOP): it hangs, to its peers dead"),
+                       ("thaw", "let a frozen guest run on")):
+        g = sub.add_parser(name, help=text)
+        g.add_argument("guests", nargs="+", metavar="GUEST")
+        g.set_defaults(func=cmd_guest)
     st = sub.add_parser("status", help="show what runs (exit 0 up, 3 down, 1 partly up)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)

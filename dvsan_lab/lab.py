@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -54,6 +55,7 @@ class GuestStatus:
     running: bool  # our qemu/vng processes exist
     answering: bool  # its exec channel answered a ping
     uptime: float | None = None
+    on_demand: bool = False  # booted only when asked (Lab.boot): not running is not "down"
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,10 @@ class LabStatus:
 
     @property
     def up(self) -> bool:
-        """Fully usable: network present and every guest answering."""
-        return self.netns and self.veth and all(g.answering for g in self.guests)
+        """Fully usable: network present and every guest answering (an on-demand guest only if
+        it was booted)."""
+        return self.netns and self.veth and all(g.answering for g in self.guests
+                                                if not g.on_demand or g.running)
 
     @property
     def down(self) -> bool:
@@ -237,8 +241,9 @@ class Lab:
                 netns.up(self.topology)
                 prepared = time.monotonic() - t0
                 for spec in self.topology.guests:
-                    self._start(spec)
-                guests = self._wait_all(t0)
+                    if not spec.on_demand:
+                        self._start(spec)
+                guests = self._wait_all(t0, list(self._procs))
             except BaseException:
                 with contextlib.suppress(Exception):
                     self._teardown()
@@ -328,9 +333,9 @@ class Lab:
         self._procs[spec.name] = proc
         self._pid_file(spec.name).write_text(f"{proc.pid}\n")
 
-    def _wait_all(self, t0: float) -> dict[str, float]:
-        with concurrent.futures.ThreadPoolExecutor(len(self._specs)) as pool:
-            futures = {g: pool.submit(self._wait_one, g, t0) for g in self._specs}
+    def _wait_all(self, t0: float, guests: list[str]) -> dict[str, float]:
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(guests))) as pool:
+            futures = {g: pool.submit(self._wait_one, g, t0) for g in guests}
         failures = [str(f.exception()) for f in futures.values() if f.exception()]
         if failures:
             raise LabError("the lab did not come up:\n" + "\n".join(failures))
@@ -392,9 +397,80 @@ class Lab:
                     answering = True
                 except ExecChannelError:
                     pass
-            guests.append(GuestStatus(name, self.ip(name), pgid, bool(members), answering, uptime))
+            guests.append(GuestStatus(name, self.ip(name), pgid, bool(members), answering, uptime,
+                                      self._spec(name).on_demand))
         return LabStatus(netns.netns_exists(self.topology), netns.veth_exists(self.topology),
                          tuple(guests))
+
+    # -- guests one at a time, in a running lab: boot, power cut, freeze ----------------------
+
+    def _members(self, guest: str) -> list[int]:
+        """The guest's processes: its recorded group, else ours in the netns carrying its name."""
+        members = self._guest_pids(guest)[1]
+        if not members:
+            marker = self.topology.vm_name(self._spec(guest))
+            members = [p for p in netns.pids_in_netns(self.topology) if marker in procs.cmdline(p)]
+        return members
+
+    def running(self, guest: str) -> bool:
+        """The guest's emulator processes exist (it may be frozen or still booting)."""
+        return bool(self._members(guest))
+
+    def boot(self, *guests: str) -> dict[str, float]:
+        """Boot guests into the running lab (on-demand ones, or ones powered off); their disks
+        keep what they held, as a real machine's do across a reboot. Returns seconds until each
+        answered; guests already running are left alone (and not in the result)."""
+        specs = [self._spec(g) for g in guests]
+        with self._locked():
+            if not netns.netns_exists(self.topology):
+                raise LabError("the lab is not up: `dvsan-lab up` first")
+            todo = [s for s in specs if not self.running(s.name)]
+            t0 = time.monotonic()
+            for spec in todo:
+                for path, disk in self._disks_of(spec):
+                    if not path.exists():
+                        self._make_disk(path, disk)
+                self._start(spec)
+            return self._wait_all(t0, [s.name for s in todo]) if todo else {}
+
+    def _disks_of(self, spec: GuestSpec) -> list[tuple[Path, DiskSpec]]:
+        out = [(self.state_dir / "disks" / f"{spec.name}.img", spec.disk)] if spec.disk else []
+        return out + [(self.extra_disk_path(spec.name, i), d) for i, d in enumerate(spec.extra_disks)]
+
+    def power_off(self, guest: str) -> None:
+        """Pull the plug: kill the guest's emulator at once (no shutdown inside: the kernel, LIO's
+        configuration, every session and process in it are simply gone). Disks are kept."""
+        members = self._members(guest)
+        if members:
+            procs.terminate(members, grace=0.0)
+            if not procs.wait_gone(members, 30):
+                raise LabError(f"{guest}: its emulator ({members}) did not die")
+        proc = self._procs.pop(guest, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self._pid_file(guest).unlink(missing_ok=True)
+
+    def reboot(self, guest: str) -> float:
+        """A hard reset: power off, boot again (same disks); seconds until it answers again."""
+        self.power_off(guest)
+        return self.boot(guest)[guest]
+
+    def freeze(self, guest: str) -> None:
+        """Stop the guest's emulator (SIGSTOP): to every peer the machine hangs, dead but not gone;
+        `thaw` lets it run on as if nothing happened (its clock jumps)."""
+        self._signal_guest(guest, signal.SIGSTOP)
+
+    def thaw(self, guest: str) -> None:
+        self._signal_guest(guest, signal.SIGCONT)
+
+    def _signal_guest(self, guest: str, sig: int) -> None:
+        members = self._members(guest)
+        if not members:
+            raise LabError(f"{guest} is not running")
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def is_up(self) -> bool:
         """True if the network exists and every guest answers (a cheap status().up)."""
@@ -463,8 +539,9 @@ def format_status(st: LabStatus) -> str:
     net = f"  netns: {'present' if st.netns else 'absent'}, veth: {'present' if st.veth else 'absent'}"
     lines = [net]
     for g in st.guests:
-        state = "answering" if g.answering else ("running, not answering" if g.running else "stopped")
+        state = "answering" if g.answering else ("running, not answering" if g.running else
+                                                 "not booted (on demand)" if g.on_demand else "stopped")
         up = f", up {g.uptime:.0f}s" if g.uptime is not None else ""
-        lines.append(f"  {g.name:<8} {g.ip:<15} {state}{up}")
+        lines.append(f"  {g.name:<10} {g.ip:<15} {state}{up}")
     return "\n".join(lines)
 

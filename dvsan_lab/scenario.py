@@ -152,7 +152,13 @@ class Flow:
         self.enrolled: set[str] = set()     # hosts enrolled at this flow's station, token in place
 
     # --- unit agent ------------------------------------------------------------------------
-    def start_unit(self, guest: str, disk: str = "vda", extra: str = "") -> int:
+    def start_unit(self, guest: str, disk: str = "vda", extra: str = "", at_boot: bool = False) -> int:
+        """Start the unit agent in `guest`. `at_boot`: also at every boot of the guest from now on
+        (as a systemd unit would; the lab's autostart script), with its state on the shared folder
+        so that it survives the reboot as a real disk's /var/lib would."""
+        if at_boot:
+            state = Path(self.lab.shared_dir) / "unit-state" / guest / self.station.data_dir.name
+            extra = f"{extra} --state-dir {state}"
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
                f"--station-key-file {self.station.data_dir / 'station_identity.pub'} "
@@ -160,9 +166,24 @@ class Flow:
                f"--listen-port {UNIT_PORT} --disk {disk} --offer all-unmounted --log-level info "
                # one pool pin per station: each test module's station is a pool of its own
                f"--state-dir /var/lib/dvsan-unit/{self.station.data_dir.name} {extra}")
+        if at_boot:
+            auto = self.autostart_file(guest)
+            auto.parent.mkdir(parents=True, exist_ok=True)
+            auto.write_text(f"#!/bin/bash\nexec {cmd} >>/tmp/dvsan-unit-agent-{guest}.log 2>&1\n")
         pid = self.lab.spawn(guest, cmd, f"/tmp/dvsan-unit-agent-{guest}.log")
         self.unit_pids[guest] = pid
         return pid
+
+    def autostart_file(self, guest: str) -> Path:
+        return Path(self.lab.shared_dir) / "autostart" / f"{guest}.sh"
+
+    def stop_all_units(self, guest: str) -> None:
+        """Stop every unit agent in `guest` (also one its autostart began) and forget its autostart."""
+        self.autostart_file(guest).unlink(missing_ok=True)
+        self.unit_pids.pop(guest, None)
+        self.lab.exec(guest, "pkill -TERM -f '[b]in/dvsan-unit-agent'; for i in $(seq 1 150); do "
+                             "pgrep -f '[b]in/dvsan-unit-agent' >/dev/null || exit 0; sleep 0.2; done; "
+                             "pkill -KILL -f '[b]in/dvsan-unit-agent'; true", timeout=60)
 
     def stop_unit(self, guest: str, timeout: float = 30, sig: str = "TERM") -> None:
         pid = self.unit_pids.pop(guest)
@@ -207,6 +228,29 @@ class Flow:
         if r.rc != 0:
             raise LabError(f"host agent in {guest} failed (rc {r.rc}): {r.err.strip()}")
         return json.loads(r.out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    def station_assign(self, guest: str, volume_id: int) -> dict[str, Any]:
+        """An operator assigns this very volume to `guest` (REST), the host picks it up with
+        `sync`; the host's record of it (with `device_path`)."""
+        if guest not in self.enrolled:
+            self.enrol_host(guest)
+        r = httpx.post(self.station.url + "/api/v1/assignments?wait=120", headers=self.station.auth,
+                       timeout=150, json={"host": guest, "initiator_iqn": self.lab.initiator_name(guest),
+                                          "host_address": self.lab.ip(guest), "volume_id": volume_id})
+        if r.status_code != 201:
+            raise LabError(f"assigning volume {volume_id} to {guest} failed: {r.status_code} {r.text}")
+        aid = r.json()["id"]
+        sync = self.host_agent(guest, "--json sync")
+        if sync.rc != 0:
+            raise LabError(f"sync in {guest} failed (rc {sync.rc}): {sync.out} {sync.err}")
+        return self.held(guest)[str(aid)]
+
+    def held(self, guest: str) -> dict[str, dict[str, Any]]:
+        """The host agent's records in `guest` (`status --json`), by assignment id."""
+        r = self.host_agent(guest, "--json status")
+        if r.rc != 0:
+            raise LabError(f"status in {guest} failed (rc {r.rc}): {r.err}")
+        return {str(a["id"]): a for a in json.loads(r.out)}
 
     def release(self, guest: str, assignment_id: int) -> Any:
         return self.host_agent(guest, f"--json release {assignment_id}")

@@ -30,6 +30,9 @@ class GuestSpec:
     disk: DiskSpec | None = None
     # more disks after `disk` (vdb, vdc...), each with its own stable serial (<vm name>-<letter>)
     extra_disks: tuple[DiskSpec, ...] = ()
+    # booted only when asked (`Lab.boot`), into the running lab: the disaster-recovery guests, so
+    # the quick flows pay nothing for them
+    on_demand: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,5 +87,12 @@ DEFAULT_TOPOLOGY = Topology(
         GuestSpec("unit-a", 11, disk=UNIT_DISK, extra_disks=(BLANK_DISK,)),
         GuestSpec("host-b", 12),
         GuestSpec("host-c", 13),
+        # the failure lab (tests/lab/test_disaster_recovery.py): a second unit for mirrors, a spare
+        # unit, a spare host; booted into the running lab once, by the tests that need them
+        GuestSpec("unit-d", 14, disk=UNIT_DISK, on_demand=True),
+        GuestSpec("unit-spare", 15, disk=UNIT_DISK, on_demand=True),
+        GuestSpec("host-spare", 16, on_demand=True),
     )
 )
+
+QUICK_GUESTS = tuple(g.name for g in DEFAULT_TOPOLOGY.guests if not g.on_demand)

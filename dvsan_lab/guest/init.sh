@@ -38,6 +38,17 @@ export TARGETCLI_HOME=/tmp/targetcli-home
 # NOTE: iscsid.conf's iscsid.startup uses systemctl, which the guest does not have: start it here.
 iscsid || log "WARNING: iscsid did not start"
 command -v udevadm >/dev/null && udevadm settle --timeout=10 2>/dev/null
+# md RAID1: host guests mirror a volume pair across two units (host_agent/mdadm.py)
+modprobe -a md_mod raid1 || log "WARNING: no md raid1"
+mkdir -p /run/mdadm
+
+# What a machine starts at boot (systemd units on a real one): the lab writes
+# <state>/shared/autostart/NAME.sh for guests that must come back by themselves after a reboot.
+AUTOSTART="$(dirname "$HOSTS_FILE")/shared/autostart/$NAME.sh"
+if [ -r "$AUTOSTART" ]; then
+  log "autostart $AUTOSTART"
+  setsid /bin/bash "$AUTOSTART" >>/tmp/autostart.log 2>&1 </dev/null &
+fi
 
 log "ready if=$IF ip=$IP/$PREFIXLEN iqn=$IQN"
 exec /usr/bin/python3 "$HERE/gexec.py" serve "$IP" "$PORT"
