@@ -5,6 +5,7 @@ Shared by `dvsan-lab demo` (prints what happened and the timings) and tests/lab/
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -57,6 +58,12 @@ class Station:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{API_PORT}"
+
+    @property
+    def pool_key(self) -> str:
+        """A name for this station's pool, unique per data directory (units pin one pool per state
+        directory: a lab reused across runs must not meet an earlier run's pin)."""
+        return f"{self.data_dir.name}-{hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:8]}"
 
     @property
     def key_file(self) -> Path:
@@ -157,7 +164,7 @@ class Flow:
         (as a systemd unit would; the lab's autostart script), with its state on the shared folder
         so that it survives the reboot as a real disk's /var/lib would."""
         if at_boot:
-            state = Path(self.lab.shared_dir) / "unit-state" / guest / self.station.data_dir.name
+            state = Path(self.lab.shared_dir) / "unit-state" / guest / self.station.pool_key
             extra = f"{extra} --state-dir {state}"
         cmd = (f"{self.venv_bin}/dvsan-unit-agent --name {guest} --station {self.lab.host_ip}:{UDP_PORT} "
                f"--cluster-key-file {self.station.key_file} --portal-address {self.lab.ip(guest)} "
@@ -165,7 +172,7 @@ class Flow:
                # NOTE: the lab's unit disk is scratch that hosts format in tests: offer it all
                f"--listen-port {UNIT_PORT} --disk {disk} --offer all-unmounted --log-level info "
                # one pool pin per station: each test module's station is a pool of its own
-               f"--state-dir /var/lib/dvsan-unit/{self.station.data_dir.name} {extra}")
+               f"--state-dir /var/lib/dvsan-unit/{self.station.pool_key} {extra}")
         if at_boot:
             auto = self.autostart_file(guest)
             auto.parent.mkdir(parents=True, exist_ok=True)
