@@ -216,8 +216,9 @@ def test_ep_examine_of_an_unreadable_device_is_an_error_not_blank() -> None:
 
 
 def test_ep_a_failing_mdadm_names_its_command_and_message() -> None:
-    md = Mdadm(runner=Runner((1, "", "mdadm: Cannot get exclusive access to /dev/md/dvsan-5:Perhaps a running "
-                                     "process, mounted filesystem or active volume group?\n")))
+    msg = ("mdadm: Cannot get exclusive access to /dev/md/dvsan-5:Perhaps a running process, mounted "
+           "filesystem or active volume group?\n")
+    md = Mdadm(runner=Runner((1, "", msg)))
     with pytest.raises(MdadmError, match=r"mdadm --stop /dev/md/dvsan-5 failed with exit 1: .*exclusive access") as e:
         md.stop(5)
     assert e.value.rc == 1
