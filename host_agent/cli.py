@@ -391,12 +391,17 @@ def _request_mirror(args: argparse.Namespace, client: StationClient, state: Host
         state.put(rec)
         recs.append(rec)
     devices = []
-    for rec in recs:
-        dev = log_in(iscsi, rec, rec["portal_address"], args.device_timeout, MIRROR_REPLACEMENT_TIMEOUT)
-        rec["device_path"] = dev
-        state.put(rec)
-        devices.append(dev.removeprefix("/dev/"))
-    uuid = mirror.create_array(md, int(m["id"]), devices)
+    try:
+        for rec in recs:
+            dev = log_in(iscsi, rec, rec["portal_address"], args.device_timeout, MIRROR_REPLACEMENT_TIMEOUT)
+            rec["device_path"] = dev
+            state.put(rec)
+            devices.append(dev.removeprefix("/dev/"))
+        uuid = mirror.create_array(md, int(m["id"]), devices)
+    except DvsanError:
+        print(f"dvsan-host-agent: mirror {m['id']} is held by this host but has no array: "
+              f"`release {m['id']} --mirror` gives it back", file=sys.stderr)
+        raise
     for rec in recs:
         rec["md_uuid"] = uuid
         state.put(rec)
@@ -471,8 +476,16 @@ def _watch(args: argparse.Namespace, client: StationClient, state: HostState, is
     if args.interval <= 0:
         raise InvalidInput(f"--interval must be positive, got {args.interval}")
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _watch_loop(args, client, state, iscsi, block, md, finder, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch_loop(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any,
+                block: BlockPort, md: MdPort, finder: ApiFinder, stop: threading.Event) -> int:
     args.login = True
     last: Any = None
     last_report = 0.0

@@ -286,8 +286,12 @@ class Mdadm:
     """Create, assemble, grow back, shrink and stop dvsan's RAID1 arrays; read them from sysfs."""
 
     def __init__(self, executable: str = "mdadm", sysfs: str = "/sys", dev: str = "/dev",
-                 timeout: float = 120.0, runner: Runner | None = None) -> None:
-        """`runner(argv, timeout)` stands in for subprocess.run in tests; arrays are under `sysfs`."""
+                 timeout: float = 120.0, runner: Runner | None = None, link_timeout: float = 10.0) -> None:
+        """`runner(argv, timeout)` stands in for subprocess.run in tests; arrays are under `sysfs`.
+
+        `link_timeout`: how long create and assemble wait for /dev/md/dvsan-<id> (0: not at all).
+        """
+        self.link_timeout = link_timeout
         self.executable = executable
         self.sysfs = Path(sysfs)
         self.dev = Path(dev)
@@ -340,12 +344,28 @@ class Mdadm:
         self._run(["--create", md_path(mirror_id), "--run", "--level=1", "--raid-devices=2",
                    "--metadata=1.2", "--bitmap=internal", f"--name={array_name(mirror_id)}",
                    f"--homehost={HOMEHOST}", *[self._dev(d) for d in devices]])
+        self._wait_link(mirror_id)
 
     def assemble(self, mirror_id: int, devices: Sequence[str]) -> None:
         """Assemble the array from the members present; `--run` starts it degraded when one is
         missing (without it mdadm assembles but leaves the array inactive)."""
         self._run(["--assemble", md_path(mirror_id), "--run", f"--homehost={HOMEHOST}",
                    *[self._dev(d) for d in devices]])
+        self._wait_link(mirror_id)
+
+    def _wait_link(self, mirror_id: int) -> None:
+        """NOTE: with udevd running, mdadm leaves /dev/md/NAME to udev's md rules, which make it a
+        moment after mdadm returns; without udevd mdadm makes it itself. Either way, wait for it
+        before anyone is told the path."""
+        if self.link_timeout <= 0:
+            return
+        link = self.dev / "md" / array_name(mirror_id)
+        deadline = time.monotonic() + self.link_timeout
+        while not link.exists():
+            if time.monotonic() >= deadline:
+                raise MdadmError(f"the array is up but {link} did not appear within "
+                                 f"{self.link_timeout:.0f} s (is udev's md rule missing?)")
+            time.sleep(0.05)
 
     def add(self, mirror_id: int, device: str) -> None:
         """Hot-add a member; md re-adds a former member (the bitmap says what to resync) or adds a

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from dvsan.errors import Conflict, DvsanError
 from host_agent.blockdev import BlockDeviceError, DeviceInUse
-from host_agent.detach import BlockPort, IscsiPort, detach
+from host_agent.detach import BlockPort, IscsiPort, check_not_in_use, detach
 from host_agent.mdadm import ArrayView, OtherSignature, Superblock, md_path
 from host_agent.sync import MirrorPlan, plan_mirror
 
@@ -93,7 +93,7 @@ class MirrorSyncResult:
     actions: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)     # member ids logged out and forgettable
-    uuid: str | None = None                                # set when this run created the array
+    uuid: str | None = None       # the array's UUID, when this run created or first assembled it
 
 
 def reconcile(mirror_id: int, wanted: list[Record], dropped: list[Record], iscsi: IscsiPort,
@@ -117,10 +117,17 @@ def reconcile(mirror_id: int, wanted: list[Record], dropped: list[Record], iscsi
     res.problems += todo.problems
     if not _carry_out(todo, mirror_id, array, block, md, res):
         return res
+    if todo.assemble and not uuid_of([*wanted, *dropped]):
+        sb = supers.get(todo.assemble[0])
+        res.uuid = sb.uuid if isinstance(sb, Superblock) else None   # a spare host records it now
     by_id = {str(r["id"]): r for r in dropped}
     for aid in todo.detachable:
         try:
-            detach(by_id[aid], iscsi, block)
+            # NOTE: out of the array, a dropped member carries nothing anyone needs, and its unit
+            # is often the dead one: check that nothing else holds it, then go ahead as --force
+            # does (a session stuck reconnecting to a dead unit is removed, not waited for).
+            check_not_in_use(by_id[aid], iscsi, block)
+            detach(by_id[aid], iscsi, block, force=True)
         except DvsanError as e:
             res.problems.append(f"mirror {mirror_id}: member {aid} is out of the array, but its "
                                 f"logout failed: {e}")

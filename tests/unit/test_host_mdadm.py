@@ -179,7 +179,7 @@ class Runner:
 
 def test_gp_command_lines() -> None:
     r = Runner()
-    md = Mdadm(runner=r)
+    md = Mdadm(runner=r, link_timeout=0)
     md.create(5, ["sdb", "sdc"])
     md.assemble(5, ["sdb"])
     md.add(5, "sdd")
@@ -194,6 +194,21 @@ def test_gp_command_lines() -> None:
         ["mdadm", "--stop", "/dev/md/dvsan-5"]]
     assert md_path(5) == "/dev/md/dvsan-5"
     assert not any("--assume-clean" in a for a in r.argvs[0])
+
+
+def test_gp_create_returns_once_the_link_is_there(tmp_path: Path) -> None:
+    def makes_link(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "md").mkdir()
+        (tmp_path / "md" / "dvsan-5").symlink_to("../md127")
+        (tmp_path / "md127").touch()
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    Mdadm(runner=makes_link, dev=str(tmp_path)).create(5, ["sdb", "sdc"])
+
+
+def test_ep_create_says_when_the_link_never_comes(tmp_path: Path) -> None:
+    with pytest.raises(MdadmError, match="md/dvsan-5 did not appear"):
+        Mdadm(runner=Runner(), dev=str(tmp_path), link_timeout=0.2).assemble(5, ["sdb"])
 
 
 def test_ep_create_wants_two_members() -> None:

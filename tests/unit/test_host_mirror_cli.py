@@ -221,6 +221,30 @@ def test_gp_sync_on_a_spare_host_logs_in_and_assembles(world: Any, capsys: pytes
     assert world.run("sync") == 0
     assert world.md.calls == [("assemble", 5, ["sdb", "sdc"])]
     assert "assembled /dev/md/dvsan-5" in capsys.readouterr().out
+    assert {r["md_uuid"] for r in json.loads(world.state.read_text()).values()} == {U}   # recorded now
+    assert world.run("sync") == 0 and world.md.calls == [("assemble", 5, ["sdb", "sdc"])]   # idempotent
+
+
+def test_gp_a_dropped_member_stuck_reconnecting_to_its_dead_unit_is_removed(world: Any) -> None:
+    request(world)
+    world.md.members["sdc"] = "faulty"
+    sid = next(s.sid for s in world.iscsi.sessions() if s.target_iqn.endswith("vdb2"))
+    world.iscsi.stuck.add(sid)
+    world.station.members = [world.station.members[0], member(13, "unit-c", "vdc2")]
+    assert world.run("sync") == 0
+    assert ("remove_session", sid) in world.iscsi.calls
+    assert not any(s.target_iqn.endswith("vdb2") for s in world.iscsi.sessions())
+
+
+def test_ep_a_dropped_member_someone_else_holds_stays(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    request(world)
+    world.md.members["sdc"] = "faulty"
+    world.station.members = [world.station.members[0], member(13, "unit-c", "vdc2")]
+    world.block._users = {"sdc": ["sdc is open by process 4242 (dd)"]}
+    assert world.run("sync") == 1
+    assert "process 4242" in capsys.readouterr().err
+    assert any(s.target_iqn.endswith("vdb2") for s in world.iscsi.sessions())
+    assert "12" in json.loads(world.state.read_text())
 
 
 def test_ep_sync_refuses_another_arrays_member(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -253,6 +277,14 @@ def test_gp_watch_syncs_and_reports(world: Any) -> None:
     assert world.run("watch", "--interval", "0.01", "--rounds", "2") == 0
     health = [c for c in world.station.calls if c[0] == "health"]
     assert health and health[0][2] == "clean"
+
+
+def test_gp_watch_gives_back_the_signal_handlers(world: Any) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert world.run("watch", "--interval", "0.01", "--rounds", "1") == 0
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_ep_watch_bad_interval(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
