@@ -339,6 +339,8 @@ def _sync_mirrors(args: argparse.Namespace, station: list[dict[str, Any]], state
                         continue
                     state.put({**rec, "device_path": dev})
                     report["logged_in"].append(rec["id"])
+        if not args.login and not dropped and all(mirror.member_device(iscsi, r) is None for r in wanted):
+            continue    # --no-login: recorded only; the array comes with the members' logins
         res = mirror.reconcile(mid, wanted, dropped, iscsi, block, md)
         report["mirrors"] += [{"mirror": mid, "action": a} for a in res.actions]
         report["problems"] += res.problems

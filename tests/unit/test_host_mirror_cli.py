@@ -247,6 +247,12 @@ def test_ep_a_dropped_member_someone_else_holds_stays(world: Any, capsys: pytest
     assert "12" in json.loads(world.state.read_text())
 
 
+def test_gp_sync_without_login_only_records_a_mirror(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert world.run("sync", "--no-login") == 0
+    assert set(json.loads(world.state.read_text())) == {"11", "12"} and world.md.calls == []
+    assert not any(c[0] == "login" for c in world.iscsi.calls)
+
+
 def test_ep_sync_refuses_another_arrays_member(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
     world.md.supers = {"sdb": OtherSignature("an MBR partition table")}
     assert world.run("sync") == 1
