@@ -167,11 +167,15 @@ def _status(args: argparse.Namespace, state: HostState, iscsi: IscsiPort) -> int
     sessions = {(s.target_iqn, s.portal_ip) for s in iscsi.sessions()}
     out = [{**masked(a), "logged_in": any((a["target_iqn"], ip) in sessions for ip, _ in portals_of(a))}
            for a in held.values()]
-    print(json.dumps(out, indent=2) if args.json else
-          "\n".join(f"{a['id']}: {a['target_iqn']} @ {_portal(a)} "
-                    f"{format_size(a['size_bytes'])} {a.get('device_path', '?')} "
-                    f"{'logged in' if a['logged_in'] else 'NOT logged in'}" for a in out) or "no volumes")
+    print(json.dumps(out, indent=2) if args.json else "\n".join(_status_line(a) for a in out) or "no volumes")
     return 0
+
+
+def _status_line(a: dict[str, Any]) -> str:
+    mirror_of = (f"member of mirror {a['mirror_id']} ({md_path(int(a['mirror_id']))}) "
+                 if a.get("mirror_id") is not None else "")
+    return (f"{a['id']}: {a['target_iqn']} @ {_portal(a)} {format_size(a['size_bytes'])} "
+            f"{a.get('device_path', '?')} {mirror_of}{'logged in' if a['logged_in'] else 'NOT logged in'}")
 
 
 def _portal(held: dict[str, Any]) -> str:

@@ -367,20 +367,26 @@ class Mdadm:
                                  f"{self.link_timeout:.0f} s (is udev's md rule missing?)")
             time.sleep(0.05)
 
-    def add(self, mirror_id: int, device: str) -> None:
+    def _array(self, mirror_id: int, kernel_name: str | None) -> str:
+        """The array to act on: its kernel name when known (the /dev/md/ link may be missing or
+        carry another name after a boot-time incremental assembly), else /dev/md/dvsan-<id>."""
+        return str(self.dev / kernel_name) if kernel_name else md_path(mirror_id)
+
+    def add(self, mirror_id: int, device: str, kernel_name: str | None = None) -> None:
         """Hot-add a member; md re-adds a former member (the bitmap says what to resync) or adds a
         new one as a spare that the degraded array rebuilds onto at once."""
-        self._run([md_path(mirror_id), "--add", self._dev(device)])
+        self._run([self._array(mirror_id, kernel_name), "--add", self._dev(device)])
 
-    def fail_remove(self, mirror_id: int, device: str) -> None:
+    def fail_remove(self, mirror_id: int, device: str, kernel_name: str | None = None) -> None:
         """Mark a member faulty and take it out of the array (`--fail` then `--remove` in one call,
         which mdadm applies in order)."""
-        self._run([md_path(mirror_id), "--fail", self._dev(device), "--remove", self._dev(device)])
+        dev = self._dev(device)
+        self._run([self._array(mirror_id, kernel_name), "--fail", dev, "--remove", dev])
 
-    def stop(self, mirror_id: int) -> None:
+    def stop(self, mirror_id: int, kernel_name: str | None = None) -> None:
         """Stop the array (its members are then free); mdadm refuses while it is mounted or open
         ('Cannot get exclusive access')."""
-        self._run(["--stop", md_path(mirror_id)])
+        self._run(["--stop", self._array(mirror_id, kernel_name)])
 
     def kernel_name(self, mirror_id: int) -> str | None:
         """'md127' for /dev/md/dvsan-5, None when there is no such array."""

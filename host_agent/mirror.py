@@ -29,9 +29,9 @@ class MdPort(Protocol):
     def examine(self, device: str) -> Superblock | OtherSignature | None: ...
     def create(self, mirror_id: int, devices: Sequence[str]) -> None: ...
     def assemble(self, mirror_id: int, devices: Sequence[str]) -> None: ...
-    def add(self, mirror_id: int, device: str) -> None: ...
-    def fail_remove(self, mirror_id: int, device: str) -> None: ...
-    def stop(self, mirror_id: int) -> None: ...
+    def add(self, mirror_id: int, device: str, kernel_name: str | None = None) -> None: ...
+    def fail_remove(self, mirror_id: int, device: str, kernel_name: str | None = None) -> None: ...
+    def stop(self, mirror_id: int, kernel_name: str | None = None) -> None: ...
     def kernel_name(self, mirror_id: int) -> str | None: ...
     def array_of(self, device: str) -> str | None: ...
     def view(self, kernel_name: str) -> ArrayView | None: ...
@@ -146,7 +146,7 @@ def _carry_out(todo: MirrorPlan, mirror_id: int, array: ArrayView | None, block:
             users = block.users(array.name)
             if users:
                 raise DeviceInUse(array.name, users)
-            md.stop(mirror_id)
+            md.stop(mirror_id, array.name)
             res.actions.append(f"stopped {path} ({array.name})")
         if todo.assemble:
             md.assemble(mirror_id, todo.assemble)
@@ -154,11 +154,13 @@ def _carry_out(todo: MirrorPlan, mirror_id: int, array: ArrayView | None, block:
         if todo.create:
             res.uuid = create_array(md, mirror_id, todo.create)
             res.actions.append(f"created {path} over {', '.join(todo.create)} (initial resync running)")
+        # after a stop, assemble or create the array may have another kernel name: the link decides
+        kn = array.name if array is not None and not (todo.stop or todo.assemble or todo.create) else None
         for dev in todo.add:
-            md.add(mirror_id, dev)
+            md.add(mirror_id, dev, kn)
             res.actions.append(f"added {dev} to {path} (resync running)")
         for dev in todo.fail_remove:
-            md.fail_remove(mirror_id, dev)
+            md.fail_remove(mirror_id, dev, kn)
             res.actions.append(f"failed and removed {dev} from {path}")
     except (DvsanError, BlockDeviceError) as e:
         res.problems.append(f"mirror {mirror_id}: {e}")
@@ -208,7 +210,7 @@ def take_down(mirror_id: int, records: list[Record], iscsi: IscsiPort, block: Bl
                               [*users, "unmount or stop them first, or use --force"])
         warnings += [f"--force: going ahead although {u}" for u in users]
         try:
-            md.stop(mirror_id)
+            md.stop(mirror_id, array.name)
         except DvsanError as e:
             if not force:
                 raise

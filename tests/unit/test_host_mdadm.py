@@ -211,6 +211,17 @@ def test_ep_create_says_when_the_link_never_comes(tmp_path: Path) -> None:
         Mdadm(runner=Runner(), dev=str(tmp_path), link_timeout=0.2).assemble(5, ["sdb"])
 
 
+def test_gp_a_known_kernel_name_is_acted_on_directly() -> None:
+    r = Runner()
+    md = Mdadm(runner=r)
+    md.add(5, "sdd", "md126")
+    md.fail_remove(5, "sdc", "md126")
+    md.stop(5, "md126")
+    assert r.argvs == [["mdadm", "/dev/md126", "--add", "/dev/sdd"],
+                       ["mdadm", "/dev/md126", "--fail", "/dev/sdc", "--remove", "/dev/sdc"],
+                       ["mdadm", "--stop", "/dev/md126"]]
+
+
 def test_ep_create_wants_two_members() -> None:
     with pytest.raises(ValueError, match="two members"):
         Mdadm(runner=Runner()).create(5, ["sdb"])

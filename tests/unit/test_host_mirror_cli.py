@@ -79,19 +79,19 @@ class FakeMd:
         self.calls.append(("assemble", mid, list(devices)))
         self.members = {d: "in_sync" for d in devices}
 
-    def add(self, mid: int, device: str) -> None:
+    def add(self, mid: int, device: str, kn: str | None = None) -> None:
         self.calls.append(("add", mid, device))
         assert self.members is not None
         self.members[device] = "spare"
 
-    def fail_remove(self, mid: int, device: str) -> None:
+    def fail_remove(self, mid: int, device: str, kn: str | None = None) -> None:
         self.calls.append(("fail_remove", mid, device))
         assert self.members is not None
         self.members.pop(device)
         self.sessions_at_fail = list(self.iscsi.sessions()) if self.iscsi is not None else []
 
-    def stop(self, mid: int) -> None:
-        self.calls.append(("stop", mid))
+    def stop(self, mid: int, kn: str | None = None) -> None:
+        self.calls.append(("stop", mid, kn))
         self.members = None
 
     def kernel_name(self, mid: int) -> str | None:
@@ -144,6 +144,14 @@ def test_gp_request_mirrored(world: Any, capsys: pytest.CaptureFixture[str]) -> 
     assert {r["mirror_id"] for r in held.values()} == {5} and {r["md_uuid"] for r in held.values()} == {U}
 
 
+def test_gp_status_names_the_mirror(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    request(world)
+    capsys.readouterr()
+    assert world.run("status") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all("member of mirror 5 (/dev/md/dvsan-5) logged in" in ln for ln in out)
+
+
 def test_gp_request_mirrored_json(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert world.run("--json", "request", "1GiB", "--mirrored", "--initiator-name", "iqn.x:b",
                      "--host-address", "10.0.0.99") == 0
@@ -170,7 +178,7 @@ def test_ep_release_mirror_refused_while_mounted_changes_nothing(world: Any, cap
     world.block._users = {"md127": ["md127 is mounted at /data"]}
     assert world.run("release", "5", "--mirror") == 1
     assert "mounted at /data" in capsys.readouterr().err
-    assert ("stop", 5) not in world.md.calls and not any(c[0] == "logout" for c in world.iscsi.calls)
+    assert not any(c[0] == "stop" for c in world.md.calls) and not any(c[0] == "logout" for c in world.iscsi.calls)
     assert ("release_mirror", 5) not in world.station.calls and len(json.loads(world.state.read_text())) == 2
 
 
@@ -178,7 +186,7 @@ def test_gp_release_mirror(world: Any, capsys: pytest.CaptureFixture[str]) -> No
     request(world)
     assert world.run("release", "5", "--mirror") == 0
     assert "released mirror 5" in capsys.readouterr().out
-    assert ("stop", 5) in world.md.calls and ("release_mirror", 5) in world.station.calls
+    assert ("stop", 5, "md127") in world.md.calls and ("release_mirror", 5) in world.station.calls
     assert world.iscsi.sessions() == [] and json.loads(world.state.read_text()) == {}
 
 
@@ -212,6 +220,25 @@ def test_ep_sync_never_removes_the_last_active_member(world: Any, capsys: pytest
     assert world.run("sync") == 1
     assert "last active member" in capsys.readouterr().err
     assert world.md.members == {"sdb": "in_sync", "sdc": "faulty"} and "11" in json.loads(world.state.read_text())
+
+
+def test_gp_sync_takes_down_a_mirror_the_station_no_longer_gives_this_host(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Host B back after a takeover: its mirror is the spare host's now."""
+    request(world)
+    world.station.members = []
+    assert world.run("sync") == 0
+    assert ("stop", 5, "md127") in world.md.calls and json.loads(world.state.read_text()) == {}
+    assert world.iscsi.sessions() == [] and "stopped /dev/md/dvsan-5" in capsys.readouterr().out
+
+
+def test_ep_sync_leaves_a_mounted_array_of_a_gone_mirror_alone(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    request(world)
+    world.station.members = []
+    world.block._users = {"md127": ["md127 is mounted at /data"]}
+    assert world.run("sync") == 1
+    assert "mounted at /data" in capsys.readouterr().err
+    assert not any(c[0] == "stop" for c in world.md.calls) and len(world.iscsi.sessions()) == 2
+    assert set(json.loads(world.state.read_text())) == {"11", "12"}
 
 
 def test_gp_sync_on_a_spare_host_logs_in_and_assembles(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
