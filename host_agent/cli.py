@@ -348,9 +348,10 @@ def _sync_mirrors(args: argparse.Namespace, station: list[dict[str, Any]], state
         res = mirror.reconcile(mid, wanted, dropped, iscsi, block, md)
         report["mirrors"] += [{"mirror": mid, "action": a} for a in res.actions]
         report["problems"] += res.problems
-        if res.uuid:
-            for rec in wanted:
-                state.put({**state.load()[str(rec["id"])], "md_uuid": res.uuid})
+        uuid = res.uuid or mirror.uuid_of([*wanted, *dropped])
+        for rec in wanted:     # a replacement member learns the array's uuid from the others
+            if uuid and rec.get("md_uuid") != uuid:
+                state.put({**state.load()[str(rec["id"])], "md_uuid": uuid})
         for aid in res.detached:
             state.remove(aid)
             report["dropped"].append(int(aid) if aid.isdigit() else aid)

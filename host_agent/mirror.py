@@ -133,7 +133,6 @@ def reconcile(mirror_id: int, wanted: list[Record], dropped: list[Record], iscsi
                                 f"logout failed: {e}")
             continue
         res.detached.append(aid)
-        res.actions.append(f"member {aid}: the station no longer has it: logged out and dropped")
     return res
 
 

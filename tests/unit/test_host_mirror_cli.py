@@ -209,8 +209,10 @@ def test_gp_sync_adds_the_replacement_and_fails_out_the_dropped_member(world: An
     # the dropped member left the array while its session was still there, i.e. before its logout
     assert any(s.target_iqn.endswith("unit-b:vdb2") for s in world.md.sessions_at_fail)
     assert not any(s.target_iqn.endswith("unit-b:vdb2") for s in world.iscsi.sessions())
-    assert set(json.loads(world.state.read_text())) == {"11", "13"}
+    held = json.loads(world.state.read_text())
+    assert set(held) == {"11", "13"} and held["13"]["md_uuid"] == U     # the replacement learnt the uuid
     assert world.md.members == {"sdb": "in_sync", "sdd": "spare"}
+    assert out.count("12: the station no longer has it") == 1
 
 
 def test_ep_sync_never_removes_the_last_active_member(world: Any, capsys: pytest.CaptureFixture[str]) -> None:
