@@ -102,3 +102,44 @@ class StationClient:
 
     def assignments(self, host: str | None = None) -> list[dict[str, Any]]:
         return self._call("GET", "/api/v1/assignments", params={"host": host} if host else None)
+
+    # ---- mirrors (a RAID1 pair of assignments on two units) -----------------------------------
+    def request_mirror(self, host: str, initiator_iqn: str, host_address: str, size_bytes: int,
+                       mutual_chap: bool = False) -> dict[str, Any]:
+        """POST /api/v1/mirrors: two volumes of at least `size_bytes` on two units, exported to
+        this host; the MirrorPublic (with its two members)."""
+        body: dict[str, Any] = {"host": host, "initiator_iqn": initiator_iqn, "host_address": host_address,
+                                "size_bytes": int(size_bytes)}
+        if mutual_chap:
+            body["mutual_chap"] = True
+        out = self._task("POST", "/api/v1/mirrors", time.monotonic() + self.TASK_TIMEOUT, json=body)
+        if "kind" in out:       # a task followed to its end: the mirror it made
+            res = out.get("result") or {}
+            mid = res.get("mirror", res.get("id")) if isinstance(res, dict) else None
+            if isinstance(mid, dict):
+                mid = mid.get("id")
+            if mid is None:
+                raise DvsanError(f"station said: task {out.get('id')} ended without naming its mirror: {res!r}")
+            return self.mirror(int(mid))
+        return out  # type: ignore[no-any-return]
+
+    def mirror(self, mirror_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/mirrors/{mirror_id}")  # type: ignore[no-any-return]
+
+    def mirrors(self, host: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/mirrors", params={"host": host} if host else None)  # type: ignore[no-any-return]
+
+    def release_mirror(self, mirror_id: int) -> dict[str, Any]:
+        """DELETE /api/v1/mirrors/ID: both members go through the normal release."""
+        out = self._task("DELETE", f"/api/v1/mirrors/{mirror_id}", time.monotonic() + self.TASK_TIMEOUT)
+        return out["result"] if "kind" in out else out  # type: ignore[no-any-return]
+
+    def report_mirror_health(self, mirror_id: int, state: str, members: dict[str, str],
+                             sync_percent: float | None = None, detail: str | None = None) -> dict[str, Any]:
+        """PUT /api/v1/mirrors/ID/health: the array's state and each member's, as this host sees them."""
+        body: dict[str, Any] = {"state": state, "members": members}
+        if sync_percent is not None:
+            body["sync_percent"] = sync_percent
+        if detail is not None:
+            body["detail"] = detail[:255]
+        return self._call("PUT", f"/api/v1/mirrors/{mirror_id}/health", json=body)  # type: ignore[no-any-return]

@@ -69,6 +69,7 @@ LOGIN_TIMEO = 15                  # node.conn[0].timeo.login_timeout, seconds
 INITIAL_LOGIN_RETRY_MAX = 8       # node.session.initial_login_retry_max
 LOGIN_BUDGET = LOGIN_TIMEO * INITIAL_LOGIN_RETRY_MAX                  # 120 s
 LOGIN_RUN_TIMEOUT = LOGIN_BUDGET + 30.0                               # 150 s, > the budget
+MIRROR_REPLACEMENT_TIMEOUT = 5    # node.session.timeo.replacement_timeout of mirror members, s
 _SECRET_NAME = re.compile(r"password", re.IGNORECASE)
 MASK = "********"
 
@@ -466,6 +467,19 @@ class Iscsiadm:
         """Forget the node record of a target (so it is not logged in at boot); none is success."""
         self._run(["-m", "node", "-T", target_iqn, "-p", _portal(portal_ip, port), "-o", "delete"],
                   ok=(ISCSI_ERR_SUCCESS, ISCSI_ERR_NO_OBJS_FOUND))
+
+    def set_replacement_timeout(self, target_iqn: str, portal_ip: str, port: int = DEFAULT_PORT,
+                                seconds: int = MIRROR_REPLACEMENT_TIMEOUT) -> None:
+        """Set node.session.timeo.replacement_timeout on a node record (before its login).
+
+        It is how long the SCSI layer queues I/O while a session reconnects before failing it
+        upwards (open-iscsi's default is 120 s). A mirror member's I/O must fail fast, so md marks
+        the member faulty and the array goes on degraded instead of stalling with its unit.
+        """
+        if seconds < 0:
+            raise ValueError(f"replacement timeout {seconds} s is negative")
+        self._run(["-m", "node", "-T", target_iqn, "-p", _portal(portal_ip, port), "-o", "update",
+                   "-n", "node.session.timeo.replacement_timeout", "-v", str(int(seconds))])
 
     def set_chap(self, target_iqn: str, portal_ip: str, port: int, username: str,
                  password: str, mutual: tuple[str, str] | None = None) -> None:

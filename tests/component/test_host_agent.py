@@ -144,7 +144,8 @@ def test_gp_sync_without_login_only_records(host: Host, monkeypatch: pytest.Monk
         "host": "host-b", "initiator_iqn": HOST_IQN, "host_address": "127.0.0.2", "size": "1GiB"}).json()
     rc, out, err = host.run("--json", "sync", "--no-login")
     assert rc == 0, err
-    assert json.loads(out) == {"added": [a["id"]], "dropped": [], "new_portals": [], "problems": []}
+    assert json.loads(out) == {"added": [a["id"]], "dropped": [], "new_portals": [], "logged_in": [], "mirrors": [],
+                               "stale": [], "problems": []}
     assert list(host.held()) == [str(a["id"])] and host.iscsi.calls == []
 
 

@@ -309,6 +309,21 @@ def test_gp_chap_password_never_reaches_logs_or_errors(caplog: pytest.LogCapture
     assert "t0p-s3cret" not in caplog.text and "********" in caplog.text
 
 
+def test_gp_replacement_timeout_goes_on_the_node_record() -> None:
+    run = Script((0, "", ""))
+    Iscsiadm(runner=run).set_replacement_timeout(T2, "10.213.77.11", 3260, 5)
+    assert run.calls == [["iscsiadm", "-m", "node", "-T", T2, "-p", "10.213.77.11:3260", "-o", "update",
+                          "-n", "node.session.timeo.replacement_timeout", "-v", "5"]]
+
+
+def test_ep_replacement_timeout_without_a_node_record_is_an_error() -> None:
+    with pytest.raises(IscsiadmError, match="replacement_timeout") as ei:
+        Iscsiadm(runner=Script((21, "", "iscsiadm: No records found\n"))).set_replacement_timeout(T2, "10.0.0.1", 3260, 5)
+    assert ei.value.rc == 21
+    with pytest.raises(ValueError, match="negative"):
+        Iscsiadm(runner=Script()).set_replacement_timeout(T2, "10.0.0.1", 3260, -1)
+
+
 # ---- finding the block device through sysfs ---------------------------------------------------
 
 def fake_session(sysfs: Path, sid: int, target: str, ip: str, hctl: str, block: str | None) -> None:

@@ -59,6 +59,24 @@ def test_gp_only_iscsiadm_py_runs_iscsiadm():
     assert bad == {"host_agent/iscsiadm.py"}
 
 
+def runs_program(source: str, program: str) -> bool:
+    """A string constant naming `program` ('mdadm', '/sbin/mdadm'); prose does not count."""
+    return any(isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and (n.value == program or n.value.endswith("/" + program))
+               for n in ast.walk(ast.parse(source)))
+
+
+def test_gp_only_mdadm_py_runs_mdadm():
+    bad = {f for f, s in sources(*PRODUCT).items() if runs_program(s, "mdadm")}
+    assert bad == {"host_agent/mdadm.py"}
+
+
+def test_ep_the_checker_sees_mdadm_run_but_not_named_in_prose():
+    assert runs_program('subprocess.run(["mdadm", "--stop", "/dev/md/dvsan-5"])', "mdadm")
+    assert runs_program('EXE = "/sbin/mdadm"', "mdadm")
+    assert not runs_program('"""mdadm says exit 1."""', "mdadm")
+
+
 def test_gp_the_protocol_listeners_import_no_web_framework():
     bad = {f: hits(imports(s), WEB) for f, s in sources("station/listeners", "station/services").items()}
     assert {f: h for f, h in bad.items() if h} == {}
