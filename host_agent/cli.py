@@ -248,7 +248,7 @@ def _sync(args: argparse.Namespace, client: StationClient, state: HostState, isc
         for p in report["new_portals"]:
             print(f"assignment {p['id']}: logged in at the new portal {p['portal']} (old ones kept)")
         for aid in report["logged_in"]:
-            print(f"assignment {aid}: mirror member without a session: logged in again")
+            print(f"assignment {aid}: held without a session (a reboot?): logged in again")
         for m in report["mirrors"]:
             print(f"mirror {m['mirror']}: {m['action']}")
         for aid in report["dropped"]:
@@ -302,6 +302,8 @@ def sync_once(args: argparse.Namespace, client: StationClient, state: HostState,
             report["new_portals"].append({"id": rec["id"], "portal": f"{ip}:{port}"})
         # the first portal keeps its place in portal_address; every known one is in `portals`
         state.put({**rec, "portals": known})
+    if args.login:
+        _relogin_plain(args, station, state, iscsi, report)
     for rec in todo.drop:
         if rec.get("mirror_id") is not None:
             continue    # a mirror member leaves its array first: below
@@ -316,6 +318,26 @@ def sync_once(args: argparse.Namespace, client: StationClient, state: HostState,
     _sync_mirrors(args, station, state, iscsi, block, md, report)
     _clean_stale(state, iscsi, block, report)
     return report
+
+
+def _relogin_plain(args: argparse.Namespace, station: list[dict[str, Any]], state: HostState,
+                   iscsi: Any, report: dict[str, list[Any]]) -> None:
+    """Volumes this host holds (and the station agrees) with no session: after a reboot of the
+    host, log in again so the block device is back (mirror members: `_sync_mirrors`)."""
+    wanted = {str(a["id"]) for a in station if a.get("host") == args.name}
+    for aid, rec in sorted(state.load().items()):
+        if aid not in wanted or rec.get("mirror_id") is not None or aid in map(str, report["added"]):
+            continue
+        if mirror.member_device(iscsi, rec) is not None:
+            continue
+        try:
+            dev = log_in(iscsi, rec, str(rec.get("portal_address") or rec["unit_address"]),
+                         args.device_timeout, None)
+        except DvsanError as e:
+            report["problems"].append(f"assignment {aid}: no session, and logging in again failed: {e}")
+            continue
+        state.put({**rec, "device_path": dev})
+        report["logged_in"].append(rec["id"])
 
 
 def _replacement_timeout(a: dict[str, Any]) -> int | None:

@@ -12,7 +12,7 @@ import pytest
 
 from dvsan.errors import Conflict
 from host_agent import cli
-from host_agent.iscsiadm import NodeRecord, Session
+from host_agent.iscsiadm import IscsiadmError, NodeRecord, Session
 from host_agent.mdadm import ArrayView, Member, OtherSignature, Superblock
 from tests.unit.test_host_detach import FakeBlock, FakeIscsi
 
@@ -333,3 +333,37 @@ def test_ep_watch_goes_on_when_the_station_is_away(world: Any) -> None:
 
     world.station.assignments = away
     assert world.run("watch", "--interval", "0.01", "--rounds", "2") == 0
+
+
+def plain(aid: int, unit: str, dev: str, host: str = "host-b") -> dict[str, Any]:
+    return {k: v for k, v in member(aid, unit, dev, host=host).items() if k not in ("mirror_id", "member_state")}
+
+
+def test_gp_sync_after_a_host_reboot_logs_in_again_to_a_plain_volume_it_holds(world: Any,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The state file survived the reboot, the sessions did not: sync brings the block device back."""
+    world.station.members = [plain(21, "unit-a", "vda3")]
+    assert world.run("sync") == 0 and [c for c in world.iscsi.calls if c[0] == "login"]
+    world.iscsi._sessions.clear()                    # the reboot
+    world.iscsi.devices.clear()
+    world.iscsi.calls.clear()
+    assert world.run("sync") == 0
+    assert [c for c in world.iscsi.calls if c[0] == "login"], "no login after the reboot"
+    assert "held without a session (a reboot?): logged in again" in capsys.readouterr().out
+    world.iscsi.calls.clear()
+    assert world.run("sync") == 0 and not [c for c in world.iscsi.calls if c[0] == "login"]   # idempotent
+
+
+def test_ep_sync_relogin_that_fails_is_reported_and_the_record_kept(world: Any,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    world.station.members = [plain(21, "unit-a", "vda3")]
+    assert world.run("sync") == 0
+    world.iscsi._sessions.clear()
+    world.iscsi.devices.clear()
+
+    def refused(*a: Any) -> None:
+        raise IscsiadmError("iscsiadm: login failed: authorization failure (exit 24)", 24)
+    world.iscsi.login = refused
+    assert world.run("sync") == 1
+    assert "assignment 21: no session, and logging in again failed" in capsys.readouterr().err
+    assert "21" in json.loads(world.state.read_text())
