@@ -157,6 +157,9 @@ class Flow:
         self.venv_bin = Path(sys.executable).parent
         self.unit_pids: dict[str, int] = {}
         self.enrolled: set[str] = set()     # hosts enrolled at this flow's station, token in place
+        # hosts whose state file and token live on the shared folder instead of the guest's /var/lib
+        # and /etc (lost at a reboot): a real host keeps them on its disk
+        self.keep_across_reboots: set[str] = set()
 
     # --- unit agent ------------------------------------------------------------------------
     def start_unit(self, guest: str, disk: str = "vda", extra: str = "", at_boot: bool = False) -> int:
@@ -218,7 +221,8 @@ class Flow:
                        json={"name": guest, "initiator_iqns": [self.lab.initiator_name(guest)]})
         if r.status_code != 201:
             raise LabError(f"enrolling {guest} failed: {r.status_code} {r.text}")
-        self.lab.exec(guest, "mkdir -p /etc/dvsan && umask 077 && cat > /etc/dvsan/host.token",
+        token = Path(self.token_file(guest))
+        self.lab.exec(guest, f"mkdir -p {token.parent} && umask 077 && cat > {token}",
                       input=r.json()["token"]["token"] + "\n", check=True)
         self.enrolled.add(guest)
 
@@ -226,9 +230,40 @@ class Flow:
         if guest not in self.enrolled:
             self.enrol_host(guest)
         return self.lab.exec(guest, f"{self.venv_bin}/dvsan-host-agent --station {self.station.url} "
-                                    f"--name {guest} --token-file /etc/dvsan/host.token "
-                                    f"--state-file /var/lib/dvsan-host/assignments.json {args}",
+                                    f"--name {guest} --token-file {self.token_file(guest)} "
+                                    f"--state-file {self.state_file(guest)} {args}",
                              timeout=timeout)
+
+    def keep_host_state(self, guest: str) -> None:
+        """From now on the host's state file and token live where a reboot keeps them (what it
+        holds already moves along)."""
+        if guest in self.keep_across_reboots:
+            return
+        old_state, old_token = self.state_file(guest), self.token_file(guest)
+        self.keep_across_reboots.add(guest)
+        new = self._host_disk(guest)
+        self.lab.exec(guest, f"mkdir -p {new} && chmod 700 {new} && "
+                             f"{{ [ ! -e {old_state} ] || cp -p {old_state} {self.state_file(guest)}; }} && "
+                             f"{{ [ ! -e {old_token} ] || cp -p {old_token} {self.token_file(guest)}; }}",
+                      check=True)
+
+    def _host_disk(self, guest: str) -> Path:
+        return Path(self.lab.shared_dir) / "host-disk" / guest / self.station.pool_key
+
+    def state_file(self, guest: str) -> str:
+        if guest in self.keep_across_reboots:
+            return str(self._host_disk(guest) / "assignments.json")
+        return "/var/lib/dvsan-host/assignments.json"
+
+    def token_file(self, guest: str) -> str:
+        if guest in self.keep_across_reboots:
+            return str(self._host_disk(guest) / "host.token")
+        return "/etc/dvsan/host.token"
+
+    def host_agent_command(self, guest: str, args: str) -> str:
+        """The host agent's command line in `guest` (for spawn and autostart scripts)."""
+        return (f"{self.venv_bin}/dvsan-host-agent --station {self.station.url} --name {guest} "
+                f"--token-file {self.token_file(guest)} --state-file {self.state_file(guest)} {args}")
 
     def request(self, guest: str, size: str) -> dict[str, Any]:
         r = self.host_agent(guest, f"--json request {size}")
