@@ -79,6 +79,8 @@ class Topology:
 
 
 UNIT_DISK = DiskSpec(size=4 * GiB, partitions=(512 * MiB, 1280 * MiB, 2 * GiB))
+# the failure lab's units: smaller, so that resyncs and wipes under emulation stay short
+DR_DISK = DiskSpec(size=2 * GiB, partitions=(256 * MiB, 512 * MiB, 1 * GiB))
 # unit-a's second disk (vdb): blank, for partitioning from the console (tests/lab/test_partition_lab.py)
 BLANK_DISK = DiskSpec(size=2 * GiB, partitions=())
 
@@ -89,8 +91,8 @@ DEFAULT_TOPOLOGY = Topology(
         GuestSpec("host-c", 13),
         # the failure lab (tests/lab/test_disaster_recovery.py): a second unit for mirrors, a spare
         # unit, a spare host; booted into the running lab once, by the tests that need them
-        GuestSpec("unit-d", 14, disk=UNIT_DISK, on_demand=True),
-        GuestSpec("unit-spare", 15, disk=UNIT_DISK, on_demand=True),
+        GuestSpec("unit-d", 14, disk=DR_DISK, on_demand=True),
+        GuestSpec("unit-spare", 15, disk=DR_DISK, on_demand=True),
         GuestSpec("host-spare", 16, on_demand=True),
     )
 )
