@@ -226,7 +226,7 @@ def test_gp_a_mirror_rides_out_a_unit_power_cut_and_the_spare_unit_takes_the_los
     wait_for(lambda: unit_state(f, lost) == "online", 300, f"{lost} back online")
     vol = wait_for(lambda: (v := f.station.get(f"/api/v1/volumes/{lost_member['volume_id']}"))
                    and v.get("wipe_state") == "clean" and v, 600, "the stale member's volume wiped")
-    assert vol.get("assignment") in (None, {}), vol
+    assert vol.get("assigned_to") is None, vol
     members = f.lab.exec(host, f"ls /sys/block/{md_name(f, host, mid)}/md/ | grep -c '^dev-'", check=True)
     assert members.out.strip() == "2"
     targets = f.lab.exec(lost, "ls /sys/kernel/config/target/iscsi/ 2>/dev/null").out
@@ -325,7 +325,7 @@ def test_gp_eight_volumes_on_three_units_and_releasing_one_leaves_the_others_int
 
     def free() -> int:
         return sum(1 for v in f.station.volumes() if v["state"] == "online" and v.get("wipe_state") == "clean"
-                   and not v.get("assignment"))
+                   and not v.get("assigned_to"))
     wait_for(lambda: free() >= 8, 900, "eight clean free volumes (earlier tests' wipes)", interval=2)
     mirrors = [request_mirror(f, host, "400MiB") for _ in range(2)]
     plains = [f.request(host, "200MiB") for _ in range(4)]
