@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable
 
-from dvsan.errors import InsufficientCapacity
+from dvsan.errors import InsufficientCapacity, InsufficientPair
 from dvsan.model import Candidate
 
 
@@ -27,3 +27,25 @@ def best_fit(free: Iterable[Candidate], size_bytes: int) -> Candidate:
             f"{largest.unit}:{largest.device}" if largest else None,
         )
     return fitting
+
+
+def best_pair(free: Iterable[Candidate], size_bytes: int) -> tuple[Candidate, Candidate]:
+    """Two free volumes of at least `size_bytes` on two different units: the members of a mirror.
+
+    Best fit: the pair with the smallest larger member, then the smallest sum; that is the
+    best-fitting volume of each unit, the two smallest of those (ties by unit, then device).
+    Never two on one unit. Raises InsufficientPair naming what each unit has free otherwise.
+    """
+    per_unit: dict[str, Candidate] = {}
+    largest: dict[str, Candidate] = {}
+    for c in free:
+        if c.unit not in largest or c.size_bytes > largest[c.unit].size_bytes:
+            largest[c.unit] = c
+        if c.size_bytes >= size_bytes:
+            best = per_unit.get(c.unit)
+            if best is None or (c.size_bytes, c.device) < (best.size_bytes, best.device):
+                per_unit[c.unit] = c
+    ranked = sorted(per_unit.values(), key=lambda c: (c.size_bytes, c.unit, c.device))
+    if len(ranked) < 2:
+        raise InsufficientPair(size_bytes, {u: c.size_bytes for u, c in largest.items()})
+    return ranked[0], ranked[1]

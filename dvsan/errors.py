@@ -46,6 +46,20 @@ class InsufficientCapacity(Conflict):
         super().__init__(msg)
 
 
+class InsufficientPair(Conflict):
+    """No two units each have a free volume large enough for a mirror's request."""
+
+    def __init__(self, requested: int, largest_free: dict[str, int]):
+        from dvsan.sizes import format_size
+
+        self.requested = requested
+        self.largest_free = dict(largest_free)
+        free = ", ".join(f"{u}: largest {format_size(n)} ({n} bytes)" for u, n in sorted(largest_free.items()))
+        super().__init__(f"no two units each have a free volume of at least {format_size(requested)} "
+                         f"({requested} bytes): a mirror needs one on each of two different units; "
+                         f"free: {free or 'nothing (no free online volume in the pool)'}")
+
+
 class Unavailable(DvsanError):
     """A peer that must take part did not answer in time (HTTP 503)."""
 

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -65,6 +66,27 @@ class ExportState(StrEnum):
     EXPORTED = "exported"
     REFUSED = "refused"
     WITHHELD = "withheld"
+
+
+class MirrorState(StrEnum):
+    """A mirror's health as its host last reported it (PUT /api/v1/mirrors/ID/health)."""
+
+    UNKNOWN = "unknown"            # no report yet
+    CLEAN = "clean"
+    DEGRADED = "degraded"
+    RESYNCING = "resyncing"
+    FAILED = "failed"
+
+
+class MemberState(StrEnum):
+    """One mirror member as its host last reported it."""
+
+    ACTIVE = "active"
+    RESYNCING = "resyncing"
+    FAULTY = "faulty"
+    MISSING = "missing"
+    SPARE = "spare"
+    UNKNOWN = "unknown"
 
 
 class TaskState(StrEnum):
@@ -168,7 +190,30 @@ class AssignmentRow(Base):
     # pending | exported | refused | withheld, as the last push to the unit found it
     export_state: Mapped[str] = mapped_column(String(16), default="pending")
     export_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # a member of a mirror (a RAID1 the host builds over two assignments on two units), or None
+    mirror_id: Mapped[int | None] = mapped_column(ForeignKey("mirrors.id"), nullable=True, index=True)
+    # MemberState, as the host last reported it
+    member_state: Mapped[str] = mapped_column(String(16), default=MemberState.UNKNOWN)
+    # fenced (a host takeover): its export withheld and its target dropped even under live sessions
+    fenced: Mapped[bool] = mapped_column(Boolean, default=False)
     volume: Mapped[VolumeRow] = relationship(back_populates="assignment")
+    mirror: Mapped["MirrorRow | None"] = relationship(back_populates="members")
+
+
+class MirrorRow(Base):
+    """A mirrored assignment: its members are ordinary assignments on different units."""
+
+    __tablename__ = "mirrors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host_name: Mapped[str] = mapped_column(String(63), index=True)
+    requested_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default=MirrorState.UNKNOWN)
+    sync_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    members: Mapped[list[AssignmentRow]] = relationship(back_populates="mirror", order_by="AssignmentRow.id")
 
 
 class PoolRow(Base):

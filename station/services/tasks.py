@@ -308,7 +308,8 @@ class TaskService:
 
 _KINDS: dict[str, type[DvsanError]] = {c.__name__: c for c in (
     errors.InvalidInput, errors.NotFound, errors.Forbidden, errors.Conflict, errors.Unavailable)}
-_KINDS.update({"InsufficientCapacity": errors.Conflict, "Busy": errors.Conflict})
+_KINDS.update({"InsufficientCapacity": errors.Conflict, "InsufficientPair": errors.Conflict,
+               "Busy": errors.Conflict})
 
 
 def raise_failure(view: dict[str, Any]) -> None:
