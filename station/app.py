@@ -27,6 +27,7 @@ from station.api.routes import assignments as assignment_routes
 from station.api.routes import auth as auth_routes
 from station.api.routes import disks as disk_routes
 from station.api.routes import enrolment as enrolment_routes
+from station.api.routes import mirrors as mirror_routes
 from station.api.routes import monitoring as monitoring_routes
 from station.api.routes import pool as pool_routes
 from station.api.routes import tasks as task_routes
@@ -83,6 +84,7 @@ def create_app(settings: StationSettings) -> FastAPI:
         app.state.station_public_key = identity.encode_public(station_key)
         app.state.station_fingerprint = identity.fingerprint(station_key)
         app.state.enrolment_policy = settings.enrolment
+        app.state.auto_replace = settings.auto_replace
         log.info("station key %s; unit enrolment policy: %s", app.state.station_fingerprint,
                  settings.enrolment)
         app.state.enrolment_gate = EnrolmentGate(db, settings.enrolment)
@@ -135,7 +137,7 @@ def create_app(settings: StationSettings) -> FastAPI:
     app = FastAPI(title="dvsan station", version=__version__, lifespan=lifespan,
                   description="Control management station of the dvsan virtual SAN.")
     for r in (pool_routes.router, assignment_routes.router, task_routes.router, auth_routes.router,
-              enrolment_routes.router, disk_routes.router):
+              enrolment_routes.router, disk_routes.router, mirror_routes.router):
         app.include_router(r, responses=ERROR_RESPONSES)
     app.include_router(task_routes.events_router)
     monitoring_routes.install(app)

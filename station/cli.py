@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="serve the REST API over TLS with this PEM certificate (chain); with --tls-key")
     p.add_argument("--tls-key", dest="tls_key_file", type=Path, metavar="FILE",
                    help="the certificate's private key, a 0600 PEM file")
+    p.add_argument("--auto-replace", action="store_true", default=None,
+                   help="replace a failed mirror member by itself when its host reports it and its unit is down "
+                        "(DVSAN_AUTO_REPLACE; default: an operator does, POST /api/v1/mirrors/ID/replace)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            help="an administration command on the station's database (none: run the station)")

@@ -52,6 +52,9 @@ class StationSettings(BaseSettings):
     tls_key_file: Path | None = None
     # how long the audit log keeps its rows (station/services/audit.py)
     audit_retention_days: int = Field(365, ge=1, le=36500)
+    # a health report that says a mirror member is faulty or missing on a unit that is not online
+    # starts its replacement by itself (station/services/mirrors.py); else an operator does
+    auto_replace: bool = False
 
     def snmp_users(self) -> list[UsmUser]:
         """The SNMPv3 users traps may come from (authPriv, SHA + AES-128); InvalidInput if one is incomplete."""

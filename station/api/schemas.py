@@ -227,6 +227,82 @@ class AssignmentPublic(BaseModel):
     chap_secret: str | None = None
     mutual_user: str = ""
     mutual_secret: str | None = None
+    mirror_id: int | None = Field(default=None, description="the mirror it is a member of, if any")
+    member_state: str = Field(default="unknown", description=(
+        "as its host last reported it: active, resyncing, faulty, missing, spare or unknown"))
+    fenced: bool = Field(default=False, description=(
+        "a host takeover fenced it: its export is withheld and its target dropped at its unit"))
+
+
+class MirrorCreate(BaseModel):
+    """A host asks for a mirrored volume: two volumes on two different units, one RAID1 on the host."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: Name = Field(description="the host's name (lower-case letters, digits, '-', '.')")
+    initiator_iqn: Iqn = Field(description="the host's iSCSI initiator name")
+    host_address: str = Field(description="the host's IP address on the storage network (IPv4 or IPv6)",
+                              max_length=45, json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+    size: Size = Field(description=(
+        "of each member: bytes, or e.g. '1GiB', '80 GB', '512M'; a number of bytes is 1..2**53"))
+    mutual_chap: bool = Field(default=False, description="mutual CHAP on both members")
+
+    _host = field_validator("host")(AssignmentCreate._host.__func__)  # type: ignore[attr-defined]
+    _iqn = field_validator("initiator_iqn")(AssignmentCreate._iqn.__func__)  # type: ignore[attr-defined]
+    _addr = field_validator("host_address")(AssignmentCreate._addr.__func__)  # type: ignore[attr-defined]
+    _size = field_validator("size")(AssignmentCreate._size.__func__)  # type: ignore[attr-defined]
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+
+class MirrorPublic(BaseModel):
+    """A mirrored assignment: its state as its host reports it, and its members (in id order)."""
+
+    id: int
+    host: str
+    requested_bytes: int
+    size_bytes: int = Field(description="the smallest member's size (what the array can hold)")
+    state: str = Field(description="unknown (no report yet), clean, degraded, resyncing or failed")
+    sync_percent: float | None
+    detail: str | None
+    reported_at: UtcDatetime | None
+    created_at: UtcDatetime
+    members: list[AssignmentPublic]
+
+
+MirrorStateName = Literal["unknown", "clean", "degraded", "resyncing", "failed"]
+MemberStateName = Literal["active", "resyncing", "faulty", "missing", "spare", "unknown"]
+
+
+class MirrorHealth(BaseModel):
+    """A host's report of its array: the mirror's state and each member's, by assignment id."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: MirrorStateName
+    sync_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    detail: Annotated[str, Field(max_length=255)] | None = None
+    members: dict[Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")], MemberStateName] = Field(
+        default_factory=dict, max_length=16, description='{"<assignment id>": member state}')
+
+
+class MirrorReplace(BaseModel):
+    """Which member to replace (default: the one whose unit is down, else one reported faulty or missing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    member: Annotated[int, Field(ge=1, le=MAX_SIZE)] | None = None
+
+
+class Takeover(BaseModel):
+    """The spare host that takes over a failed host's storage."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: Name = Field(description="an enrolled host with an initiator name, not the failed one")
+
+
+class MirrorReleasePublic(BaseModel):
+    id: int
+    members: list["ReleasePublic"]
 
 
 class ReleasePublic(BaseModel):

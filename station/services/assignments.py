@@ -86,26 +86,33 @@ def allocate(db: Database, host: str, initiator_iqn: str, host_address: str, siz
                     # retries over the volumes that fit equally well (still the best size), so
                     # a storm of requests does not queue on one volume at a time.
                     c = random.choice([x for x in free if x.size_bytes == c.size_bytes])
-                v = s.get_one(VolumeRow, c.volume_id)
-                target = target_iqn(c.unit, c.device)
-                row = AssignmentRow(volume_id=c.volume_id, host_name=host, initiator_iqn=initiator_iqn,
-                                    host_address=host_address, requested_bytes=size_bytes,
-                                    target_iqn=target, lun=0,
-                                    wwn=volume_wwn(pool.pool_id(s), c.unit, c.device, v.start_lba,
-                                                   v.length_blocks, v.block_size, v.uid))
-                if vault is not None:
-                    row.chap_user, row.chap_secret_sealed = vault.new(target)
-                    if mutual:
-                        row.mutual_user, row.mutual_secret_sealed = vault.new_mutual(target)
-                s.add(row)
-                s.flush()
-                # The export is wanted again: a drop still pending from an earlier release is void.
-                pool.clear_pending_drops(s, [target])
-                pool.bump_generation(s, c.unit)
-                return row.id
+                return new_row(s, c, host, initiator_iqn, host_address, size_bytes, vault, mutual).id
         except IntegrityError:
             continue
     raise Conflict("the pool is too busy: could not allocate after 20 attempts, try again")
+
+
+def new_row(s: Session, c: Candidate, host: str, initiator_iqn: str, host_address: str, size_bytes: int,
+            vault: ChapVault | None, mutual: bool, mirror_id: int | None = None) -> AssignmentRow:
+    """Record the assignment of free volume `c` to a host (fresh CHAP); flushed, so a volume taken
+    meanwhile raises IntegrityError here (UNIQUE volume_id)."""
+    v = s.get_one(VolumeRow, c.volume_id)
+    target = target_iqn(c.unit, c.device)
+    row = AssignmentRow(volume_id=c.volume_id, host_name=host, initiator_iqn=initiator_iqn,
+                        host_address=host_address, requested_bytes=size_bytes,
+                        target_iqn=target, lun=0, mirror_id=mirror_id,
+                        wwn=volume_wwn(pool.pool_id(s), c.unit, c.device, v.start_lba,
+                                       v.length_blocks, v.block_size, v.uid))
+    if vault is not None:
+        row.chap_user, row.chap_secret_sealed = vault.new(target)
+        if mutual:
+            row.mutual_user, row.mutual_secret_sealed = vault.new_mutual(target)
+    s.add(row)
+    s.flush()
+    # The export is wanted again: a drop still pending from an earlier release is void.
+    pool.clear_pending_drops(s, [target])
+    pool.bump_generation(s, c.unit)
+    return row
 
 
 def get(s: Session, assignment_id: int) -> AssignmentRow:

@@ -252,7 +252,8 @@ def desired_state(s: Session, unit: str, reveal: Callable[[str, str], str] | Non
     """Everything a push to `unit` carries. Volumes not online (offline, missing, changed) are
     withheld: never sent, so never re-created on whatever the device is now. `reveal(target,
     sealed)` opens an assignment's CHAP secret; without it an export with CHAP is an error (it
-    must never go out without its CHAP)."""
+    must never go out without its CHAP). A fenced assignment (a host takeover) is withheld and
+    its target dropped, like a changed volume's."""
     u = get_unit(s, unit)
     rows = s.execute(
         select(AssignmentRow, VolumeRow).join(VolumeRow, AssignmentRow.volume_id == VolumeRow.id)
@@ -260,6 +261,12 @@ def desired_state(s: Session, unit: str, reveal: Callable[[str, str], str] | Non
     )
     exports, withheld, moved = [], {}, []
     for a, v in rows:
+        if a.fenced:
+            # A host takeover fences the old host: its export goes, even under its live sessions
+            # (the host may be alive and writing), and is not sent again until the move.
+            withheld[a.id] = f"fenced: host {a.host_name} is being taken over"
+            moved.append(a.target_iqn)
+            continue
         if v.state != VolumeState.ONLINE:
             withheld[a.id] = f"volume is {v.state}" + (f": {v.detail}" if v.detail else "")
             if v.state == VolumeState.CHANGED:

@@ -42,7 +42,8 @@ def assignment_public(a: AssignmentRow, who: auth.Principal | None = None,
         unit_dns_name=u.dns_name, portal_port=u.portal_port, target_iqn=a.target_iqn, lun=a.lun,
         device=v.device, size_bytes=v.size_bytes, start_lba=v.start_lba, end_lba=v.end_lba,
         block_size=v.block_size, volume_state=v.state, created_at=a.created_at, wwn=a.wwn,
-        export_state=a.export_state, export_detail=a.export_detail, volume_detail=v.detail)
+        export_state=a.export_state, export_detail=a.export_detail, volume_detail=v.detail,
+        mirror_id=a.mirror_id, member_state=a.member_state, fenced=a.fenced)
 
 
 def _visible(s: object, who: auth.Principal, assignment_id: int) -> AssignmentRow:
