@@ -44,15 +44,15 @@ def initiators(u: UnitHarness) -> dict[str, tuple[str, ...]]:
 
 
 class Mute:
-    """A unit agent that takes EXPORTS but never answers them while `on` (a unit gone quiet)."""
+    """A unit agent that takes EXPORTS but does not answer them while `on` (a unit gone quiet)."""
 
     def __init__(self, u: UnitHarness):
         self.on = False
         apply = u.agent.apply_exports
 
         async def maybe(body: dict[str, Any]) -> dict[str, Any]:
-            if self.on:
-                await asyncio.sleep(120)
+            while self.on:                    # answered once unmuted (if anyone still waits)
+                await asyncio.sleep(0.05)
             return await apply(body)
         u.agent.apply_exports = maybe  # type: ignore[method-assign]
 

@@ -217,6 +217,7 @@ def test_ep_a_host_token_reaches_its_own_storage_and_nothing_else(case: Any, fuz
     if case.method.upper() == "GET":
         # what a host may read is its own: assignments and tasks of its storage, nothing of the pool
         assert label in ("GET /api/v1/assignments", "GET /api/v1/assignments/{assignment_id}",
+                         "GET /api/v1/mirrors", "GET /api/v1/mirrors/{mirror_id}",
                          "GET /api/v1/tasks", "GET /api/v1/tasks/{task_id}", "GET /api/v1/me"), f"a host read {label}"
         body = r.json()
         if label == "GET /api/v1/me":       # only who it is itself
@@ -225,7 +226,9 @@ def test_ep_a_host_token_reaches_its_own_storage_and_nothing_else(case: Any, fuz
             assert item.get("host", item.get("host_name")) in (HOST, None), f"{label} showed {item}"
     else:
         # a change only to its own storage: a request for itself, a release of its own
-        assert label in ("POST /api/v1/assignments", "DELETE /api/v1/assignments/{assignment_id}"), \
+        assert label in ("POST /api/v1/assignments", "DELETE /api/v1/assignments/{assignment_id}",
+                         "POST /api/v1/mirrors", "DELETE /api/v1/mirrors/{mirror_id}",
+                         "PUT /api/v1/mirrors/{mirror_id}/health"), \
             f"a host's {case.method} {case.formatted_path} was done"
-        if label == "POST /api/v1/assignments":
+        if label in ("POST /api/v1/assignments", "POST /api/v1/mirrors", "PUT /api/v1/mirrors/{mirror_id}/health"):
             assert r.json()["host"] == HOST
