@@ -283,7 +283,8 @@ class MirrorHealth(BaseModel):
     sync_percent: Annotated[float, Field(ge=0, le=100)] | None = None
     detail: Annotated[str, Field(max_length=255)] | None = None
     members: dict[Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")], MemberStateName] = Field(
-        default_factory=dict, max_length=16, description='{"<assignment id>": member state}')
+        default_factory=dict, max_length=16, description='{"<assignment id>": member state}',
+        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": r"^[1-9][0-9]{0,17}$"}})
 
 
 class MirrorReplace(BaseModel):
