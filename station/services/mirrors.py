@@ -358,7 +358,10 @@ def move(s: Session, name: str, to: str, vault: ChapVault | None) -> tuple[list[
                 a.mutual_user, a.mutual_secret_sealed = vault.new_mutual(a.target_iqn)
         a.fenced, a.export_state, a.export_detail = False, ExportState.PENDING, None
         a.member_state = MemberState.UNKNOWN if a.mirror_id is not None else a.member_state
-    mirrors = list(s.scalars(select(MirrorRow).where(MirrorRow.host_name == name).order_by(MirrorRow.id)))
+    s.flush()
+    # a mirror goes with its members: only once none of them is left behind (unfenced) with `name`
+    mirrors = [m for m in s.scalars(select(MirrorRow).where(MirrorRow.host_name == name).order_by(MirrorRow.id))
+               if all(a.host_name == to for a in m.members)]
     for m in mirrors:
         m.host_name = to
     units = sorted({a.volume.unit_name for a in rows})
