@@ -271,6 +271,9 @@ def plan_replacement(db: Database, mirror_id: int, member_id: int | None, vault:
             with db.session() as s:
                 m = get(s, mirror_id)
                 old = failed_member(s, mirror_id, member_id)
+                if any(a.fenced for a in m.members):
+                    raise Conflict(f"mirror {mirror_id}'s host {m.host_name} is fenced (a takeover): "
+                                   "replace its member once the takeover has ended")
                 others = [a for a in m.members if a.id != old.id]
                 if len(others) >= 2:
                     # NOTE: an earlier run made the new member, then stopped (a station killed)
@@ -320,6 +323,14 @@ async def replace(db: Database, pusher: ExportPusher, wiper: wipes.WipeService, 
 
 
 # --- takeover -------------------------------------------------------------------------------------
+
+def check_release(who: auth.Principal, rows: list[AssignmentRow]) -> None:
+    """A host may not release what a takeover has fenced: it is its spare host's to be."""
+    fenced = [a.id for a in rows if a.fenced]
+    if fenced and who.kind == "host":
+        raise Conflict(f"assignment(s) {', '.join(map(str, fenced))} of host {who.name} are fenced: "
+                       "a takeover is moving them to another host")
+
 
 def check_takeover(s: Session, name: str, to: str) -> None:
     """May `to` take over `name`'s storage: another host, enrolled, with an initiator name."""

@@ -511,6 +511,14 @@ def test_ep_takeover_a_unit_silent_during_fencing_fails_leaving_host_b_fenced_th
         assert all(now[x["id"]]["fenced"] and now[x["id"]]["host"] == "host-b" for x in before)
         # unit-a, which answered, no longer exports anything to host-b
         assert all(v != (IQN_B,) for v in initiators(a).values())
+        # host-b (alive after all?) cannot release what is fenced, nor is its mirror changed
+        hb = {"Authorization": f"Bearer {enrol_host(station, tmp_path, 'host-b', IQN_B).read_text().strip()}"}
+        r = api(station, "DELETE", f"/assignments/{plain['id']}?wait=30", hb)
+        assert r.status_code == 409 and "fenced" in r.json()["detail"], r.text
+        r = api(station, "DELETE", f"/mirrors/{m['id']}?wait=30", hb)
+        assert r.status_code == 409 and "fenced" in r.json()["detail"], r.text
+        r = api(station, "POST", f"/mirrors/{m['id']}/replace?wait=30", json={"member": m["members"][0]["id"]})
+        assert r.status_code == 409 and "fenced" in r.json()["detail"], r.text
         mute.on = False
         r = api(station, "POST", "/hosts/host-b/takeover?wait=60", json={"to": "host-c"})
         assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text

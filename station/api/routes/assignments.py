@@ -15,7 +15,7 @@ from station.api.routes.tasks import TASK_ACCEPTED, Wait, accepted, settle
 from station.api.schemas import AssignmentCreate, AssignmentPublic, IdPath, ReleasePublic
 from station.db import Database
 from station.db.tables import AssignmentRow
-from station.services import assignments, auth
+from station.services import assignments, auth, mirrors
 from station.services.chap import ChapVault
 from station.services.stats import StatsService
 from station.services.tasks import TaskContext
@@ -142,6 +142,7 @@ async def delete_assignment(assignment_id: IdPath, db: DbDep, pusher: PusherDep,
     def check() -> tuple[int, str]:
         with db.session() as s:
             a = _visible(s, who, assignment_id)       # a host: its own only
+            mirrors.check_release(who, [a])
             if who.kind != "host":
                 who.require("assignments.write", *auth.volume_paths(a.volume), f"/hosts/{a.host_name}")
             return a.volume_id, a.host_name

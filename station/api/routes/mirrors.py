@@ -128,7 +128,9 @@ async def delete_mirror(mirror_id: IdPath, db: DbDep, pusher: PusherDep, wipes: 
     normal release (export dropped, volume wiped), then the mirror. `?wait=SECONDS`: 200."""
     def check() -> str:
         with db.session() as s:
-            return _writable(s, who, mirror_id, host_may=True).host_name
+            m = _writable(s, who, mirror_id, host_may=True)
+            mirrors.check_release(who, list(m.members))
+            return m.host_name
     host = await run_in_threadpool(check)
 
     async def work(ctx: TaskContext) -> dict[str, Any]:
