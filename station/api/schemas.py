@@ -242,18 +242,19 @@ class MirrorCreate(BaseModel):
     initiator_iqn: Iqn = Field(description="the host's iSCSI initiator name")
     host_address: str = Field(description="the host's IP address on the storage network (IPv4 or IPv6)",
                               max_length=45, json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
-    size: Size = Field(description=(
-        "of each member: bytes, or e.g. '1GiB', '80 GB', '512M'; a number of bytes is 1..2**53"))
+    size_bytes: Size = Field(description=(
+        "of each member: bytes (1..2**53), or a size with a unit as for assignments ('1GiB')"))
     mutual_chap: bool = Field(default=False, description="mutual CHAP on both members")
 
     _host = field_validator("host")(AssignmentCreate._host.__func__)  # type: ignore[attr-defined]
     _iqn = field_validator("initiator_iqn")(AssignmentCreate._iqn.__func__)  # type: ignore[attr-defined]
     _addr = field_validator("host_address")(AssignmentCreate._addr.__func__)  # type: ignore[attr-defined]
-    _size = field_validator("size")(AssignmentCreate._size.__func__)  # type: ignore[attr-defined]
+    _size = field_validator("size_bytes")(AssignmentCreate._size.__func__)  # type: ignore[attr-defined]
 
     @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
+    def size(self) -> int:
+        """The size of each member, in bytes."""
+        return parse_size(self.size_bytes)
 
 
 class MirrorPublic(BaseModel):

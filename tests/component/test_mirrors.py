@@ -32,7 +32,7 @@ def api(station: Any, method: str, path: str, headers: dict[str, str] | None = N
 def mirror(station: Any, size: Any = "32M", host: str = "host-b", iqn: str = IQN_B,
            headers: dict[str, str] | None = None) -> httpx.Response:
     return api(station, "POST", "/mirrors?wait=60", headers, json={
-        "host": host, "initiator_iqn": iqn, "host_address": "127.0.0.2", "size": size})
+        "host": host, "initiator_iqn": iqn, "host_address": "127.0.0.2", "size_bytes": size})
 
 
 def assignments(station: Any) -> list[dict[str, Any]]:
@@ -136,9 +136,10 @@ def test_ep_a_mirror_needs_two_units_409_and_nothing_changes(station):
         assert volumes(station) == before and api(station, "GET", "/mirrors").json() == []
         assert a.lio.exports == {} and b.lio.exports == {}
         # bad bodies: 422, no task
-        good = {"host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size": "1M"}
-        for bad in ({**good, "size": "lots"}, {**good, "host": "Host B"}, {**good, "host_address": "nowhere"},
-                    {**good, "mirrored": True}, {k: v for k, v in good.items() if k != "size"}):
+        good = {"host": "host-b", "initiator_iqn": IQN_B, "host_address": "127.0.0.2", "size_bytes": 1 * MiB}
+        for bad in ({**good, "size_bytes": "lots"}, {**good, "size_bytes": 0}, {**good, "host": "Host B"},
+                    {**good, "host_address": "nowhere"}, {**good, "size": "1M"},
+                    {k: v for k, v in good.items() if k != "size_bytes"}):
             assert api(station, "POST", "/mirrors?wait=10", json=bad).status_code == 422, bad
         assert [t["kind"] for t in api(station, "GET", "/tasks").json()] == ["assign"]
     finally:
@@ -475,7 +476,7 @@ def test_gp_takeover_fences_at_every_unit_then_moves_everything_to_the_spare_hos
 
 def test_ep_takeover_refusals(station, tmp_path):
     viewer = user_token(station, tmp_path, "vera", "viewer")
-    a, b, plain, m, spare = takeover_setup(station, tmp_path)
+    a, b, _plain, _m, spare = takeover_setup(station, tmp_path)
     hc = {"Authorization": f"Bearer {(tmp_path / 'host-c.token').read_text().strip()}"}
     try:
         path = "/hosts/host-b/takeover?wait=30"
@@ -497,7 +498,7 @@ def test_ep_takeover_refusals(station, tmp_path):
 
 def test_ep_takeover_a_unit_silent_during_fencing_fails_leaving_host_b_fenced_then_rerun_completes(quick_station, tmp_path):
     station = quick_station
-    a, b, plain, m, spare = takeover_setup(station, tmp_path)
+    a, b, plain, m, _spare = takeover_setup(station, tmp_path)
     mute = Mute(b)
     try:
         before = [plain, *m["members"]]
@@ -530,7 +531,7 @@ def test_ep_takeover_a_unit_silent_during_fencing_fails_leaving_host_b_fenced_th
 
 def test_ep_station_killed_mid_takeover_task_interrupted_nothing_held_twice_rerun_completes(quick_station, tmp_path):
     station = quick_station
-    a, b, plain, m, spare = takeover_setup(station, tmp_path)
+    a, b, plain, m, _spare = takeover_setup(station, tmp_path)
     mute = Mute(b)
     try:
         before = [plain, *m["members"]]
@@ -555,7 +556,7 @@ def test_ep_station_killed_mid_takeover_task_interrupted_nothing_held_twice_reru
 def test_gp_a_fenced_assignment_is_withheld_on_a_units_next_report(quick_station, tmp_path):
     """A unit that comes back (a reboot) while host-b is fenced gets its drop, not its export."""
     station = quick_station
-    a, b, plain, m, spare = takeover_setup(station, tmp_path)
+    a, b, _plain, _m, _spare = takeover_setup(station, tmp_path)
     mute = Mute(b)
     try:
         mute.on = True

@@ -79,7 +79,7 @@ def get_mirror(mirror_id: IdPath, db: DbDep, who: Caller, pusher: PusherDep) -> 
 async def create_mirror(body: MirrorCreate, db: DbDep, pusher: PusherDep, tasks: TasksDep, who: Caller,
                         request: Request, wait: Wait = None) -> Any:
     """Give a host a mirrored volume, as a task (`assign` on `/hosts/NAME`): two free volumes of at
-    least `size` on two different units (best fit), each exported to the host; both confirmed by
+    least `size_bytes` on two different units (best fit), each exported to the host; both confirmed by
     their units, or the whole mirror is undone. With `?wait=SECONDS`: 201 with the mirror (409 no
     two units each have one, 503 a unit did not confirm); else 202 with the task. Who may ask:
     as for `POST /api/v1/assignments`."""
@@ -96,13 +96,13 @@ async def create_mirror(body: MirrorCreate, db: DbDep, pusher: PusherDep, tasks:
 
     async def work(ctx: TaskContext) -> dict[str, Any]:
         mid, members = await mirrors.create(db, pusher, body.host, body.initiator_iqn, body.host_address,
-                                            body.size_bytes, ctx, allowed if scoped else None, body.mutual_chap)
+                                            body.size, ctx, allowed if scoped else None, body.mutual_chap)
         log.info("mirror %d made for %s by %s", mid, body.host, who)
         return {"mirror": mid, "members": [m.id for m in members], "units": [m.unit for m in members],
                 "devices": [m.device for m in members]}
     task = await tasks.submit("assign", f"/hosts/{body.host}", str(who), work, host=body.host)
     audit = {"task": task["id"], "host": body.host, "initiator_iqn": body.initiator_iqn,
-             "size_bytes": body.size_bytes, "mirrored": True}
+             "size_bytes": body.size, "mirrored": True}
     request.state.audit = audit
     done = await settle(tasks, task, wait)
     if done is None:
