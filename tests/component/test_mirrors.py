@@ -572,3 +572,30 @@ def test_gp_a_fenced_assignment_is_withheld_on_a_units_next_report(quick_station
     finally:
         a.close()
         b.close()
+
+
+def test_gp_the_host_agents_client_speaks_the_stations_mirror_routes(station, tmp_path):
+    """host_agent/client.py (its request, health report and release of a mirror) against the real
+    station: both sides of the issue 8 contract agree."""
+    from host_agent.client import StationClient
+
+    token = enrol_host(station, tmp_path, "host-b", IQN_B).read_text().strip()
+    a, b = UnitHarness(station, "unit-a", parts=parts("vdy", 2)), UnitHarness(station, "unit-b", parts=parts("vdx", 2))
+    client = StationClient(station.url, token=token)
+    try:
+        a.start()
+        b.start()
+        online(station, 4)
+        m = client.request_mirror("host-b", IQN_B, "127.0.0.2", 32 * MiB)
+        assert sorted(x["unit"] for x in m["members"]) == ["unit-a", "unit-b"] and m["host"] == "host-b"
+        assert [x["id"] for x in client.mirrors()] == [m["id"]]
+        ids = [str(x["id"]) for x in m["members"]]
+        got = client.report_mirror_health(m["id"], "resyncing", {ids[0]: "active", ids[1]: "resyncing"}, 12.5, "recover")
+        assert (got["state"], got["sync_percent"]) == ("resyncing", 12.5)
+        out = client.release_mirror(m["id"])
+        assert out["id"] == m["id"] and len(out["members"]) == 2 and all(x["unit_confirmed"] for x in out["members"])
+        assert client.mirrors() == [] and a.lio.exports == {} and b.lio.exports == {}
+    finally:
+        client.close()
+        a.close()
+        b.close()
