@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dvsan_lab.events import Stream
 from tests.component.conftest import StationProc, free_port
 from tests.component.test_concurrent_allocation import parts
 from tests.component.test_host_agent import enrol_host
@@ -200,7 +201,7 @@ def test_ep_a_host_token_asks_for_its_own_mirror_only(station, tmp_path):
 
 # --- health reports -------------------------------------------------------------------------------
 
-def test_health_reports_by_its_host_and_refusals(station, tmp_path):
+def test_gp_a_health_report_by_its_host_is_kept_and_published_others_refused(station, tmp_path):
     enrol_host(station, tmp_path, "host-b", IQN_B)
     enrol_host(station, tmp_path, "host-c", IQN_C)
     hb = {"Authorization": f"Bearer {(tmp_path / 'host-b.token').read_text().strip()}"}
@@ -214,6 +215,7 @@ def test_health_reports_by_its_host_and_refusals(station, tmp_path):
         m = mirror(station).json()
         m1, m2 = (x["id"] for x in m["members"])
         path = f"/mirrors/{m['id']}/health"
+        seen, hidden = Stream(station, hb), Stream(station, hc)
         report = {"state": "resyncing", "sync_percent": 42.5, "detail": "recovery",
                   "members": {str(m1): "active", str(m2): "resyncing"}}
         r = api(station, "PUT", path, hb, json=report)
@@ -223,6 +225,10 @@ def test_health_reports_by_its_host_and_refusals(station, tmp_path):
         assert got["reported_at"] is not None
         assert [x["member_state"] for x in got["members"]] == ["active", "resyncing"]
         assert {x["id"]: x["member_state"] for x in assignments(station)} == {m1: "active", m2: "resyncing"}
+        # the change is an event for its host (and staff), not for another host
+        ev = wait_for(lambda: [d for k, _, d in list(seen.events) if k == "mirror"])
+        assert ev[0] == {"id": m["id"], "host": "host-b", "state": "resyncing", "sync_percent": 42.5,
+                         "detail": "recovery", "members": {str(m1): "active", str(m2): "resyncing"}}
         # refused: another host (404, it learns nothing), a viewer (403), bad bodies and unknown
         # members (422); none changes anything
         assert api(station, "PUT", path, hc, json={"state": "failed"}).status_code == 404
@@ -240,6 +246,9 @@ def test_health_reports_by_its_host_and_refusals(station, tmp_path):
         r = api(station, "PUT", path, json={"state": "clean", "sync_percent": 100,
                                             "members": {str(m1): "active", str(m2): "active"}})
         assert r.status_code == 200 and r.json()["state"] == "clean" and r.json()["detail"] is None
+        assert [k for k, _, _ in list(hidden.events) if k == "mirror"] == []
+        seen.close()
+        hidden.close()
         log = api(station, "GET", "/audit?limit=100").json()
         puts = [x for x in log if x["action"] == "PUT /api/v1/mirrors/{mirror_id}/health"]
         assert sorted(x["outcome"] for x in puts).count(200) == 2 and 404 in {x["outcome"] for x in puts}
