@@ -321,8 +321,8 @@ class TaskPublic(BaseModel):
     """A change asked of the station, from queued to its end (`GET /api/v1/tasks/{id}`)."""
 
     id: int
-    kind: str = Field(description="assign, release, wipe")
-    object: str = Field(description="what it changes: /hosts/NAME, /assignments/ID, /volumes/ID")
+    kind: str = Field(description="assign, release, wipe, replace, takeover, ...")
+    object: str = Field(description="what it changes: /hosts/NAME, /assignments/ID, /volumes/ID, /mirrors/ID")
     requested_by: str = Field(description="user:NAME, host:NAME, or station (the station's own)")
     host: str | None = Field(description="the host whose storage it concerns, if any")
     state: str = Field(description="queued, running, succeeded, failed, cancelled or interrupted")
