@@ -469,7 +469,7 @@ def _release_mirror(args: argparse.Namespace, client: StationClient, state: Host
 def _report(args: argparse.Namespace, client: StationClient, state: HostState, iscsi: Any,
             md: MdPort) -> int:
     """One health report per mirror this host holds."""
-    out, problems = report_once(client, state, iscsi, md)
+    out, problems = report_once(client, state, iscsi, md, args.name)
     if args.json:
         print(json.dumps(out))
     else:
@@ -484,12 +484,19 @@ def _report(args: argparse.Namespace, client: StationClient, state: HostState, i
 
 
 def report_once(client: StationClient, state: HostState, iscsi: Any,
-                md: MdPort) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each mirror's health, sent to the station; what was sent, and what could not be."""
+                md: MdPort, host: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each mirror's health, sent to the station; what was sent, and what could not be.
+
+    Only the members the station lists now are reported: a member it replaced may still be on
+    its way out of the array here (its unit dead), and is no longer the station's to hear of."""
     out: list[dict[str, Any]] = []
     problems: list[str] = []
+    current = {str(a["id"]) for a in client.assignments(host) if a.get("host") == host}
     for mid, recs in mirror.members_by_mirror(state.load()).items():
         h = mirror.health(mid, recs, iscsi, md)
+        h = {**h, "members": {aid: st for aid, st in h["members"].items() if aid in current}}
+        if not h["members"]:
+            continue            # the station gave the whole mirror back: nothing to report on
         try:
             client.report_mirror_health(mid, h["state"], h["members"], h.get("sync_percent"), h.get("detail"))
         except DvsanError as e:
@@ -526,7 +533,7 @@ def _watch_loop(args: argparse.Namespace, client: StationClient, state: HostStat
                 seen = [(mid, mirror.health(mid, recs, iscsi, md))
                         for mid, recs in mirror.members_by_mirror(state.load()).items()]
                 if seen != last or time.monotonic() - last_report >= args.interval:
-                    _, problems = report_once(client, state, iscsi, md)
+                    _, problems = report_once(client, state, iscsi, md, args.name)
                     for p in problems:
                         log.warning("%s", p)
                     last, last_report = seen, time.monotonic()

@@ -381,7 +381,17 @@ class Mdadm:
         """Mark a member faulty and take it out of the array (`--fail` then `--remove` in one call,
         which mdadm applies in order)."""
         dev = self._dev(device)
-        self._run([self._array(mirror_id, kernel_name), "--fail", dev, "--remove", dev])
+        array = self._array(mirror_id, kernel_name)
+        try:
+            self._run([array, "--fail", dev, "--remove", dev])
+        except MdadmError as e:
+            if "No such device or address" not in str(e):
+                raise
+            # NOTE: a member whose unit died: its iSCSI session gave up (replacement timeout), the
+            # SCSI device is offline and opening it fails with ENXIO, so mdadm cannot name it by
+            # its node. md's own word for such members is `detached` (an open returns ENXIO): it
+            # never touches a member that still opens, so never the surviving one.
+            self._run([array, "--fail", "detached", "--remove", "detached"])
 
     def stop(self, mirror_id: int, kernel_name: str | None = None) -> None:
         """Stop the array (its members are then free); mdadm refuses while it is mounted or open

@@ -290,3 +290,21 @@ def test_gp_real_mdadm_says_no_superblock_on_a_blank_file(tmp_path: Path) -> Non
     with blank.open("wb") as f:
         f.truncate(8 << 20)
     assert Mdadm(executable=exe).examine(str(blank)) is None
+
+
+def test_gp_a_member_of_a_dead_unit_that_no_longer_opens_goes_out_as_detached() -> None:
+    """Seen in the lab: after the replacement timeout the member's SCSI device is offline, mdadm
+    cannot open it by name (ENXIO): md's `detached` takes it out, and only such members."""
+    r = Runner()
+    r.answers = [(1, "", "mdadm: Cannot open /dev/sdb: No such device or address\n"), (0, "", "")]
+    Mdadm(runner=r).fail_remove(5, "sdb", "md127")
+    assert r.argvs == [["mdadm", "/dev/md127", "--fail", "/dev/sdb", "--remove", "/dev/sdb"],
+                       ["mdadm", "/dev/md127", "--fail", "detached", "--remove", "detached"]]
+
+
+def test_ep_another_fail_remove_error_is_not_papered_over() -> None:
+    r = Runner()
+    r.answers = [(1, "", "mdadm: set device faulty failed for /dev/sdb:  Device or resource busy\n")]
+    with pytest.raises(MdadmError, match="resource busy"):
+        Mdadm(runner=r).fail_remove(5, "sdb", "md127")
+    assert len(r.argvs) == 1

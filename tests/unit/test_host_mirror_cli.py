@@ -367,3 +367,14 @@ def test_ep_sync_relogin_that_fails_is_reported_and_the_record_kept(world: Any,
     assert world.run("sync") == 1
     assert "assignment 21: no session, and logging in again failed" in capsys.readouterr().err
     assert "21" in json.loads(world.state.read_text())
+
+
+def test_gp_report_leaves_out_a_member_the_station_replaced(world: Any) -> None:
+    """Seen in the lab: the replaced member is still on its way out of the array here (its unit
+    dead); reporting it made every report a 422 and the station never heard the mirror heal."""
+    request(world)
+    world.station.members = [world.station.members[0], member(13, "unit-c", "vdc2")]
+    world.md.members = {"sdb": "in_sync", "sdc": "faulty"}
+    assert world.run("report") == 0
+    sent = world.station.calls[-1]
+    assert sent[0] == "health" and set(sent[3]) == {"11"}, sent
