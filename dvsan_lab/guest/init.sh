@@ -40,7 +40,12 @@ iscsid || log "WARNING: iscsid did not start"
 command -v udevadm >/dev/null && udevadm settle --timeout=10 2>/dev/null
 # md RAID1: host guests mirror a volume pair across two units (host_agent/mdadm.py)
 modprobe -a md_mod raid1 || log "WARNING: no md raid1"
-mkdir -p /run/mdadm
+mkdir -p /run/mdadm /etc/mdadm
+# NOTE: no md auto-assembly at boot (udev's `mdadm --incremental`), as docs/operations.md asks of
+# every dvsan machine: on a unit it would assemble a host's mirror from the partition it exports
+# (the partition is then held: never wiped, never exported again); on a host the host agent's
+# sync assembles its arrays itself.
+echo "AUTO -all" >> /etc/mdadm/mdadm.conf
 
 # What a machine starts at boot (systemd units on a real one): the lab writes
 # <state>/shared/autostart/NAME.sh for guests that must come back by themselves after a reboot.
