@@ -84,7 +84,7 @@ def test_gp_a_unit_added_under_io_grows_the_pool_while_host_io_goes_on(dr: Flow)
         f.stop_all_units("unit-spare")
     a = f.request(host, "400MiB")
     before = len(f.station.volumes())
-    job = FioJob(f.lab, host, a["device_path"], "unit-added", runtime=45).start(size_mib=128)
+    job = FioJob(f.lab, host, a["device_path"], "unit-added", runtime=40).start(size_mib=128)
     job.wait_writing()
     t0 = time.monotonic()
     f.start_unit("unit-spare", extra=UNIT_EXTRA, at_boot=True)
@@ -107,7 +107,7 @@ def test_gp_a_unit_rebooted_for_real_re_applies_its_exports_and_the_host_session
     vols = {v["id"]: v for v in f.station.volumes(unit) if v["state"] == "online"}
     big = max(vols.values(), key=lambda v: v["size_bytes"])
     a = f.station_assign(host, big["id"])
-    job = FioJob(f.lab, host, a["device_path"], "unit-reboot", runtime=90).start(size_mib=128)
+    job = FioJob(f.lab, host, a["device_path"], "unit-reboot", runtime=45).start(size_mib=128)
     job.wait_writing()
     t0 = time.monotonic()
     f.lab.power_off(unit)
@@ -178,7 +178,7 @@ def test_gp_a_mirror_rides_out_a_unit_power_cut_and_the_spare_unit_takes_the_los
     for u in UNITS:
         ensure_unit(f, u)
     plain = f.request(host, "200MiB")      # the raw write rate, for comparison with the resync's
-    raw = f.fio(host, plain["device_path"], "write", size_mib=128, runtime=15)
+    raw = f.fio(host, plain["device_path"], "write", size_mib=128, runtime=8)
     f.release(host, plain["id"])
     m = request_mirror(f, host, "400MiB")
     mid, md = m["id"], m["md_device"]
@@ -190,7 +190,7 @@ def test_gp_a_mirror_rides_out_a_unit_power_cut_and_the_spare_unit_takes_the_los
     watch = start_watch(f, host)
     try:
         wait_mirror(f, mid, "clean", 600)
-        job = FioJob(f.lab, host, md, "mirror-unit-lost", runtime=90).start(size_mib=128)
+        job = FioJob(f.lab, host, md, "mirror-unit-lost", runtime=60).start(size_mib=128)
         job.wait_writing()
         t0 = time.monotonic()
         f.lab.power_off(lost)
