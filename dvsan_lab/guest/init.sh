@@ -15,6 +15,12 @@ mkdir -p "$HOME"
 log() { echo "[$NAME +$(cut -d' ' -f1 /proc/uptime)s] $*"; }
 log "init start"
 
+# NOTE: first of all, no md auto-assembly (udev's `mdadm --incremental` when a disk appears), as
+# docs/operations.md asks of every dvsan machine: on a unit it assembles a host's mirror from the
+# partition the unit exports (the partition is then held: never wiped, never exported again); on
+# a host the host agent's sync assembles its arrays itself.
+mkdir -p /etc/mdadm && echo "AUTO -all" >> /etc/mdadm/mdadm.conf
+
 hostname "$NAME"
 echo "$NAME" > /etc/hostname
 # vng passes "-net none" and we add exactly one virtio-net NIC, so the first non-lo link is ours.
@@ -40,12 +46,13 @@ iscsid || log "WARNING: iscsid did not start"
 command -v udevadm >/dev/null && udevadm settle --timeout=10 2>/dev/null
 # md RAID1: host guests mirror a volume pair across two units (host_agent/mdadm.py)
 modprobe -a md_mod raid1 || log "WARNING: no md raid1"
-mkdir -p /run/mdadm /etc/mdadm
-# NOTE: no md auto-assembly at boot (udev's `mdadm --incremental`), as docs/operations.md asks of
-# every dvsan machine: on a unit it would assemble a host's mirror from the partition it exports
-# (the partition is then held: never wiped, never exported again); on a host the host agent's
-# sync assembles its arrays itself.
-echo "AUTO -all" >> /etc/mdadm/mdadm.conf
+mkdir -p /run/mdadm
+# Anything udev assembled before the AUTO -all above took effect (the disks' drivers may load
+# before this script runs): a guest has no array of its own at boot.
+if grep -q '^md' /proc/mdstat 2>/dev/null; then
+  log "stopping md arrays assembled at boot: $(grep '^md' /proc/mdstat | tr '\n' ' ')"
+  mdadm --stop --scan || log "WARNING: mdadm --stop --scan failed"
+fi
 
 # What a machine starts at boot (systemd units on a real one): the lab writes
 # <state>/shared/autostart/NAME.sh for guests that must come back by themselves after a reboot.
