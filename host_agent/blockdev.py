@@ -234,6 +234,12 @@ class BlockDevices:
         except OSError as e:
             if e.errno == errno.EBUSY:
                 return [f"{name} is held open exclusively by someone (EBUSY on an O_EXCL open)"]
+            if e.errno == errno.ENXIO:
+                # NOTE: the device is offline (seen in the lab: a mirror member whose unit died,
+                # after its session's replacement timeout): no open succeeds, so this catch-all
+                # says nothing. What could still hold it is seen by the other checks (holders,
+                # mounts, swaps, processes' open files), and no I/O reaches it any more.
+                return []
             raise BlockDeviceError(f"cannot tell whether {path} is open: {e.strerror}") from e
         return []
 

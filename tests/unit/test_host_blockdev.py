@@ -182,6 +182,17 @@ def test_ep_other_exclusive_open_errors_fail_closed(tree: Tree) -> None:
         tree.block(open_exclusive=denied).users("sdb")
 
 
+def test_gp_an_offline_device_says_nothing_by_its_open_but_a_process_on_it_is_still_named(tree: Tree) -> None:
+    """Seen in the lab: a mirror member whose unit died is offline (ENXIO on every open); the
+    release of its mirror was refused for ever ("cannot tell whether it is open")."""
+    def offline(path: str) -> None:
+        raise OSError(errno.ENXIO, "No such device or address")
+
+    assert tree.block(open_exclusive=offline).users("sdb") == []
+    tree.process(4242, "dd", str(tree.dev / "sdb"))
+    assert tree.block(open_exclusive=offline).users("sdb") == ["sdb is open by process 4242 (dd)"]
+
+
 def test_gp_missing_device_node_is_not_in_use(tree: Tree) -> None:
     # the real O_EXCL open of a node that is not there (the SCSI device is gone already)
     assert tree.block().users("sdb") == []
