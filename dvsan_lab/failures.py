@@ -88,7 +88,9 @@ class FioJob:
                "--ioengine=libaio --iodepth=4 --direct=1 --verify=crc32c --verify_backlog=64 "
                f"--verify_fatal=1 --time_based=1 --runtime={self.runtime} "
                f"--write_lat_log={d}/io --log_avg_msec=0 --output-format=json --output={d}/result.json; "
-               f"echo $? > {d}/rc")
+               # NOTE: written aside and renamed: the machine polls for `rc` over 9p and once read
+               # an empty file the shell had created but not yet written (rc -1 for a clean run)
+               f"echo $? > {d}/rc.tmp && mv {d}/rc.tmp {d}/rc")
         self.started = time.monotonic()
         self.pid = self.lab.spawn(self.guest, cmd, str(self.dir / "fio.log"))
         return self
