@@ -330,14 +330,21 @@ def _relogin_plain(args: argparse.Namespace, station: list[dict[str, Any]], stat
             continue
         if mirror.member_device(iscsi, rec) is not None:
             continue
-        try:
-            dev = log_in(iscsi, rec, str(rec.get("portal_address") or rec["unit_address"]),
-                         args.device_timeout, None)
-        except DvsanError as e:
+        if (e := _log_in_again(args, iscsi, state, rec, None, report)) is not None:
             report["problems"].append(f"assignment {aid}: no session, and logging in again failed: {e}")
-            continue
-        state.put({**rec, "device_path": dev})
-        report["logged_in"].append(rec["id"])
+
+
+def _log_in_again(args: argparse.Namespace, iscsi: Any, state: HostState, rec: dict[str, Any],
+                  replacement_timeout: int | None, report: dict[str, list[Any]]) -> DvsanError | None:
+    """Log in to a held volume that has no session; recorded and reported; the error if not."""
+    try:
+        dev = log_in(iscsi, rec, str(rec.get("portal_address") or rec["unit_address"]),
+                     args.device_timeout, replacement_timeout)
+    except DvsanError as e:
+        return e
+    state.put({**rec, "device_path": dev})
+    report["logged_in"].append(rec["id"])
+    return None
 
 
 def _replacement_timeout(a: dict[str, Any]) -> int | None:
@@ -356,15 +363,9 @@ def _sync_mirrors(args: argparse.Namespace, station: list[dict[str, Any]], state
         dropped = [r for r in held_mirrors.get(mid, []) if str(r["id"]) not in wanted_ids]
         if args.login:
             for rec in wanted:
-                if mirror.member_device(iscsi, rec) is None:
-                    try:
-                        dev = log_in(iscsi, rec, str(rec.get("portal_address") or rec["unit_address"]),
-                                     args.device_timeout, MIRROR_REPLACEMENT_TIMEOUT)
-                    except DvsanError as e:
-                        report["problems"].append(f"mirror {mid}: member {rec['id']}: login failed: {e}")
-                        continue
-                    state.put({**rec, "device_path": dev})
-                    report["logged_in"].append(rec["id"])
+                if mirror.member_device(iscsi, rec) is None and (e := _log_in_again(
+                        args, iscsi, state, rec, MIRROR_REPLACEMENT_TIMEOUT, report)) is not None:
+                    report["problems"].append(f"mirror {mid}: member {rec['id']}: login failed: {e}")
         if not args.login and not dropped and all(mirror.member_device(iscsi, r) is None for r in wanted):
             continue    # --no-login: recorded only; the array comes with the members' logins
         res = mirror.reconcile(mid, wanted, dropped, iscsi, block, md)
